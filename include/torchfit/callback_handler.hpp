@@ -1,0 +1,290 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <typeindex>
+#include <utility>
+#include <vector>
+
+#include "torchfit/error.hpp"
+#include "torchfit/log.hpp"
+#include "torchfit/trainer_callback.hpp"
+
+namespace torchfit {
+
+/// The events of TrainerCallback, used to index dispatch lists.
+enum class Event : unsigned {
+  init_end,
+  train_begin,
+  train_end,
+  epoch_begin,
+  epoch_end,
+  step_begin,
+  pre_optimizer_step,
+  optimizer_step,
+  substep_end,
+  step_end,
+  evaluate,
+  predict,
+  save,
+  log,
+  prediction_step,
+};
+inline constexpr std::size_t event_count = 15;
+using EventMask = std::uint32_t;
+inline constexpr EventMask all_events = (EventMask{1} << event_count) - 1;
+constexpr EventMask event_bit(Event e) { return EventMask{1} << static_cast<unsigned>(e); }
+
+/// The events a callback type overrides, found at compile time: `&T::on_x` has type `void (T::*)(...)` when T (or
+/// a base between T and TrainerCallback) overrides it, and `void (TrainerCallback::*)(...)` otherwise.
+template <typename T>
+constexpr EventMask overridden_events() {
+  static_assert(std::is_base_of_v<TrainerCallback, T>, "callbacks must derive from torchfit::TrainerCallback");
+  if constexpr (std::is_same_v<T, TrainerCallback>) {
+    return all_events;  // static type unknown: assume every event
+  } else {
+    EventMask mask = 0;
+#define TORCHFIT_DETECT_OVERRIDE(event)                                                               \
+  if constexpr (!std::is_same_v<decltype(&T::on_##event), decltype(&TrainerCallback::on_##event)>) \
+    mask |= event_bit(Event::event);
+    TORCHFIT_DETECT_OVERRIDE(init_end)
+    TORCHFIT_DETECT_OVERRIDE(train_begin)
+    TORCHFIT_DETECT_OVERRIDE(train_end)
+    TORCHFIT_DETECT_OVERRIDE(epoch_begin)
+    TORCHFIT_DETECT_OVERRIDE(epoch_end)
+    TORCHFIT_DETECT_OVERRIDE(step_begin)
+    TORCHFIT_DETECT_OVERRIDE(pre_optimizer_step)
+    TORCHFIT_DETECT_OVERRIDE(optimizer_step)
+    TORCHFIT_DETECT_OVERRIDE(substep_end)
+    TORCHFIT_DETECT_OVERRIDE(step_end)
+    TORCHFIT_DETECT_OVERRIDE(evaluate)
+    TORCHFIT_DETECT_OVERRIDE(predict)
+    TORCHFIT_DETECT_OVERRIDE(save)
+    TORCHFIT_DETECT_OVERRIDE(log)
+    TORCHFIT_DETECT_OVERRIDE(prediction_step)
+#undef TORCHFIT_DETECT_OVERRIDE
+    return mask;
+  }
+}
+
+/// Ordered list of callbacks and event dispatch (HF's CallbackHandler). Every callback sees every event it
+/// overrides, in list order; hot events visit only the callbacks that override them.
+///
+/// Callbacks added with `add_callback` go before the "tail" (the progress/printer callback the Trainer keeps
+/// last), so the default order is DefaultFlow, integrations, user callbacks, Progress|Printer.
+class CallbackHandler {
+ public:
+  using Args = TrainingArguments;
+
+  /// Shared references every event receives (model, optimizer, scheduler, loaders).
+  CallbackContext& context() { return context_; }
+  const CallbackContext& context() const { return context_; }
+
+  /// Constructs a T in place from `ctor_args` and adds it.
+  template <typename T, typename... CtorArgs>
+  std::shared_ptr<T> add_callback(CtorArgs&&... ctor_args) {
+    return add_callback(std::make_shared<T>(std::forward<CtorArgs>(ctor_args)...));
+  }
+
+  /// Adds an existing callback; its static type decides which events it is visited for.
+  template <typename T>
+  std::shared_ptr<T> add_callback(std::shared_ptr<T> callback) {
+    insert(std::move(callback), overridden_events<T>(), tail_begin());
+    return callback;
+  }
+
+  /// Adds a callback that stays after every later add_callback (the Trainer's Progress/Printer).
+  template <typename T>
+  std::shared_ptr<T> add_tail_callback(std::shared_ptr<T> callback) {
+    insert(callback, overridden_events<T>(), entries_.size());
+    ++tail_size_;
+    return callback;
+  }
+
+  /// Removes and returns the first callback that is a T (or derives from it); null if none (HF).
+  template <typename T>
+  std::shared_ptr<T> pop_callback() {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (auto typed = std::dynamic_pointer_cast<T>(entries_[i].callback)) {
+        erase(i);
+        return typed;
+      }
+    return nullptr;
+  }
+
+  /// Removes and returns this exact callback; null if it is not registered (HF).
+  std::shared_ptr<TrainerCallback> pop_callback(const TrainerCallback& callback) {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (entries_[i].callback.get() == &callback) {
+        auto found = entries_[i].callback;
+        erase(i);
+        return found;
+      }
+    return nullptr;
+  }
+
+  /// Removes the first callback that is a T; does nothing if there is none (HF).
+  template <typename T>
+  void remove_callback() {
+    pop_callback<T>();
+  }
+
+  /// Removes this exact callback; throws if it is not registered (HF raises ValueError).
+  void remove_callback(const TrainerCallback& callback) {
+    if (!pop_callback(callback))
+      throw Error("remove_callback: the " + callback.name() + " given is not registered with this trainer");
+  }
+
+  /// Class names, one per line, in call order (HF's callback_list).
+  std::string callback_list() const {
+    std::string out;
+    for (const auto& e : entries_) {
+      if (!out.empty()) out += '\n';
+      out += e.callback->name();
+    }
+    return out;
+  }
+
+  /// The callbacks in call order.
+  std::vector<std::shared_ptr<TrainerCallback>> callbacks() const {
+    std::vector<std::shared_ptr<TrainerCallback>> out;
+    out.reserve(entries_.size());
+    for (const auto& e : entries_) out.push_back(e.callback);
+    return out;
+  }
+
+  /// The events the callback at `index` is visited for.
+  EventMask events_of(std::size_t index) const { return entries_.at(index).events; }
+
+  // ---- events, with HF's control resets ----
+
+  void on_init_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_init_end>(Event::init_end, a, s, c); }
+  void on_train_begin(const Args& a, TrainerState& s, TrainerControl& c) {
+    c.should_training_stop = false;
+    c.stop_reason.clear();
+    dispatch<&TrainerCallback::on_train_begin>(Event::train_begin, a, s, c);
+  }
+  void on_train_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_train_end>(Event::train_end, a, s, c); }
+  void on_epoch_begin(const Args& a, TrainerState& s, TrainerControl& c) {
+    c.should_epoch_stop = false;
+    dispatch<&TrainerCallback::on_epoch_begin>(Event::epoch_begin, a, s, c);
+  }
+  void on_epoch_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_epoch_end>(Event::epoch_end, a, s, c); }
+  void on_step_begin(const Args& a, TrainerState& s, TrainerControl& c) {
+    c.should_log = c.should_evaluate = c.should_save = false;
+    dispatch<&TrainerCallback::on_step_begin>(Event::step_begin, a, s, c);
+  }
+  void on_pre_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_pre_optimizer_step>(Event::pre_optimizer_step, a, s, c); }
+  void on_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_optimizer_step>(Event::optimizer_step, a, s, c); }
+  void on_substep_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_substep_end>(Event::substep_end, a, s, c); }
+  void on_step_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_step_end>(Event::step_end, a, s, c); }
+  void on_prediction_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_prediction_step>(Event::prediction_step, a, s, c); }
+
+  void on_evaluate(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics) {
+    c.should_evaluate = false;
+    Scoped<const Logs*> set(context_.metrics, &metrics);
+    dispatch<&TrainerCallback::on_evaluate>(Event::evaluate, a, s, c);
+  }
+  void on_predict(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics) {
+    Scoped<const Logs*> set(context_.metrics, &metrics);
+    dispatch<&TrainerCallback::on_predict>(Event::predict, a, s, c);
+  }
+  void on_save(const Args& a, TrainerState& s, TrainerControl& c, const std::filesystem::path& checkpoint_dir) {
+    c.should_save = false;
+    Scoped<const std::filesystem::path*> set(context_.checkpoint_dir, &checkpoint_dir);
+    dispatch<&TrainerCallback::on_save>(Event::save, a, s, c);
+  }
+  void on_log(const Args& a, TrainerState& s, TrainerControl& c, const Logs& logs) {
+    c.should_log = false;
+    Scoped<const Logs*> set(context_.logs, &logs);
+    dispatch<&TrainerCallback::on_log>(Event::log, a, s, c);
+  }
+
+  /// Whether any callback is visited for `event` (lets the Trainer skip building arguments nobody reads).
+  bool has_listeners(Event event) const { return !by_event_[static_cast<unsigned>(event)].empty(); }
+
+ private:
+  struct Entry {
+    std::shared_ptr<TrainerCallback> callback;
+    EventMask events;
+    bool isolate_failures;
+  };
+
+  // Sets a context member for the duration of one event; nested events (an evaluation inside a step) keep theirs.
+  template <typename T>
+  struct Scoped {
+    Scoped(T& slot, T value) : slot_(slot), saved_(std::exchange(slot, value)) {}
+    ~Scoped() { slot_ = saved_; }
+    Scoped(const Scoped&) = delete;
+    Scoped& operator=(const Scoped&) = delete;
+    T& slot_;
+    T saved_;
+  };
+
+  using Method = void (TrainerCallback::*)(const Args&, TrainerState&, TrainerControl&, const CallbackContext&);
+
+  template <Method method>
+  void dispatch(Event event, const Args& args, TrainerState& state, TrainerControl& control) {
+    const auto& listeners = by_event_[static_cast<unsigned>(event)];
+    for (std::size_t i = 0; i < listeners.size(); ++i) {
+      Entry* entry = listeners[i];
+      if (!entry->isolate_failures) {
+        (entry->callback.get()->*method)(args, state, control, context_);
+        continue;
+      }
+      try {
+        (entry->callback.get()->*method)(args, state, control, context_);
+      } catch (const std::exception& e) {
+        disable(*entry, e.what());
+        --i;  // the listener list shrank under us
+      }
+    }
+  }
+
+  void disable(Entry& entry, const std::string& cause) {
+    log::warning("{} failed and is disabled for the rest of this run: {}", entry.callback->name(), cause);
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (&entries_[i] == &entry) return erase(i);
+  }
+
+  std::size_t tail_begin() const { return entries_.size() - tail_size_; }
+
+  void insert(std::shared_ptr<TrainerCallback> callback, EventMask events, std::size_t position) {
+    if (!callback) throw Error("add_callback: the callback is null");
+    const auto& added = *callback;
+    for (const auto& e : entries_)
+      if (typeid(*e.callback) == typeid(added))
+        log::warning(
+            "You are adding a {} to the callbacks of this Trainer, but there is already one. The current list of "
+            "callbacks is:\n{}",
+            added.name(), callback_list());
+    const bool isolate = callback->isolate_failures();
+    entries_.insert(entries_.begin() + static_cast<std::ptrdiff_t>(position),
+                    Entry{std::move(callback), events, isolate});
+    rebuild();
+  }
+
+  void erase(std::size_t index) {
+    if (index >= tail_begin()) --tail_size_;
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(index));
+    rebuild();
+  }
+
+  void rebuild() {
+    for (auto& list : by_event_) list.clear();
+    for (auto& e : entries_)
+      for (unsigned ev = 0; ev < event_count; ++ev)
+        if (e.events & (EventMask{1} << ev)) by_event_[ev].push_back(&e);
+  }
+
+  std::vector<Entry> entries_;
+  std::size_t tail_size_ = 0;
+  std::array<std::vector<Entry*>, event_count> by_event_;
+  CallbackContext context_;
+};
+
+}  // namespace torchfit
