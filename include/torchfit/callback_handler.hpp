@@ -93,7 +93,7 @@ class CallbackHandler {
   /// Adds an existing callback; its static type decides which events it is visited for.
   template <typename T>
   std::shared_ptr<T> add_callback(std::shared_ptr<T> callback) {
-    insert(std::move(callback), overridden_events<T>(), tail_begin());
+    insert(callback, overridden_events<T>(), tail_begin());
     return callback;
   }
 

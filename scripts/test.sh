@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Builds torchfit's tests, examples and benchmarks and runs the whole test suite (unit, examples, packaging).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${TORCHFIT_BUILD_DIR:-build}
+launcher=()
+if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTORCHFIT_WERROR="${TORCHFIT_WERROR:-OFF}" "${launcher[@]}"
+cmake --build "$build" -j"$(nproc)"
+cd "$build" && ctest --output-on-failure -j"$(nproc)"
