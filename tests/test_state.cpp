@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// TrainerState and the Python-compatible JSON text forms. The fixtures under tests/data/state_*.json were written
-// by Python's json module (tests/data/make_state_fixtures.py), so byte equality means "what HF writes".
+// TrainerState and the Python-compatible JSON text forms. The fixtures under tests/data/state_*.json were
+// written by Python's json module (tests/data/make_state_fixtures.py), so byte equality means "what HF
+// writes".
 #include <catch2/catch.hpp>
 
 #include <charconv>
@@ -15,12 +16,12 @@
 #include "torchfit/trainer_state.hpp"
 
 using namespace torchfit;
+using test::data_path;
+using test::read_file;
 using torchfit::detail::python_float_repr;
 using torchfit::detail::python_json_dumps;
 using torchfit::detail::python_json_parse;
 using torchfit::detail::python_repr;
-using test::data_path;
-using test::read_file;
 
 namespace {
 
@@ -85,7 +86,11 @@ TrainerState tricky_state() {
   s.num_input_tokens_seen = int64_t{1} << 62;
   s.total_flos = 1.2345678901234568e+17;
   s.log_history = {
-      {{"loss", 0.30000000000000004}, {"grad_norm", 5e-324}, {"learning_rate", 1e-05}, {"epoch", 0.1}, {"step", 10}},
+      {{"loss", 0.30000000000000004},
+       {"grad_norm", 5e-324},
+       {"learning_rate", 1e-05},
+       {"epoch", 0.1},
+       {"step", 10}},
       {{"loss", not_a_number},
        {"grad_norm", infinity},
        {"learning_rate", 1.5e-07},
@@ -125,8 +130,8 @@ TrainerState tricky_state() {
   s.is_world_process_zero = false;
   s.is_hyper_param_search = true;
   s.trial_name = "试验-1";
-  s.trial_params = {{"learning_rate", 1e-05}, {"layers", {64, 32}}, {"no_layers", json::array()},
-                    {"extra", json::object()}, {"name", "naïve 😀"}, {"use_bias", true},
+  s.trial_params = {{"learning_rate", 1e-05},  {"layers", {64, 32}}, {"no_layers", json::array()},
+                    {"extra", json::object()}, {"name", "naïve 😀"},  {"use_bias", true},
                     {"dropout", nullptr}};
   s.stateful_callbacks = {
       {"TrainerControl", control_state(true, true)},
@@ -182,7 +187,8 @@ TEST_CASE("load_from_json restores every field with its type", "[state]") {
   CHECK(s.log_history[1]["num_input_tokens_seen"].is_number_integer());
   CHECK(s.log_history[2]["eval_steps_per_second"].is_number_float());
   CHECK(std::signbit(s.log_history[2]["eval_f1"].get<double>()));
-  CHECK(s.log_history[3]["note"] == "naïve \"quoted\" 'single' \\ tab\t nl\n cr\r ctrl\x01\x1f del\x7f bs\b ff\f 😀 训练");
+  CHECK(s.log_history[3]["note"] ==
+        "naïve \"quoted\" 'single' \\ tab\t nl\n cr\r ctrl\x01\x1f del\x7f bs\b ff\f 😀 训练");
   CHECK(s.log_history[4]["uint64_max"].get<uint64_t>() == std::numeric_limits<uint64_t>::max());
   CHECK(s.stateful_callbacks["EarlyStoppingCallback"][1]["args"]["early_stopping_patience"] == 5);
   CHECK(TrainerControl::from_state(s.stateful_callbacks["TrainerControl"]).should_training_stop);
@@ -289,7 +295,8 @@ TEST_CASE("python_repr prints dicts as Python's print(logs) does", "[state]") {
                       {"nested", {{"e", json::object()}, {"l", json::array()}}}};
   CHECK(python_repr(value) ==
         R"({'name': "it's", 'q': 'say "hi"', 'both': 'it\'s "x"', 'nan': nan, 'inf': inf, 'ninf': -inf, )"
-        R"('none': None, 'flag': True, 'no': False, 'list': [1, -2.5, 'é😀'], 'ctrl': 'a\nb\x01\t\x7f\x85\\', )"
+        R"('none': None, 'flag': True, 'no': False, 'list': [1, -2.5, 'é😀'], )"
+        R"('ctrl': 'a\nb\x01\t\x7f\x85\\', )"
         R"('big': 18446744073709551615, 'nested': {'e': {}, 'l': []}})");
 }
 
@@ -313,14 +320,27 @@ TEST_CASE("python_json_parse reads Python's extensions and keeps ints and floats
   CHECK(python_json_dumps(v, -1, false).find(R"("k": 2})") != std::string::npos);  // last value, first place
   CHECK(v.size() == 11);
 
-  const auto message = [](const char* text) { return error_message([&] { python_json_parse(text, "x.json"); }); };
-  CHECK(message("{\"a\": 1,\n \"b\": tru}") == "x.json: malformed JSON at line 2 column 7: expected a value, found 't'");
-  CHECK(message("[01]") == "x.json: malformed JSON at line 1 column 2: a number must not have leading zeros, found '0'");
-  CHECK(message("[1] x") == "x.json: malformed JSON at line 1 column 5: extra data after the JSON value, found 'x'");
+  const auto message = [](const char* text) {
+    return error_message([&] { python_json_parse(text, "x.json"); });
+  };
+  CHECK(message("{\"a\": 1,\n \"b\": tru}") ==
+        "x.json: malformed JSON at line 2 column 7: expected a value, found 't'");
+  CHECK(message("[01]") ==
+        "x.json: malformed JSON at line 1 column 2: a number must not have leading zeros, found '0'");
+  CHECK(message("[1] x") ==
+        "x.json: malformed JSON at line 1 column 5: extra data after the JSON value, found 'x'");
   CHECK(message(R"(["\ud800x"])") ==
         R"(x.json: malformed JSON at line 1 column 3: unpaired UTF-16 surrogate in a \u escape, found '\\')");
-  CHECK(message("") == "x.json: malformed JSON at line 1 column 1: expected a value, found the end of the input "
-                       "(is the file truncated?)");
+  CHECK(message(R"(["a\qb"])") ==
+        R"(x.json: malformed JSON at line 1 column 4: invalid escape in a string, found '\\')");
+  CHECK(message("[\"a\tb\"]") ==
+        R"(x.json: malformed JSON at line 1 column 4: control character in a string (must be escaped), )"
+        R"(found '\t')");
+  CHECK(message("[\"a\xff\"]") ==
+        R"(x.json: malformed JSON at line 1 column 4: invalid UTF-8 in a string, found '\xff')");
+  CHECK(message("") ==
+        "x.json: malformed JSON at line 1 column 1: expected a value, found the end of the input "
+        "(is the file truncated?)");
   CHECK(message(std::string(2000, '[').c_str()) ==
         "x.json: malformed JSON at line 1 column 1002: nesting deeper than 1000 levels, found '['");
 }
@@ -331,12 +351,14 @@ TEST_CASE("an unknown field is a warning naming it and the file; the rest loads"
   test::write_file(path, R"({"global_step": 7, "future_field": [1], "logging_steps": 1.0})");
   test::CaptureLog log;
   const TrainerState s = TrainerState::load_from_json(path);
-  CHECK(log.text() == "[torchfit] warning: " + path.string() + ": ignoring unknown trainer state field \"future_field\"\n");
+  CHECK(log.text() ==
+        "[torchfit] warning: " + path.string() + ": ignoring unknown trainer state field \"future_field\"\n");
   CHECK(s.global_step == 7);
   CHECK(s.logging_steps == 1);  // HF writes 1.0 when the user passed a float
 }
 
-TEST_CASE("a field of the wrong type is a FormatError naming the field, the file and the expected type", "[state]") {
+TEST_CASE("a field of the wrong type is a FormatError naming the field, the file and the expected type",
+          "[state]") {
   test::TempDir dir;
   const auto path = dir / "trainer_state.json";
   const auto message = [&](const std::string& text) {
@@ -344,8 +366,10 @@ TEST_CASE("a field of the wrong type is a FormatError naming the field, the file
     return error_message([&] { TrainerState::load_from_json(path); });
   };
   const std::string file = path.string();
-  CHECK(message(R"({"global_step": "ten"})") == file + R"(: field "global_step" must be an integer, got "ten")");
-  CHECK(message(R"({"logging_steps": 1.5})") == file + R"(: field "logging_steps" must be an integer, got 1.5)");
+  CHECK(message(R"({"global_step": "ten"})") ==
+        file + R"(: field "global_step" must be an integer, got "ten")");
+  CHECK(message(R"({"logging_steps": 1.5})") ==
+        file + R"(: field "logging_steps" must be an integer, got 1.5)");
   CHECK(message(R"({"epoch": [1, 2]})") == file + R"(: field "epoch" must be a number or null, got [1, 2])");
   CHECK(message(R"({"train_batch_size": true})") ==
         file + R"(: field "train_batch_size" must be an integer or null, got true)");
@@ -359,16 +383,21 @@ TEST_CASE("a field of the wrong type is a FormatError naming the field, the file
         file + R"(: field "best_model_checkpoint" must be a string or null, got 3)");
   CHECK(message(R"({"global_step": 18446744073709551615})") ==
         file + R"(: field "global_step" must be an integer, got 18446744073709551615)");
+  CHECK(message(R"({"trial_name": [1000000000, 2000000000, 3000000000, 4000000000, 5000000000, 6]})") ==
+        file + R"(: field "trial_name" must be a string or null, )"
+               R"(got [1000000000, 2000000000, 3000000000, 4000000000, 50000000...)");
   CHECK(message("[]") == file + ": a trainer state must be a JSON object, got []");
 }
 
 TEST_CASE("a truncated or missing file is a FormatError naming the file and the problem", "[state]") {
   test::TempDir dir;
   const auto path = dir / "trainer_state.json";
-  test::write_file(path, read_file(data_path("state_hf_example.json")).substr(0, 300));  // inside log_history[0]
+  test::write_file(path,
+                   read_file(data_path("state_hf_example.json")).substr(0, 300));  // inside log_history[0]
   CHECK(error_message([&] { TrainerState::load_from_json(path); }) ==
-        path.string() + ": malformed JSON at line 14 column 11: unterminated string, found the end of the input "
-                        "(is the file truncated?)");
+        path.string() +
+            ": malformed JSON at line 14 column 11: unterminated string, found the end of the input "
+            "(is the file truncated?)");
 
   const auto missing = dir / "checkpoint-5" / "trainer_state.json";
   CHECK(error_message([&] { TrainerState::load_from_json(missing); }) ==

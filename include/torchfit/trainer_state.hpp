@@ -25,7 +25,7 @@ namespace torchfit {
 
 namespace detail {
 
-// One overload per TrainerState member type, so that the field list is written once (TrainerState::for_each_field).
+// One overload per member type, so that TrainerState lists its fields once (for_each_field).
 inline json field_to_json(int64_t value) { return value; }
 inline json field_to_json(double value) { return value; }  // always a JSON float: `0.0`, never `0`
 inline json field_to_json(bool value) { return value; }
@@ -75,7 +75,8 @@ inline bool field_from_json(const json& value, std::vector<Logs>& out) {
   out.assign(value.begin(), value.end());
   return true;
 }
-inline bool field_from_json(const json& value, json& out) {  // trial_params, stateful_callbacks: dicts or None
+// trial_params and stateful_callbacks: dicts or None.
+inline bool field_from_json(const json& value, json& out) {
   if (!value.is_object() && !value.is_null()) return false;
   out = value;
   return true;
@@ -90,6 +91,12 @@ bool field_from_json(const json& value, std::optional<T>& out) {
   if (!field_from_json(value, inner)) return false;
   out = std::move(inner);
   return true;
+}
+
+// A value for an error message, in JSON and cut short (json.dumps output is ASCII, so any cut is clean).
+inline std::string brief(const json& value) {
+  const std::string text = python_json_dumps(value, -1);
+  return text.size() <= 60 ? text : text.substr(0, 57) + "...";
 }
 
 // What field_from_json accepts, for error messages.
@@ -110,10 +117,10 @@ std::string expected_type(const std::optional<T>&) {
 /// (HF's TrainerState: same fields, meanings and file bytes). Difference: `logging_steps` / `eval_steps` /
 /// `save_steps` are integers, so a user's `1.0` is written as `1` where HF writes `1.0`.
 struct TrainerState {
-  std::optional<double> epoch;        ///< fractional epoch; null until training starts
-  int64_t global_step = 0;            ///< optimizer updates done
-  int64_t max_steps = 0;              ///< updates planned for this run
-  int64_t logging_steps = 500;        ///< absolute intervals (ratios resolved by compute_steps)
+  std::optional<double> epoch;  ///< fractional epoch; null until training starts
+  int64_t global_step = 0;      ///< optimizer updates done
+  int64_t max_steps = 0;        ///< updates planned for this run
+  int64_t logging_steps = 500;  ///< absolute intervals (ratios resolved by compute_steps)
   int64_t eval_steps = 500;
   int64_t save_steps = 500;
   std::optional<int64_t> train_batch_size;  ///< micro-batch size actually used
@@ -131,32 +138,35 @@ struct TrainerState {
   json trial_params = nullptr;
   json stateful_callbacks = json::object();  ///< callback states by key (a list for several instances)
 
-  /// HF's `dataclasses.asdict(state)`: every field, null for an empty optional; epoch and total_flos as floats.
+  /// HF's `dataclasses.asdict(state)`: every field, null for an empty optional, epoch and total_flos floats.
   json to_json() const {
     json out = json::object();
-    for_each_field(*this, [&](const char* name, const auto& field) { out[name] = detail::field_to_json(field); });
+    for_each_field(*this,
+                   [&](const char* name, const auto& field) { out[name] = detail::field_to_json(field); });
     return out;
   }
 
-  /// The exact bytes HF's `save_to_json` writes: `json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"`.
+  /// The bytes HF's save_to_json writes: `json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"`.
   std::string to_json_string() const { return detail::python_json_dumps(to_json()) + "\n"; }
 
-  /// Writes to_json_string() to `path`, replacing the file; throws torchfit::Error naming the path on failure.
+  /// Writes to_json_string() to `path`, replacing the file; throws torchfit::Error naming the path if it
+  /// cannot.
   void save_to_json(const std::filesystem::path& path) const {
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     out << to_json_string();
     out.close();
     if (out.fail())
-      throw Error(fmt::format("cannot write the trainer state to {}: {}", path.string(), std::strerror(errno)));
+      throw Error(
+          fmt::format("cannot write the trainer state to {}: {}", path.string(), std::strerror(errno)));
   }
 
-  /// Builds a state from HF's dict form. Missing fields keep their defaults; an unknown field is a warning (HF
-  /// raises TypeError; a warning lets files from newer versions load); a field of the wrong type throws
+  /// Builds a state from HF's dict form. Missing fields keep their defaults; an unknown field is a warning
+  /// (HF raises TypeError; a warning lets files from newer versions load); a field of the wrong type throws
   /// torchfit::FormatError naming the field, `source` and the expected type.
   static TrainerState from_json(const json& object, const std::string& source) {
     if (!object.is_object())
-      throw FormatError(fmt::format("{}: a trainer state must be a JSON object, got {}", source,
-                                    detail::python_json_dumps(object, -1).substr(0, 60)));
+      throw FormatError(
+          fmt::format("{}: a trainer state must be a JSON object, got {}", source, detail::brief(object)));
     TrainerState state;
     for (auto it = object.begin(); it != object.end(); ++it) {
       bool known = false;
@@ -165,8 +175,7 @@ struct TrainerState {
         known = true;
         if (!detail::field_from_json(it.value(), field))
           throw FormatError(fmt::format("{}: field \"{}\" must be {}, got {}", source, name,
-                                        detail::expected_type(field),
-                                        detail::python_json_dumps(it.value(), -1).substr(0, 60)));
+                                        detail::expected_type(field), detail::brief(it.value())));
       });
       if (!known) log::warning("{}: ignoring unknown trainer state field \"{}\"", source, it.key());
     }
@@ -191,8 +200,9 @@ struct TrainerState {
     save_steps = absolute(args.save_steps);
   }
 
-  /// HF's init_training_references, run after a fresh start or a resume: records the planned steps and epochs,
-  /// clears trial_params (no hyper-parameter search here) and marks this process as the main one (single process).
+  /// HF's init_training_references, run after a fresh start or a resume: records the planned steps and
+  /// epochs, clears trial_params (no hyper-parameter search) and marks this process as the main one (torchfit
+  /// trains in a single process).
   void init_training_references(int64_t total_steps, int64_t epochs) {
     max_steps = total_steps;
     num_train_epochs = epochs;

@@ -2,10 +2,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
-#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -22,12 +22,13 @@
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
-// Python's text forms of values, so files and console lines match what HF writes byte for byte:
-// repr(float), repr(dict), json.dumps(..., indent=2, sort_keys=True) and a json.loads that accepts NaN/Infinity.
+// Python's text forms of values, so that files and console lines match what HF writes byte for byte:
+// repr(float), repr(dict), json.dumps(..., indent=2, sort_keys=True), and json.loads with NaN / Infinity.
 namespace torchfit::detail {
 
-/// Python's `repr(float)`: the shortest digits that round-trip, scientific when the decimal exponent is < -4 or
-/// >= 16 (`1e-05`, `1e+16`), otherwise positional with at least one decimal (`2.0`, `0.0001`); `nan`, `inf`, `-inf`.
+/// Python's `repr(float)`: the shortest digits that round-trip, in exponent form when the decimal exponent is
+/// below -4 or at least 16 (`1e-05`, `1e+16`), else positional with at least one decimal (`2.0`, `0.0001`);
+/// `nan`, `inf`, `-inf`.
 inline std::string python_float_repr(double value) {
   if (std::isnan(value)) return "nan";
   if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
@@ -57,7 +58,9 @@ inline std::string python_float_repr(double value) {
   } else if (n <= exponent + 1) {
     out.append(digits).append(static_cast<size_t>(exponent + 1 - n), '0').append(".0");
   } else {
-    out.append(digits, 0, static_cast<size_t>(exponent + 1)).append(".").append(digits, static_cast<size_t>(exponent + 1));
+    out.append(digits, 0, static_cast<size_t>(exponent + 1))
+        .append(".")
+        .append(digits, static_cast<size_t>(exponent + 1));
   }
   return out;
 }
@@ -65,31 +68,26 @@ inline std::string python_float_repr(double value) {
 /// Marks a byte sequence that is not valid UTF-8 (Python strings cannot hold one).
 constexpr char32_t invalid_code_point = 0xFFFFFFFF;
 
-/// Decodes the UTF-8 code point starting at `text[i]` and moves `i` past it; `invalid_code_point` (and `i` one
-/// byte further) on an invalid, overlong or surrogate sequence.
+/// Decodes the UTF-8 code point starting at `text[i]` and moves `i` past it; on an invalid, overlong or
+/// surrogate sequence returns `invalid_code_point` and moves `i` one byte.
 inline char32_t next_code_point(std::string_view text, size_t& i) {
-  const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
-  const unsigned char lead = byte(i);
-  int length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xE ? 3 : (lead >> 3) == 0x1E ? 4 : 0;
-  if (length == 0 || i + static_cast<size_t>(length) > text.size()) {
-    ++i;
-    return invalid_code_point;
-  }
+  static constexpr char32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};  // shorter forms are overlong
+  const auto lead = static_cast<unsigned char>(text[i]);
+  const size_t length = lead < 0x80           ? 1
+                        : (lead >> 5) == 0x6  ? 2
+                        : (lead >> 4) == 0xE  ? 3
+                        : (lead >> 3) == 0x1E ? 4
+                                              : 0;
   char32_t cp = length == 1 ? lead : lead & (0x7F >> length);
-  for (int k = 1; k < length; ++k) {
-    if ((byte(i + static_cast<size_t>(k)) & 0xC0) != 0x80) {
-      ++i;
-      return invalid_code_point;
-    }
-    cp = (cp << 6) | (byte(i + static_cast<size_t>(k)) & 0x3F);
+  bool valid = length > 0 && i + length <= text.size();
+  for (size_t k = 1; valid && k < length; ++k) {
+    const auto next = static_cast<unsigned char>(text[i + k]);
+    valid = (next & 0xC0) == 0x80;
+    cp = (cp << 6) | (next & 0x3F);
   }
-  static constexpr char32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < smallest[length] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
-    ++i;
-    return invalid_code_point;
-  }
-  i += static_cast<size_t>(length);
-  return cp;
+  valid = valid && cp >= smallest[length] && cp <= 0x10FFFF && (cp < 0xD800 || cp > 0xDFFF);
+  i += valid ? length : 1;
+  return valid ? cp : invalid_code_point;
 }
 
 /// Appends the UTF-8 encoding of a (valid, non-surrogate) code point.
@@ -125,27 +123,25 @@ inline std::u32string decode_utf8(std::string_view text) {
   return out;
 }
 
+// JSON's two-character escapes (all of them but `\/`, which Python never writes): character, letter.
+constexpr std::pair<char, char> json_short_escapes[] = {{'"', '"'},  {'\\', '\\'}, {'\n', 'n'}, {'\r', 'r'},
+                                                        {'\t', 't'}, {'\b', 'b'},  {'\f', 'f'}};
+
 /// A JSON string as Python's json.dumps writes it with ensure_ascii=True.
 inline void append_json_string(std::string& out, std::string_view text) {
   out += '"';
   for (const char32_t cp : decode_utf8(text)) {
-    switch (cp) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (cp >= 0x20 && cp <= 0x7E) {
-          out += static_cast<char>(cp);
-        } else if (cp < 0x10000) {
-          out += fmt::format("\\u{:04x}", static_cast<uint32_t>(cp));
-        } else {  // UTF-16 surrogate pair, as Python escapes astral characters
-          const uint32_t v = static_cast<uint32_t>(cp) - 0x10000;
-          out += fmt::format("\\u{:04x}\\u{:04x}", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
-        }
+    const auto named = std::find_if(std::begin(json_short_escapes), std::end(json_short_escapes),
+                                    [&](const auto& e) { return static_cast<char32_t>(e.first) == cp; });
+    if (named != std::end(json_short_escapes)) {
+      out.append({'\\', named->second});
+    } else if (cp >= 0x20 && cp <= 0x7E) {
+      out += static_cast<char>(cp);
+    } else if (cp < 0x10000) {
+      out += fmt::format("\\u{:04x}", static_cast<uint32_t>(cp));
+    } else {  // a UTF-16 surrogate pair, as Python escapes astral characters
+      const uint32_t v = static_cast<uint32_t>(cp) - 0x10000;
+      out += fmt::format("\\u{:04x}\\u{:04x}", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF));
     }
   }
   out += '"';
@@ -154,7 +150,8 @@ inline void append_json_string(std::string& out, std::string_view text) {
 /// Python's `repr(str)`: single quotes unless the text holds `'` and no `"`; printable non-ASCII kept as is.
 /// (Python's Unicode printability table is approximated: only C0/C1 controls and DEL are escaped.)
 inline void append_python_str_repr(std::string& out, std::string_view text) {
-  const bool double_quoted = text.find('\'') != std::string_view::npos && text.find('"') == std::string_view::npos;
+  const bool double_quoted =
+      text.find('\'') != std::string_view::npos && text.find('"') == std::string_view::npos;
   const char quote = double_quoted ? '"' : '\'';
   out += quote;
   for (const char32_t cp : decode_utf8(text)) {
@@ -183,8 +180,10 @@ inline std::string python_json_float(double value) {
   return python_float_repr(value);
 }
 
-/// The members of an object in output order: as inserted, or by code point (= UTF-8 byte order) like sort_keys.
-inline std::vector<std::pair<const std::string*, const json*>> object_items(const json& object, bool sort_keys) {
+/// The members of an object in output order: as inserted, or by code point (= UTF-8 byte order) like
+/// sort_keys.
+inline std::vector<std::pair<const std::string*, const json*>> object_items(const json& object,
+                                                                            bool sort_keys) {
   std::vector<std::pair<const std::string*, const json*>> items;
   for (auto it = object.begin(); it != object.end(); ++it) items.emplace_back(&it.key(), &it.value());
   if (sort_keys)
@@ -203,12 +202,24 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
   };
   const char* separator = indent >= 0 ? "," : ", ";
   switch (value.type()) {
-    case json::value_t::null: out += "null"; break;
-    case json::value_t::boolean: out += value.get<bool>() ? "true" : "false"; break;
-    case json::value_t::number_integer: out += std::to_string(value.get<int64_t>()); break;
-    case json::value_t::number_unsigned: out += std::to_string(value.get<uint64_t>()); break;
-    case json::value_t::number_float: out += python_json_float(value.get<double>()); break;
-    case json::value_t::string: append_json_string(out, value.get_ref<const std::string&>()); break;
+    case json::value_t::null:
+      out += "null";
+      break;
+    case json::value_t::boolean:
+      out += value.get<bool>() ? "true" : "false";
+      break;
+    case json::value_t::number_integer:
+      out += std::to_string(value.get<int64_t>());
+      break;
+    case json::value_t::number_unsigned:
+      out += std::to_string(value.get<uint64_t>());
+      break;
+    case json::value_t::number_float:
+      out += python_json_float(value.get<double>());
+      break;
+    case json::value_t::string:
+      append_json_string(out, value.get_ref<const std::string&>());
+      break;
     case json::value_t::array: {
       if (value.empty()) {
         out += "[]";
@@ -244,7 +255,8 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
       break;
     }
     case json::value_t::binary:
-    case json::value_t::discarded: throw_no_python_equivalent(value);
+    case json::value_t::discarded:
+      throw_no_python_equivalent(value);
   }
 }
 
@@ -258,12 +270,24 @@ inline std::string python_json_dumps(const json& value, int indent = 2, bool sor
 
 inline void append_python_repr(std::string& out, const json& value) {
   switch (value.type()) {
-    case json::value_t::null: out += "None"; break;
-    case json::value_t::boolean: out += value.get<bool>() ? "True" : "False"; break;
-    case json::value_t::number_integer: out += std::to_string(value.get<int64_t>()); break;
-    case json::value_t::number_unsigned: out += std::to_string(value.get<uint64_t>()); break;
-    case json::value_t::number_float: out += python_float_repr(value.get<double>()); break;
-    case json::value_t::string: append_python_str_repr(out, value.get_ref<const std::string&>()); break;
+    case json::value_t::null:
+      out += "None";
+      break;
+    case json::value_t::boolean:
+      out += value.get<bool>() ? "True" : "False";
+      break;
+    case json::value_t::number_integer:
+      out += std::to_string(value.get<int64_t>());
+      break;
+    case json::value_t::number_unsigned:
+      out += std::to_string(value.get<uint64_t>());
+      break;
+    case json::value_t::number_float:
+      out += python_float_repr(value.get<double>());
+      break;
+    case json::value_t::string:
+      append_python_str_repr(out, value.get_ref<const std::string&>());
+      break;
     case json::value_t::array: {
       out += '[';
       for (size_t i = 0; i < value.size(); ++i) {
@@ -287,7 +311,8 @@ inline void append_python_repr(std::string& out, const json& value) {
       break;
     }
     case json::value_t::binary:
-    case json::value_t::discarded: throw_no_python_equivalent(value);
+    case json::value_t::discarded:
+      throw_no_python_equivalent(value);
   }
 }
 
@@ -299,8 +324,9 @@ inline std::string python_repr(const json& value) {
   return out;
 }
 
-/// A recursive-descent reader for what Python's json module writes and reads: strict JSON plus the bare tokens
-/// NaN, Infinity and -Infinity (which nlohmann's parser rejects). Integers stay integers, floats stay floats.
+/// A recursive-descent reader for what Python's json module writes and reads: strict JSON plus the bare
+/// tokens NaN, Infinity and -Infinity (which nlohmann's parser rejects). Integers stay integers, floats stay
+/// floats.
 class PythonJsonParser {
  public:
   PythonJsonParser(std::string_view text, const std::string& source) : text_(text), source_(source) {}
@@ -322,10 +348,10 @@ class PythonJsonParser {
     const size_t line = 1 + static_cast<size_t>(std::count(before.begin(), before.end(), '\n'));
     const size_t line_start = before.rfind('\n');
     const size_t column = at - (line_start == std::string_view::npos ? 0 : line_start + 1) + 1;
-    const std::string found = at >= text_.size() ? "the end of the input (is the file truncated?)"
-                                                 : fmt::format("{:?}", text_[at]);
-    throw FormatError(
-        fmt::format("{}: malformed JSON at line {} column {}: {}, found {}", source_, line, column, problem, found));
+    const std::string found =
+        at >= text_.size() ? "the end of the input (is the file truncated?)" : fmt::format("{:?}", text_[at]);
+    throw FormatError(fmt::format("{}: malformed JSON at line {} column {}: {}, found {}", source_, line,
+                                  column, problem, found));
   }
 
   void skip_whitespace() {
@@ -345,10 +371,14 @@ class PythonJsonParser {
     if (depth > max_depth) fail(fmt::format("nesting deeper than {} levels", max_depth));
     if (pos_ >= text_.size()) fail("expected a value");
     switch (text_[pos_]) {
-      case '{': return parse_object(depth);
-      case '[': return parse_array(depth);
-      case '"': return parse_string();
-      default: break;
+      case '{':
+        return parse_object(depth);
+      case '[':
+        return parse_array(depth);
+      case '"':
+        return parse_string();
+      default:
+        break;
     }
     if (consume("true")) return true;
     if (consume("false")) return false;
@@ -370,7 +400,8 @@ class PythonJsonParser {
       std::string key = parse_string();
       skip_whitespace();
       if (!consume(":")) fail("expected ':' after an object key");
-      object[key] = parse_value(depth + 1);  // a repeated key keeps its first place and its last value, as in Python
+      // A repeated key keeps its first place and its last value, as in Python.
+      object[key] = parse_value(depth + 1);
       skip_whitespace();
       if (consume("}")) return object;
       if (!consume(",")) fail("expected ',' or '}' after an object member");
@@ -392,7 +423,8 @@ class PythonJsonParser {
 
   uint32_t parse_hex4() {
     uint32_t v = 0;
-    const auto r = std::from_chars(text_.data() + pos_, text_.data() + std::min(pos_ + 4, text_.size()), v, 16);
+    const auto r =
+        std::from_chars(text_.data() + pos_, text_.data() + std::min(pos_ + 4, text_.size()), v, 16);
     if (r.ec != std::errc{} || r.ptr != text_.data() + pos_ + 4) fail("expected 4 hex digits after \\u");
     pos_ += 4;
     return v;
@@ -403,6 +435,7 @@ class PythonJsonParser {
     std::string out;
     for (;;) {
       if (pos_ >= text_.size()) fail("unterminated string");
+      const size_t start = pos_;
       const char c = text_[pos_];
       if (c == '"') {
         ++pos_;
@@ -410,43 +443,40 @@ class PythonJsonParser {
       }
       if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string (must be escaped)");
       if (c != '\\') {
-        const size_t start = pos_;
         if (next_code_point(text_, pos_) == invalid_code_point) {
           pos_ = start;
           fail("invalid UTF-8 in a string");
         }
         out.append(text_.substr(start, pos_ - start));
-        continue;
-      }
-      ++pos_;
-      if (pos_ >= text_.size()) fail("unterminated string");
-      const char escape = text_[pos_++];
-      switch (escape) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          const size_t escape_start = pos_ - 2;
-          char32_t cp = parse_hex4();
-          if (cp >= 0xD800 && cp <= 0xDBFF && consume("\\u")) {
-            const uint32_t low = parse_hex4();
-            cp = low >= 0xDC00 && low <= 0xDFFF ? 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00) : 0xD800;
-          }
-          if (cp >= 0xD800 && cp <= 0xDFFF) {  // Python keeps lone surrogates; UTF-8 cannot hold them
-            pos_ = escape_start;
-            fail("unpaired UTF-16 surrogate in a \\u escape");
-          }
-          append_utf8(out, cp);
-          break;
-        }
-        default: --pos_; fail("invalid escape in a string");
+      } else if (consume("\\/")) {
+        out += '/';
+      } else if (consume("\\u")) {
+        out += parse_unicode_escape(start);
+      } else {
+        const char letter = pos_ + 1 < text_.size() ? text_[pos_ + 1] : '\0';
+        const auto named = std::find_if(std::begin(json_short_escapes), std::end(json_short_escapes),
+                                        [&](const auto& e) { return e.second == letter; });
+        if (named == std::end(json_short_escapes)) fail("invalid escape in a string");
+        out += named->first;
+        pos_ += 2;
       }
     }
+  }
+
+  // After `\u`: one code point as UTF-8, combining a surrogate pair (`start` is where the escape began).
+  std::string parse_unicode_escape(size_t start) {
+    char32_t cp = parse_hex4();
+    if (cp >= 0xD800 && cp <= 0xDBFF && consume("\\u")) {
+      const uint32_t low = parse_hex4();
+      cp = low >= 0xDC00 && low <= 0xDFFF ? 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00) : 0xD800;
+    }
+    if (cp >= 0xD800 && cp <= 0xDFFF) {  // Python keeps lone surrogates; UTF-8 cannot hold them
+      pos_ = start;
+      fail("unpaired UTF-16 surrogate in a \\u escape");
+    }
+    std::string utf8;
+    append_utf8(utf8, cp);
+    return utf8;
   }
 
   // Python's grammar: -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?
@@ -492,8 +522,8 @@ class PythonJsonParser {
     return d;
   }
 
-  // std::from_chars leaves the value unset when a literal over- or underflows; Python's float() gives ±inf or ±0.0.
-  // The literal is then far from 1, so the position of its first significant digit tells which.
+  // std::from_chars leaves the value unset when a literal over- or underflows, where Python's float() gives
+  // ±inf or ±0.0. Such a literal is far from 1, so the place of its first significant digit tells which.
   static double saturated(std::string_view literal) {
     const bool negative = literal[0] == '-';
     const size_t e = std::min(literal.find_first_of("eE"), literal.size());
@@ -506,7 +536,8 @@ class PythonJsonParser {
     }
     const auto point = static_cast<int64_t>(std::min(mantissa.find('.'), mantissa.size()));
     const auto significant = static_cast<int64_t>(mantissa.find_first_not_of("0."));
-    const int64_t magnitude = exponent + (significant < point ? point - significant - 1 : point - significant);
+    const int64_t magnitude =
+        exponent + (significant < point ? point - significant - 1 : point - significant);
     const double v = magnitude > 0 ? std::numeric_limits<double>::infinity() : 0.0;
     return negative ? -v : v;
   }
@@ -522,8 +553,8 @@ inline json python_json_parse(std::string_view text, const std::string& source_n
   return PythonJsonParser(text, source_name).parse_document();
 }
 
-/// Reads and parses a JSON file written by Python (or by torchfit); a missing, unreadable or malformed file throws
-/// torchfit::FormatError naming the path.
+/// Reads and parses a JSON file written by Python (or by torchfit); a missing, unreadable or malformed file
+/// throws torchfit::FormatError naming the path.
 inline json python_json_load(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
