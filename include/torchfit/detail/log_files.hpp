@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: MIT
+// File handling shared by the trackers that write one plain-text log file (csv, jsonl).
+#pragma once
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <fmt/format.h>
+
+#include "torchfit/error.hpp"
+#include "torchfit/json.hpp"
+#include "torchfit/trainer_state.hpp"
+
+namespace torchfit::detail {
+
+/// The file's bytes, or nothing if it does not exist; a file that exists but cannot be read throws.
+inline std::optional<std::string> read_file_if_exists(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error(fmt::format("cannot read {}: {}", path.string(), std::strerror(errno)));
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return bytes.str();
+}
+
+/// Creates the directory `path` goes in, if missing.
+inline void create_parent_directories(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  if (ec) throw Error(fmt::format("cannot create the directory of {}: {}", path.string(), ec.message()));
+}
+
+/// Writes `bytes` to `path` with C stdio in `mode` ("ab" or "wb") and closes it, so the data reaches the
+/// operating system; throws torchfit::Error naming the file on any failure.
+inline void write_file_with_mode(const std::filesystem::path& path, std::string_view bytes,
+                                 const char* mode) {
+  std::FILE* file = std::fopen(path.c_str(), mode);
+  if (file == nullptr) throw Error(fmt::format("cannot open {}: {}", path.string(), std::strerror(errno)));
+  const bool written = std::fwrite(bytes.data(), 1, bytes.size(), file) == bytes.size();
+  const int saved_errno = errno;
+  if (std::fclose(file) != 0 || !written)
+    throw Error(
+        fmt::format("cannot write {}: {}", path.string(), std::strerror(written ? errno : saved_errno)));
+}
+
+/// Appends `bytes` to `path` (created if missing).
+inline void append_to_file(const std::filesystem::path& path, std::string_view bytes) {
+  create_parent_directories(path);
+  write_file_with_mode(path, bytes, "ab");
+}
+
+/// Replaces `path` by a file holding `bytes` in one step: written next to it as `<name>.tmp`, then renamed
+/// over it, so a reader or a crash sees either the old or the new file, never a partial one.
+inline void replace_file(const std::filesystem::path& path, std::string_view bytes) {
+  create_parent_directories(path);
+  std::filesystem::path tmp = path;
+  tmp += ".tmp";
+  write_file_with_mode(tmp, bytes, "wb");
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) {
+    std::filesystem::remove(tmp, ec);
+    throw Error(fmt::format("cannot replace {}: {}", path.string(), ec.message()));
+  }
+}
+
+/// The epoch a log entry belongs to: the entry's own "epoch" (what the Trainer logs), else the state's, else
+/// null.
+inline json log_entry_epoch(const Logs& logs, const TrainerState& state) {
+  if (auto it = logs.find("epoch"); it != logs.end()) return *it;
+  return state.epoch ? json(*state.epoch) : json(nullptr);
+}
+
+/// The file a log tracker writes: `path` when given, else `<output_dir>/<default_name>`.
+inline std::filesystem::path log_file_path(const std::filesystem::path& path, const std::string& output_dir,
+                                           const char* default_name) {
+  return path.empty() ? std::filesystem::path(output_dir) / default_name : path;
+}
+
+/// What a log tracker does at on_train_begin with a file an earlier run left at `path`: a fresh run (global
+/// step 0) removes it; a resumed run keeps what `keep_through` returns for the resumed step (the entries the
+/// interrupted run logged after its checkpoint are dropped) and rewrites the file only if that removed
+/// anything. Returns the content the file now has (nothing if it does not exist).
+inline std::optional<std::string> restart_or_resume(
+    const std::filesystem::path& path, const TrainerState& state,
+    const std::function<std::string(const std::string&, std::int64_t)>& keep_through) {
+  auto text = read_file_if_exists(path);
+  if (!text) return std::nullopt;
+  if (state.global_step == 0) {
+    std::error_code ec;
+    if (!std::filesystem::remove(path, ec) && ec)
+      throw Error(fmt::format("cannot remove the log {} of an earlier run: {}", path.string(), ec.message()));
+    return std::nullopt;
+  }
+  std::string kept = keep_through(*text, state.global_step);
+  if (kept != *text) replace_file(path, kept);
+  return kept;
+}
+
+}  // namespace torchfit::detail
