@@ -72,3 +72,68 @@ class CaptureLog {
 };
 
 }  // namespace torchfit::test
+
+#include <torch/torch.h>
+
+#include "torchfit/trainer_callback.hpp"
+#include "torchfit/trainer_state.hpp"
+
+namespace torchfit::test {
+
+/// A small regression problem: y = x·w + noise, `n` samples of `features` inputs, fixed by `seed`.
+inline std::pair<torch::Tensor, torch::Tensor> regression_data(int64_t n, int64_t features = 4, uint64_t seed = 7) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto x = torch::randn({n, features}, gen);
+  auto w = torch::arange(1, features + 1, torch::kFloat).unsqueeze(1) / features;
+  auto y = x.matmul(w) + 0.1 * torch::randn({n, 1}, gen);
+  return {x, y};
+}
+
+/// A two-layer MLP with dropout, so RNG state matters for exact resume.
+struct MlpImpl : torch::nn::Module {
+  explicit MlpImpl(int64_t in = 4, int64_t hidden = 16, int64_t out = 1, double dropout = 0.1)
+      : fc1(register_module("fc1", torch::nn::Linear(in, hidden))),
+        drop(register_module("drop", torch::nn::Dropout(dropout))),
+        fc2(register_module("fc2", torch::nn::Linear(hidden, out))) {}
+  torch::Tensor forward(const torch::Tensor& x) { return fc2(drop(torch::relu(fc1(x)))); }
+  torch::nn::Linear fc1;
+  torch::nn::Dropout drop;
+  torch::nn::Linear fc2;
+};
+TORCH_MODULE(Mlp);
+
+inline torch::Tensor mse_loss(Mlp& model, const torch::data::Example<>& batch) {
+  return torch::mse_loss(model->forward(batch.data), batch.target);
+}
+
+/// Records every event as "name" or "name(gs=..)" for the events where HF's worked traces show the step.
+struct TraceCallback : TrainerCallback {
+  std::vector<std::string> events;
+  void add(const std::string& e) { events.push_back(e); }
+  void on_init_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_init_end"); }
+  void on_train_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_train_begin"); }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_train_end"); }
+  void on_epoch_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_epoch_begin"); }
+  void on_epoch_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_epoch_end"); }
+  void on_step_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_step_begin"); }
+  void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_pre_optimizer_step"); }
+  void on_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_optimizer_step"); }
+  void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_substep_end"); }
+  void on_step_end(const Args&, TrainerState& s, TrainerControl&, const CallbackContext&) override {
+    add("on_step_end(gs=" + std::to_string(s.global_step) + ")");
+  }
+  void on_evaluate(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_evaluate"); }
+  void on_predict(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_predict"); }
+  void on_save(const Args&, TrainerState& s, TrainerControl&, const CallbackContext&) override {
+    add("on_save(gs=" + std::to_string(s.global_step) + ")");
+  }
+  void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+    const auto& logs = *ctx.logs;
+    add(logs.contains("loss") ? "on_log(loss)" : logs.contains("eval_loss") ? "on_log(eval)" : "on_log(summary)");
+  }
+  void on_prediction_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_prediction_step");
+  }
+};
+
+}  // namespace torchfit::test

@@ -2,7 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
-#include "torchfit/torchfit.hpp"
+#include "torchfit/callback_handler.hpp"
+#include "torchfit/trainer_state.hpp"
+#include "torchfit/training_args.hpp"
 
 using namespace torchfit;
 
@@ -75,9 +77,9 @@ TEST_CASE("a callback that overrides only on_log is not visited on on_step_end",
   handler.add_callback<LogOnly>(trace);
   handler.add_callback<StepEnd>(trace);
   TrainingArguments args;
-  TrainerState* state = nullptr;  // the events under test never touch the state
+  TrainerState state;
   TrainerControl control;
-  handler.on_step_end(args, *state, control);
+  handler.on_step_end(args, state, control);
   CHECK(trace.events == std::vector<std::string>{"step:step_end:nosave"});
   CHECK(!handler.has_listeners(Event::substep_end));
   CHECK(handler.has_listeners(Event::log));
@@ -88,14 +90,14 @@ TEST_CASE("callbacks are called in list order and see earlier changes to control
   Trace trace;
   CallbackHandler handler;
   TrainingArguments args;
-  TrainerState* state = nullptr;
+  TrainerState state;
   TrainerControl control;
 
   SECTION("in-place mutation is visible to later callbacks") {
     handler.add_callback<StepEnd>(trace, "first");
     handler.add_callback<RaiseSave>();
     handler.add_callback<StepEnd>(trace, "second");
-    handler.on_step_end(args, *state, control);
+    handler.on_step_end(args, state, control);
     CHECK(trace.events == std::vector<std::string>{"first:step_end:nosave", "second:step_end:save"});
     CHECK(control.should_save);
   }
@@ -103,7 +105,7 @@ TEST_CASE("callbacks are called in list order and see earlier changes to control
     handler.add_callback<RaiseSave>();
     handler.add_callback<ReplaceControl>();
     handler.add_callback<StepEnd>(trace, "after");
-    handler.on_step_end(args, *state, control);
+    handler.on_step_end(args, state, control);
     CHECK(trace.events == std::vector<std::string>{"after:step_end:nosave"});
     CHECK(!control.should_save);
     CHECK(control.should_log);
@@ -113,7 +115,7 @@ TEST_CASE("callbacks are called in list order and see earlier changes to control
 TEST_CASE("the handler resets control flags as HF does before each event", "[handler]") {
   CallbackHandler handler;
   TrainingArguments args;
-  TrainerState* state = nullptr;
+  TrainerState state;
   const auto all_up = [] {
     TrainerControl c;
     c.should_training_stop = c.should_epoch_stop = c.should_save = c.should_evaluate = c.should_log = true;
@@ -121,28 +123,28 @@ TEST_CASE("the handler resets control flags as HF does before each event", "[han
     return c;
   };
   TrainerControl c = all_up();
-  handler.on_train_begin(args, *state, c);
+  handler.on_train_begin(args, state, c);
   CHECK((!c.should_training_stop && c.stop_reason.empty() && c.should_epoch_stop && c.should_save));
   c = all_up();
-  handler.on_epoch_begin(args, *state, c);
+  handler.on_epoch_begin(args, state, c);
   CHECK((!c.should_epoch_stop && c.should_training_stop && c.should_log));
   c = all_up();
-  handler.on_step_begin(args, *state, c);
+  handler.on_step_begin(args, state, c);
   CHECK((!c.should_log && !c.should_evaluate && !c.should_save && c.should_epoch_stop && c.should_training_stop));
   c = all_up();
-  handler.on_log(args, *state, c, Logs::object());
+  handler.on_log(args, state, c, Logs::object());
   CHECK((!c.should_log && c.should_evaluate && c.should_save));
   c = all_up();
-  handler.on_evaluate(args, *state, c, Logs::object());
+  handler.on_evaluate(args, state, c, Logs::object());
   CHECK((!c.should_evaluate && c.should_log && c.should_save));
   c = all_up();
-  handler.on_save(args, *state, c, "ckpt");
+  handler.on_save(args, state, c, "ckpt");
   CHECK((!c.should_save && c.should_log && c.should_evaluate));
   c = all_up();
-  handler.on_step_end(args, *state, c);
-  handler.on_substep_end(args, *state, c);
-  handler.on_epoch_end(args, *state, c);
-  handler.on_predict(args, *state, c, Logs::object());
+  handler.on_step_end(args, state, c);
+  handler.on_substep_end(args, state, c);
+  handler.on_epoch_end(args, state, c);
+  handler.on_predict(args, state, c, Logs::object());
   CHECK(c == all_up());
 }
 
@@ -159,9 +161,9 @@ TEST_CASE("event arguments reach callbacks through the context and are cleared a
   CallbackHandler handler;
   auto cb = handler.add_callback<SeesLogs>();
   TrainingArguments args;
-  TrainerState* state = nullptr;
+  TrainerState state;
   TrainerControl control;
-  handler.on_log(args, *state, control, Logs{{"loss", 0.25}});
+  handler.on_log(args, state, control, Logs{{"loss", 0.25}});
   CHECK(cb->seen == 0.25);
   CHECK(cb->metrics_was_null);
   CHECK(handler.context().logs == nullptr);
@@ -201,9 +203,9 @@ TEST_CASE("pop_callback and remove_callback follow HF", "[handler]") {
     handler.remove_callback(*a);
     handler.remove_callback(*d);
     TrainingArguments args;
-    TrainerState* state = nullptr;
+    TrainerState state;
     TrainerControl control;
-    handler.on_step_end(args, *state, control);
+    handler.on_step_end(args, state, control);
     CHECK(trace.events.empty());
   }
 }
@@ -243,11 +245,11 @@ TEST_CASE("a failing isolated callback is disabled with one warning; others keep
   handler.add_callback<Throws>();
   handler.add_callback<LogOnly>(trace);
   TrainingArguments args;
-  TrainerState* state = nullptr;
+  TrainerState state;
   TrainerControl control;
   test::CaptureLog log;
-  handler.on_log(args, *state, control, Logs::object());
-  handler.on_log(args, *state, control, Logs::object());
+  handler.on_log(args, state, control, Logs::object());
+  handler.on_log(args, state, control, Logs::object());
   CHECK(trace.events == std::vector<std::string>{"log:log", "log:log"});
   CHECK_THAT(log.text(), Catch::Contains("Throws failed and is disabled") && Catch::Contains("disk full"));
   CHECK(handler.callback_list() == "LogOnly");
@@ -262,9 +264,9 @@ TEST_CASE("a failing ordinary callback propagates its exception", "[handler]") {
   CallbackHandler handler;
   handler.add_callback<Bad>();
   TrainingArguments args;
-  TrainerState* state = nullptr;
+  TrainerState state;
   TrainerControl control;
-  CHECK_THROWS_WITH(handler.on_log(args, *state, control, Logs::object()), "bug");
+  CHECK_THROWS_WITH(handler.on_log(args, state, control, Logs::object()), "bug");
 }
 
 TEST_CASE("TrainerControl round-trips through HF's ExportableState form", "[handler]") {
