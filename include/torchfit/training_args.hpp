@@ -1,20 +1,83 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <iostream>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <tuple>
+#include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "torchfit/detail/arg_parse.hpp"
+#include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
+#include "torchfit/log.hpp"
 
 namespace torchfit {
 
 /// When to log or evaluate (HF's IntervalStrategy).
 enum class IntervalStrategy { no, steps, epoch };
-/// When to save a checkpoint (HF's SaveStrategy); `best` saves after each evaluation that improves the metric.
+/// When to save a checkpoint (HF's SaveStrategy); `best` saves after each evaluation that improves the
+/// metric.
 enum class SaveStrategy { no, steps, epoch, best };
+
+namespace detail {
+template <>
+struct EnumNames<IntervalStrategy> {
+  static constexpr std::array<const char*, 3> values = {"no", "steps", "epoch"};
+};
+template <>
+struct EnumNames<SaveStrategy> {
+  static constexpr std::array<const char*, 4> values = {"no", "steps", "epoch", "best"};
+};
+/// The lr_scheduler_type values the scheduler factory implements (HF's SchedulerType names).
+inline constexpr std::array<std::string_view, 10> scheduler_names = {"linear",
+                                                                     "cosine",
+                                                                     "cosine_with_restarts",
+                                                                     "polynomial",
+                                                                     "constant",
+                                                                     "constant_with_warmup",
+                                                                     "inverse_sqrt",
+                                                                     "reduce_lr_on_plateau",
+                                                                     "cosine_with_min_lr",
+                                                                     "warmup_stable_decay"};
+/// The optim values create_optimizer implements.
+inline constexpr std::array<std::string_view, 6> optimizer_names = {
+    "adamw_torch", "adamw_torch_fused", "adam", "sgd", "adagrad", "rmsprop"};
+}  // namespace detail
+
+/// HF's name of the strategy ("no", "steps", "epoch").
+inline std::string to_string(IntervalStrategy strategy) {
+  return detail::EnumNames<IntervalStrategy>::values.at(static_cast<size_t>(strategy));
+}
+/// HF's name of the strategy ("no", "steps", "epoch", "best").
+inline std::string to_string(SaveStrategy strategy) {
+  return detail::EnumNames<SaveStrategy>::values.at(static_cast<size_t>(strategy));
+}
+
+/// The strategy named `text`; an unknown name throws ArgumentError listing the valid ones, `where` naming the
+/// value in the message (e.g. "--eval_strategy").
+inline IntervalStrategy interval_strategy_from_string(const std::string& text,
+                                                      std::string_view where = "IntervalStrategy") {
+  return detail::Codec<IntervalStrategy>::parse(where, text);
+}
+/// The save strategy named `text`; an unknown name throws ArgumentError listing the valid ones.
+inline SaveStrategy save_strategy_from_string(const std::string& text,
+                                              std::string_view where = "SaveStrategy") {
+  return detail::Codec<SaveStrategy>::parse(where, text);
+}
 
 /// Everything the training loop is configured by, with Hugging Face's names and v4.57 defaults
 /// (differences: report_to defaults to "none"; restore_callback_states_from_checkpoint defaults to true).
@@ -62,7 +125,8 @@ struct TrainingArguments {
   bool save_safetensors = true;
   bool save_only_model = false;
   bool restore_callback_states_from_checkpoint = true;
-  std::optional<std::string> resume_from_checkpoint;  // a path, or "last" for the newest checkpoint in output_dir
+  std::optional<std::string>
+      resume_from_checkpoint;  // a path, or "last" for the newest checkpoint in output_dir
   bool ignore_data_skip = false;
 
   bool load_best_model_at_end = false;
@@ -83,6 +147,443 @@ struct TrainingArguments {
   bool skip_memory_metrics = true;
   std::vector<std::string> report_to = {"none"};
   std::optional<std::string> run_name;
+
+  /// HF's __post_init__ in its order (defaults filled in: logging_dir, eval_steps from logging_steps,
+  /// metric_for_best_model, greater_is_better, do_eval; `~` expanded), then range checks HF leaves to later
+  /// failures. Throws ArgumentError naming the flag, the value and what is accepted. Idempotent.
+  void validate();
+
+  /// Parses `--name value`, `--name=value`, `--flag [true|false]`, `--no_flag`; `none` unsets optional
+  /// fields; then validate(). Unknown flags, stray tokens and bad values throw ArgumentError. `--help` / `-h`
+  /// prints help_text() to stdout and exits 0.
+  static TrainingArguments from_argv(int argc, const char* const* argv);
+  static TrainingArguments from_argv(int argc, char** argv) {
+    return from_argv(argc, static_cast<const char* const*>(argv));
+  }
+
+  /// Like from_argv, but unknown `--x [value]` tokens and stray tokens are returned in `remaining` (in order)
+  /// instead of failing, for programs that add flags of their own.
+  static TrainingArguments parse_known_args(int argc, const char* const* argv,
+                                            std::vector<std::string>& remaining);
+  static TrainingArguments parse_known_args(int argc, char** argv, std::vector<std::string>& remaining) {
+    return parse_known_args(argc, static_cast<const char* const*>(argv), remaining);
+  }
+
+  /// Usage line and one aligned line per field (flag, type, default, description), grouped by topic.
+  static std::string help_text(const std::string& program);
+
+  /// Every field under its HF name: enums as their names, unset optionals as null, report_to as a list.
+  json to_json() const;
+  /// to_json() as HF's `to_json_string` lays it out (2-space indent), keys sorted; no trailing newline.
+  std::string to_json_string() const;
+  /// Arguments from a to_json() object (missing keys keep their defaults), then validate(). Unknown keys and
+  /// values of the wrong type throw ArgumentError naming the key.
+  static TrainingArguments from_json(const json& object);
+  /// from_json() of a file (training_args.json); errors name the file.
+  static TrainingArguments load_from_json(const std::filesystem::path& path);
 };
+
+namespace detail {
+
+/// One TrainingArguments field: the single place that ties its flag name to the member, its topic and its
+/// description; text, JSON and help conversions come from the member type's codec.
+struct FieldSpec {
+  std::string name;
+  std::string section;
+  std::string help;
+  std::string type;
+  bool flag;      // bool or optional<bool>: `--name` alone means true
+  bool optional;  // accepts none / null
+  std::function<void(TrainingArguments&, std::string_view where, const std::string& text)> parse;
+  std::function<json(const TrainingArguments&)> get;
+  std::function<void(TrainingArguments&, std::string_view where, const json&)> set;
+};
+
+/// Builds the field table: section() starts a topic, add() appends a field under it.
+class FieldTable {
+ public:
+  FieldTable& section(const char* title) {
+    section_ = title;
+    return *this;
+  }
+  /// `C` overrides the codec chosen by the member's type (StepsCodec for step counts).
+  template <class C = void, class T>
+  FieldTable& add(const char* name, T TrainingArguments::*member, std::string help) {
+    using Conv = std::conditional_t<std::is_void_v<C>, Codec<T>, C>;
+    static_assert(std::is_same_v<typename Conv::value_type, T>, "codec does not fit the member type");
+    fields_.push_back(FieldSpec{name, section_, std::move(help), Conv::type(),
+                                std::is_same_v<T, bool> || std::is_same_v<T, std::optional<bool>>,
+                                is_optional_v<T>,
+                                [member](TrainingArguments& a, std::string_view where,
+                                         const std::string& text) { a.*member = Conv::parse(where, text); },
+                                [member](const TrainingArguments& a) { return Conv::to_json(a.*member); },
+                                [member](TrainingArguments& a, std::string_view where, const json& j) {
+                                  a.*member = Conv::from_json(where, j);
+                                }});
+    return *this;
+  }
+  const std::vector<FieldSpec>& fields() const { return fields_; }
+  const FieldSpec* find(std::string_view name) const {
+    for (const FieldSpec& f : fields_)
+      if (f.name == name) return &f;
+    return nullptr;
+  }
+  /// " (did you mean --x?)" for a likely typo of a field name, else empty.
+  std::string suggestion(std::string_view name, std::string_view prefix) const {
+    std::vector<std::string> names;
+    for (const FieldSpec& f : fields_) names.push_back(f.name);
+    const std::string best = closest_name(name, names);
+    return best.empty() ? "" : fmt::format(" (did you mean {}{}?)", prefix, best);
+  }
+
+ private:
+  const char* section_ = "";
+  std::vector<FieldSpec> fields_;
+};
+
+/// The one table of TrainingArguments fields, in declaration order: from_argv, help_text, to_json and
+/// from_json all read it.
+inline const FieldTable& training_fields() {
+  using A = TrainingArguments;
+  static const FieldTable table =
+      FieldTable()
+          .section("Output")
+          .add("output_dir", &A::output_dir, "directory for checkpoints and the final model")
+          .add("overwrite_output_dir", &A::overwrite_output_dir,
+               "kept for HF compatibility; the Trainer ignores it")
+          .add("do_train", &A::do_train, "for scripts: whether to train")
+          .add("do_eval", &A::do_eval,
+               "for scripts: whether to evaluate (set when --eval_strategy is not \"no\")")
+          .add("do_predict", &A::do_predict, "for scripts: whether to predict")
+          .section("Evaluation")
+          .add("eval_strategy", &A::eval_strategy, "when to evaluate")
+          .add<OptionalCodec<StepsCodec>>(
+              "eval_steps", &A::eval_steps,
+              "evaluate every N steps (< 1: ratio of max_steps); None: --logging_steps")
+          .add("eval_delay", &A::eval_delay,
+               "epochs or steps (per --eval_strategy) to wait before the first evaluation")
+          .add("eval_on_start", &A::eval_on_start, "evaluate once before training (a sanity check)")
+          .section("Batches")
+          .add("per_device_train_batch_size", &A::per_device_train_batch_size, "samples per training batch")
+          .add("per_device_eval_batch_size", &A::per_device_eval_batch_size, "samples per evaluation batch")
+          .add("gradient_accumulation_steps", &A::gradient_accumulation_steps,
+               "batches accumulated per optimizer step")
+          .add("eval_accumulation_steps", &A::eval_accumulation_steps,
+               "evaluation batches kept on the device before moving predictions to the CPU")
+          .section("Optimizer")
+          .add("optim", &A::optim, "optimizer: " + join_quoted(optimizer_names))
+          .add("learning_rate", &A::learning_rate, "initial learning rate")
+          .add("weight_decay", &A::weight_decay, "weight decay, except on biases and normalisation weights")
+          .add("adam_beta1", &A::adam_beta1, "Adam beta1")
+          .add("adam_beta2", &A::adam_beta2, "Adam beta2")
+          .add("adam_epsilon", &A::adam_epsilon, "Adam epsilon")
+          .add("max_grad_norm", &A::max_grad_norm, "gradient clipping norm; <= 0 disables clipping")
+          .section("Schedule")
+          .add("num_train_epochs", &A::num_train_epochs, "epochs to train (fractions allowed)")
+          .add("max_steps", &A::max_steps, "optimizer steps to train; > 0 overrides --num_train_epochs")
+          .add("lr_scheduler_type", &A::lr_scheduler_type,
+               "learning-rate schedule: " + join_quoted(scheduler_names))
+          .add("lr_scheduler_kwargs", &A::lr_scheduler_kwargs,
+               "extra schedule parameters, e.g. '{\"power\": 2}'")
+          .add("warmup_ratio", &A::warmup_ratio, "warmup as a fraction of max_steps")
+          .add("warmup_steps", &A::warmup_steps, "warmup steps; > 0 overrides --warmup_ratio")
+          .section("Logging")
+          .add("logging_dir", &A::logging_dir,
+               "tracker directory; empty: <output_dir>/runs/<%b%d_%H-%M-%S>_<hostname>")
+          .add("logging_strategy", &A::logging_strategy, "when to log")
+          .add<StepsCodec>("logging_steps", &A::logging_steps, "log every N steps (< 1: ratio of max_steps)")
+          .add("logging_first_step", &A::logging_first_step, "also log the first step")
+          .add("logging_nan_inf_filter", &A::logging_nan_inf_filter,
+               "replace a NaN/inf step loss by the mean of the logged window")
+          .section("Checkpoints")
+          .add("save_strategy", &A::save_strategy, "when to save a checkpoint")
+          .add<StepsCodec>("save_steps", &A::save_steps, "save every N steps (< 1: ratio of max_steps)")
+          .add("save_total_limit", &A::save_total_limit,
+               "keep at most N checkpoints (the best one is always kept)")
+          .add("save_safetensors", &A::save_safetensors,
+               "kept for HF compatibility (torch archives are written)")
+          .add("save_only_model", &A::save_only_model,
+               "save the model only: no optimizer/scheduler/RNG, no resume")
+          .add("restore_callback_states_from_checkpoint", &A::restore_callback_states_from_checkpoint,
+               "restore stateful callbacks on resume")
+          .add("resume_from_checkpoint", &A::resume_from_checkpoint,
+               "checkpoint directory to resume from, or \"last\" for the newest in --output_dir")
+          .add("ignore_data_skip", &A::ignore_data_skip,
+               "on resume, start the epoch's data from the beginning")
+          .section("Best model")
+          .add("load_best_model_at_end", &A::load_best_model_at_end,
+               "load the best checkpoint after training")
+          .add("metric_for_best_model", &A::metric_for_best_model,
+               "metric that ranks checkpoints (\"loss\" by default)")
+          .add("greater_is_better", &A::greater_is_better,
+               "whether larger metric values are better; None: derived")
+          .section("Reproducibility and data")
+          .add("seed", &A::seed, "random seed set at Trainer construction")
+          .add("data_seed", &A::data_seed, "seed of the data order; None: --seed")
+          .add("full_determinism", &A::full_determinism, "use deterministic algorithms (slower)")
+          .add("dataloader_drop_last", &A::dataloader_drop_last, "drop the last incomplete training batch")
+          .add("dataloader_num_workers", &A::dataloader_num_workers,
+               "data loading worker threads; 0: main thread")
+          .section("Hardware")
+          .add("use_cpu", &A::use_cpu, "train on the CPU even when CUDA is available")
+          .add("bf16", &A::bf16, "bfloat16 mixed precision (CUDA)")
+          .add("fp16", &A::fp16, "float16 mixed precision with loss scaling (CUDA)")
+          .section("Reporting")
+          .add("disable_tqdm", &A::disable_tqdm, "print log lines instead of a progress bar")
+          .add("skip_memory_metrics", &A::skip_memory_metrics, "do not add memory usage to metrics")
+          .add("report_to", &A::report_to,
+               "trackers, comma-separated: \"all\", \"none\" or integration names")
+          .add("run_name", &A::run_name, "run name shown by trackers");
+  return table;
+}
+
+inline TrainingArguments parse_args(int argc, const char* const* argv, std::vector<std::string>* remaining) {
+  const FieldTable& table = training_fields();
+  TrainingArguments args;
+  const auto token = [&](int i) { return std::string(argv[i] != nullptr ? argv[i] : ""); };
+  const auto is_flag_token = [](const std::string& t) { return t.size() > 2 && t.compare(0, 2, "--") == 0; };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = token(i);
+    if (arg == "--help" || arg == "-h") {
+      const std::string program =
+          argc > 0 && argv[0] ? std::filesystem::path(argv[0]).filename().string() : "train";
+      std::cout << TrainingArguments::help_text(program) << std::flush;
+      std::exit(0);
+    }
+    const size_t eq = arg.find('=');
+    const std::string name = is_flag_token(arg) ? arg.substr(2, eq == std::string::npos ? eq : eq - 2) : "";
+    const FieldSpec* field = table.find(name);
+    const FieldSpec* negated = nullptr;  // --no_<bool>, HfArgumentParser's complement flag
+    if (field == nullptr && name.compare(0, 3, "no_") == 0)
+      if (const FieldSpec* f = table.find(name.substr(3)); f && f->flag && !f->optional) negated = f;
+    if (field == nullptr && negated == nullptr) {
+      if (remaining == nullptr) {
+        if (name.empty())
+          throw ArgumentError(
+              fmt::format("unexpected argument {} (flags are --name value)", as_literal(arg)));
+        throw ArgumentError(
+            fmt::format("unknown flag --{}{}; see --help", name, table.suggestion(name, "--")));
+      }
+      remaining->push_back(arg);
+      if (!name.empty() && eq == std::string::npos && i + 1 < argc && !is_flag_token(token(i + 1)))
+        remaining->push_back(token(++i));
+      continue;
+    }
+    const std::string where = "--" + name;
+    if (negated != nullptr) {
+      require(eq == std::string::npos, "{} takes no value (got {})", where, as_literal(arg.substr(eq + 1)));
+      negated->parse(args, where, "false");
+      continue;
+    }
+    std::string value;
+    if (eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+    } else if (field->flag) {
+      // As HF's parser: a bool flag takes the next token only if it is a bool word (or none, when optional).
+      const bool takes_next =
+          i + 1 < argc && (bool_word(token(i + 1)) || (field->optional && none_word(token(i + 1))));
+      value = takes_next ? token(++i) : "true";
+    } else {
+      require(i + 1 < argc && !is_flag_token(token(i + 1)), "{} expects a value ({})", where, field->type);
+      value = token(++i);
+    }
+    field->parse(args, where, value);
+  }
+  args.validate();
+  return args;
+}
+
+}  // namespace detail
+
+inline void TrainingArguments::validate() {
+  using detail::as_literal;
+  using detail::require;
+  require(!output_dir.empty(), "--output_dir must not be empty (the default is \"trainer_output\")");
+  output_dir = detail::expand_user(output_dir);
+  if (logging_dir.empty())
+    logging_dir = (std::filesystem::path(output_dir) / detail::default_logdir()).string();
+  logging_dir = detail::expand_user(logging_dir);
+  // HF converts the names to enums first, failing on unknown ones.
+  require(detail::contains(detail::scheduler_names, lr_scheduler_type),
+          "--lr_scheduler_type expects one of {} (got {})", detail::join_quoted(detail::scheduler_names),
+          as_literal(lr_scheduler_type));
+  require(detail::contains(detail::optimizer_names, optim), "--optim expects one of {} (got {})",
+          detail::join_quoted(detail::optimizer_names), as_literal(optim));
+  if (eval_strategy != IntervalStrategy::no) do_eval = true;
+
+  // Not checked by HF; a negative or non-finite value would silently misbehave later.
+  for (const auto& [flag, value] : {std::pair<const char*, double>{"--logging_steps", logging_steps},
+                                    {"--save_steps", save_steps},
+                                    {"--eval_steps", eval_steps.value_or(0)},
+                                    {"--eval_delay", eval_delay},
+                                    {"--learning_rate", learning_rate},
+                                    {"--weight_decay", weight_decay},
+                                    {"--adam_epsilon", adam_epsilon}})
+    require(std::isfinite(value) && value >= 0, "{} must be a finite number >= 0 (got {})", flag, value);
+
+  if (eval_strategy == IntervalStrategy::steps && eval_steps.value_or(0) == 0) {
+    require(logging_steps > 0,
+            "--eval_steps must be > 0 when --eval_strategy is \"steps\" (got {}); it falls back to "
+            "--logging_steps, "
+            "which is 0 too",
+            eval_steps ? fmt::format("{}", *eval_steps) : "None");
+    log::info("using --logging_steps to initialize --eval_steps to {}", logging_steps);
+    eval_steps = logging_steps;
+  }
+  require(logging_strategy != IntervalStrategy::steps || logging_steps != 0,
+          "--logging_steps must be > 0 when --logging_strategy is \"steps\" (got 0)");
+  for (const auto& [flag, active, value] :
+       {std::tuple<const char*, bool, double>{"--logging_steps", logging_strategy == IntervalStrategy::steps,
+                                              logging_steps},
+        {"--eval_steps", eval_strategy == IntervalStrategy::steps, eval_steps.value_or(0)},
+        {"--save_steps", save_strategy == SaveStrategy::steps, save_steps}})
+    require(!active || value <= 1 || value == std::floor(value),
+            "{} must be an integer if bigger than 1 (got {})", flag, value);
+
+  if (load_best_model_at_end && save_strategy != SaveStrategy::best) {
+    require(to_string(eval_strategy) == to_string(save_strategy),
+            "--load_best_model_at_end requires the save and eval strategy to match, but found\n- Evaluation "
+            "strategy: "
+            "{}\n- Save strategy: {}\n(set --save_strategy to \"{}\", or to \"best\")",
+            to_string(eval_strategy), to_string(save_strategy), to_string(eval_strategy));
+    const double save = save_steps;
+    const double eval = eval_steps.value_or(0);
+    if (eval_strategy == IntervalStrategy::steps && std::fmod(save, eval) != 0) {
+      require((eval < 1) == (save < 1),
+              "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, "
+              "which "
+              "cannot be guaranteed when mixing ratio and absolute steps (got --save_steps {} and "
+              "--eval_steps {})",
+              save, eval);
+      // Ratios are compared scaled up, as HF does, to absorb floating-point noise (0.3 is a multiple of 0.1).
+      require(
+          eval >= 1 || std::fmod(save * 1e6, eval * 1e6) == 0,
+          "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, but "
+          "found --save_steps {}, which is not a multiple of --eval_steps {}",
+          save, eval);
+      require(eval < 1,
+              "--load_best_model_at_end requires the saving steps to be a round multiple of the evaluation "
+              "steps, "
+              "but found --save_steps {}, which is not a round multiple of --eval_steps {}",
+              save, eval);
+    }
+  }
+
+  if ((load_best_model_at_end || lr_scheduler_type == "reduce_lr_on_plateau") && !metric_for_best_model)
+    metric_for_best_model = "loss";
+  require(!metric_for_best_model || !metric_for_best_model->empty(),
+          "--metric_for_best_model must name a metric such as \"loss\" or \"accuracy\" (got \"\")");
+  if (!greater_is_better && metric_for_best_model)
+    greater_is_better = !detail::ends_with(*metric_for_best_model, "loss");
+  require(lr_scheduler_type != "reduce_lr_on_plateau" || eval_strategy != IntervalStrategy::no,
+          "--lr_scheduler_type \"reduce_lr_on_plateau\" requires an eval strategy (--eval_strategy is "
+          "\"no\"; use "
+          "\"steps\" or \"epoch\")");
+  // HF checks this in Trainer.__init__; here it fails before any work is done.
+  require(save_strategy != SaveStrategy::best || metric_for_best_model.has_value(),
+          "--save_strategy \"best\" requires --metric_for_best_model (got None)");
+
+  // Names are resolved against the compiled-in integrations when the Trainer is built.
+  const std::string report_list = fmt::format("{}", fmt::join(report_to, ","));
+  for (const std::string& name : report_to) {
+    require(!name.empty(), "--report_to has an empty name (got {})", as_literal(report_list));
+    require(report_to.size() == 1 || (name != "none" && name != "all"),
+            "--report_to {} cannot be combined with other names (got {})", as_literal(name),
+            as_literal(report_list));
+  }
+  require(warmup_ratio >= 0 && warmup_ratio <= 1, "--warmup_ratio must be in [0, 1] (got {})", warmup_ratio);
+  require(warmup_steps >= 0, "--warmup_steps must be >= 0 (got {})", warmup_steps);
+  if (warmup_ratio > 0 && warmup_steps > 0)
+    log::info("both --warmup_ratio and --warmup_steps given; --warmup_steps overrides --warmup_ratio");
+
+  // Range checks HF leaves to torch or to later failures.
+  for (const auto& [flag, value] :
+       {std::pair<const char*, int64_t>{"--per_device_train_batch_size", per_device_train_batch_size},
+        {"--per_device_eval_batch_size", per_device_eval_batch_size},
+        {"--gradient_accumulation_steps", gradient_accumulation_steps},
+        {"--eval_accumulation_steps", eval_accumulation_steps.value_or(1)},
+        {"--save_total_limit", save_total_limit.value_or(1)}})
+    require(value >= 1, "{} must be >= 1 (got {})", flag, value);
+  for (const auto& [flag, value] :
+       {std::pair<const char*, double>{"--adam_beta1", adam_beta1}, {"--adam_beta2", adam_beta2}})
+    require(value >= 0 && value < 1, "{} must be in [0, 1) (got {})", flag, value);
+  require(!std::isnan(max_grad_norm), "--max_grad_norm must be a number (<= 0 disables clipping) (got nan)");
+  require(max_steps > 0 || (std::isfinite(num_train_epochs) && num_train_epochs > 0),
+          "--num_train_epochs must be > 0 when --max_steps is not set (got {})", num_train_epochs);
+  require(!(fp16 && bf16), "--fp16 and --bf16 cannot both be set; choose one");
+  require(dataloader_num_workers >= 0, "--dataloader_num_workers must be >= 0 (got {})",
+          dataloader_num_workers);
+  require(lr_scheduler_kwargs.is_object(), "--lr_scheduler_kwargs must be a JSON object (got {})",
+          lr_scheduler_kwargs.dump());
+}
+
+inline TrainingArguments TrainingArguments::from_argv(int argc, const char* const* argv) {
+  return detail::parse_args(argc, argv, nullptr);
+}
+
+inline TrainingArguments TrainingArguments::parse_known_args(int argc, const char* const* argv,
+                                                             std::vector<std::string>& remaining) {
+  remaining.clear();
+  return detail::parse_args(argc, argv, &remaining);
+}
+
+inline std::string TrainingArguments::help_text(const std::string& program) {
+  const auto& fields = detail::training_fields().fields();
+  const json defaults = TrainingArguments().to_json();
+  size_t name_width = 0, type_width = 0, default_width = 0;
+  for (const auto& f : fields) {
+    name_width = std::max(name_width, f.name.size() + 2);
+    type_width = std::max(type_width, f.type.size());
+    default_width = std::max(default_width, detail::help_value(defaults.at(f.name)).size());
+  }
+  std::string out = fmt::format(
+      "usage: {} [--help] [--NAME VALUE | --NAME=VALUE]...\n\n"
+      "Training arguments, with Hugging Face's names and defaults. A bool flag alone means true, or takes a "
+      "value\n"
+      "(--fp16 false); --no_NAME sets it to false. Optional values accept none.\n",
+      program);
+  std::string section;
+  for (const auto& f : fields) {
+    if (f.section != section) out += fmt::format("\n{}:\n", section = f.section);
+    out += fmt::format("  {:<{}}  {:<{}}  {:<{}}  {}\n", "--" + f.name, name_width, f.type, type_width,
+                       detail::help_value(defaults.at(f.name)), default_width, f.help);
+  }
+  return out;
+}
+
+inline json TrainingArguments::to_json() const {
+  json out = json::object();
+  for (const auto& f : detail::training_fields().fields()) out[f.name] = f.get(*this);
+  return out;
+}
+
+inline std::string TrainingArguments::to_json_string() const {
+  return detail::python_json_dumps(to_json(), 2, true);
+}
+
+inline TrainingArguments TrainingArguments::from_json(const json& object) {
+  const auto& table = detail::training_fields();
+  if (!object.is_object())
+    throw ArgumentError(fmt::format("training arguments must be a JSON object (got {})", object.type_name()));
+  TrainingArguments args;
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const detail::FieldSpec* field = table.find(it.key());
+    if (field == nullptr)
+      throw ArgumentError(fmt::format("unknown training argument {}{}", detail::as_literal(it.key()),
+                                      table.suggestion(it.key(), "")));
+    field->set(args, "field " + detail::as_literal(it.key()), it.value());
+  }
+  args.validate();
+  return args;
+}
+
+inline TrainingArguments TrainingArguments::load_from_json(const std::filesystem::path& path) {
+  const json object = detail::python_json_load(path);
+  try {
+    return from_json(object);
+  } catch (const ArgumentError& e) {
+    throw ArgumentError(path.string() + ": " + e.what());
+  }
+}
 
 }  // namespace torchfit
