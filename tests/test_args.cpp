@@ -210,9 +210,8 @@ TEST_CASE("load_best_model_at_end: strategies must match and save_steps be a mul
   args.eval_strategy = IntervalStrategy::steps;
   args.save_strategy = SaveStrategy::epoch;
   CHECK(validate_error(args) ==
-        "--load_best_model_at_end requires the save and eval strategy to match, but found\n"
-        "- Evaluation strategy: steps\n- Save strategy: epoch\n(set --save_strategy to \"steps\", or to "
-        "\"best\")");
+        "--load_best_model_at_end requires the save and eval strategy to match, but found\n- Evaluation "
+        "strategy: steps\n- Save strategy: epoch\n(set --save_strategy to \"steps\", or to \"best\")");
 
   args.save_strategy = SaveStrategy::best;  // "best" saves after evaluations; any eval strategy fits
   args.metric_for_best_model = "accuracy";
@@ -229,21 +228,19 @@ TEST_CASE("load_best_model_at_end: strategies must match and save_steps be a mul
   CHECK(steps(500, 100) == "(no ArgumentError)");
   CHECK(steps(250, 100) ==
         "--load_best_model_at_end requires the saving steps to be a round multiple of the evaluation steps, "
-        "but found "
-        "--save_steps 250, which is not a round multiple of --eval_steps 100");
+        "but found --save_steps 250, which is not a round multiple of --eval_steps 100");
   CHECK(steps(100, 0.3) ==
         "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, which "
-        "cannot be "
-        "guaranteed when mixing ratio and absolute steps (got --save_steps 100 and --eval_steps 0.3)");
+        "cannot be guaranteed when mixing ratio and absolute steps (got --save_steps 100 and --eval_steps "
+        "0.3)");
   CHECK(steps(0.5, 100) ==
         "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, which "
-        "cannot be "
-        "guaranteed when mixing ratio and absolute steps (got --save_steps 0.5 and --eval_steps 100)");
+        "cannot be guaranteed when mixing ratio and absolute steps (got --save_steps 0.5 and --eval_steps "
+        "100)");
   CHECK(steps(0.3, 0.1) == "(no ArgumentError)");  // 0.3 % 0.1 != 0 in floating point; HF scales by 1e6
   CHECK(steps(0.25, 0.5) ==
         "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, but "
-        "found "
-        "--save_steps 0.25, which is not a multiple of --eval_steps 0.5");
+        "found --save_steps 0.25, which is not a multiple of --eval_steps 0.5");
 }
 
 TEST_CASE("steps values above 1 must be whole, for the strategies that use them", "[args]") {
@@ -277,8 +274,7 @@ TEST_CASE("each validation rule names the flag, the value and what is accepted",
          a.logging_steps = 0;
        },
        "--eval_steps must be > 0 when --eval_strategy is \"steps\" (got 0); it falls back to "
-       "--logging_steps, which "
-       "is 0 too"},
+       "--logging_steps, which is 0 too"},
       {[](auto& a) { a.logging_steps = 0; },
        "--logging_steps must be > 0 when --logging_strategy is \"steps\" (got 0)"},
       {[](auto& a) { a.save_steps = -1; }, "--save_steps must be a finite number >= 0 (got -1)"},
@@ -288,17 +284,14 @@ TEST_CASE("each validation rule names the flag, the value and what is accepted",
        "--learning_rate must be a finite number >= 0 (got inf)"},
       {[](auto& a) { a.lr_scheduler_type = "reduce_lr_on_plateau"; },
        "--lr_scheduler_type \"reduce_lr_on_plateau\" requires an eval strategy (--eval_strategy is \"no\"; "
-       "use "
-       "\"steps\" or \"epoch\")"},
+       "use \"steps\" or \"epoch\")"},
       {[](auto& a) { a.lr_scheduler_type = "cosine_annealing"; },
        "--lr_scheduler_type expects one of \"linear\", \"cosine\", \"cosine_with_restarts\", \"polynomial\", "
        "\"constant\", \"constant_with_warmup\", \"inverse_sqrt\", \"reduce_lr_on_plateau\", "
-       "\"cosine_with_min_lr\", "
-       "\"warmup_stable_decay\" (got \"cosine_annealing\")"},
+       "\"cosine_with_min_lr\", \"warmup_stable_decay\" (got \"cosine_annealing\")"},
       {[](auto& a) { a.optim = "lion"; },
        "--optim expects one of \"adamw_torch\", \"adamw_torch_fused\", \"adam\", \"sgd\", \"adagrad\", "
-       "\"rmsprop\" "
-       "(got \"lion\")"},
+       "\"rmsprop\" (got \"lion\")"},
       {[](auto& a) { a.warmup_ratio = 1.5; }, "--warmup_ratio must be in [0, 1] (got 1.5)"},
       {[](auto& a) { a.warmup_steps = -1; }, "--warmup_steps must be >= 0 (got -1)"},
       {[](auto& a) { a.per_device_train_batch_size = 0; },
@@ -352,46 +345,18 @@ TEST_CASE("each validation rule names the flag, the value and what is accepted",
 
 TEST_CASE("from_argv reads --name value, --name=value, bare and valued bool flags, none, lists and JSON",
           "[args]") {
-  const auto args = parse({"--output_dir",
-                           "out",
-                           "--learning_rate=1e-3",
-                           "--max_steps",
-                           "-1",
-                           "--num_train_epochs",
-                           "+2.5",
-                           "--do_train",
-                           "--fp16",
-                           "FALSE",
-                           "--bf16=Yes",
-                           "--logging_first_step",
-                           "--seed",
-                           "7",
-                           "--save_safetensors=0",
-                           "--disable_tqdm",
-                           "t",
-                           "--eval_strategy",
-                           "epoch",
-                           "--save_strategy=epoch",
-                           "--report_to",
-                           "tensorboard, csv",
-                           "--lr_scheduler_type",
-                           "polynomial",
-                           "--lr_scheduler_kwargs",
-                           R"({"power": 2, "lr_end": 1e-6})",
-                           "--save_total_limit",
-                           "3",
-                           "--save_total_limit",
-                           "None",
-                           "--data_seed",
-                           "11",
-                           "--greater_is_better",
-                           "none",
-                           "--metric_for_best_model",
-                           "accuracy",
-                           "--logging_nan_inf_filter",
-                           "--eval_steps=0.5",
-                           "--run_name",
-                           "a run"});
+  // clang-format off
+  const auto args = parse({"--output_dir", "out", "--learning_rate=1e-3", "--max_steps", "-1",
+                           "--num_train_epochs", "+2.5", "--do_train", "--fp16", "FALSE", "--bf16=Yes",
+                           "--logging_first_step", "--seed", "7", "--save_safetensors=0", "--disable_tqdm", "t",
+                           "--eval_strategy", "epoch", "--save_strategy=epoch", "--report_to", "tensorboard, csv",
+                           "--lr_scheduler_type", "polynomial",
+                           "--lr_scheduler_kwargs", R"({"power": 2, "lr_end": 1e-6})",
+                           "--save_total_limit", "3", "--save_total_limit", "None", "--data_seed", "11",
+                           "--greater_is_better", "none", "--metric_for_best_model", "accuracy",
+                           "--logging_nan_inf_filter", "--eval_steps=0.5", "--logging_dir=logs=1",
+                           "--run_name", "a run"});
+  // clang-format on
   CHECK(args.output_dir == "out");
   CHECK(args.learning_rate == 1e-3);
   CHECK(args.max_steps == -1);
@@ -414,7 +379,8 @@ TEST_CASE("from_argv reads --name value, --name=value, bare and valued bool flag
   CHECK(args.logging_nan_inf_filter);
   CHECK(args.eval_steps == 0.5);
   CHECK(args.run_name == "a run");
-  CHECK(args.do_eval);  // validated
+  CHECK(args.logging_dir == "logs=1");  // split at the first "="
+  CHECK(args.do_eval);                  // validated
 }
 
 TEST_CASE("from_argv: a bool flag takes only a bool word after it; --no_NAME clears a bool", "[args]") {
@@ -568,36 +534,14 @@ TEST_CASE("to_json_string is HF's layout with sorted keys; whole step counts are
 }
 
 TEST_CASE("to_json / from_json / load_from_json round-trip every field", "[args]") {
-  const auto args = parse({"--output_dir",
-                           "o",
-                           "--eval_strategy",
-                           "steps",
-                           "--eval_steps",
-                           "0.2",
-                           "--save_steps",
-                           "0.4",
-                           "--load_best_model_at_end",
-                           "--metric_for_best_model",
-                           "accuracy",
-                           "--report_to",
-                           "csv",
-                           "--lr_scheduler_kwargs",
-                           R"({"power": 2})",
-                           "--learning_rate",
-                           "0.1",
-                           "--save_total_limit",
-                           "2",
-                           "--resume_from_checkpoint",
-                           "last",
-                           "--data_seed",
-                           "3",
-                           "--max_grad_norm",
-                           "0",
-                           "--bf16",
-                           "--logging_steps",
-                           "0.1",
-                           "--run_name",
-                           "r"});
+  // clang-format off
+  const auto args = parse({"--output_dir", "o", "--eval_strategy", "steps", "--eval_steps", "0.2",
+                           "--save_steps", "0.4", "--load_best_model_at_end", "--metric_for_best_model", "accuracy",
+                           "--report_to", "csv", "--lr_scheduler_kwargs", R"({"power": 2})",
+                           "--learning_rate", "0.1", "--save_total_limit", "2", "--resume_from_checkpoint", "last",
+                           "--data_seed", "3", "--max_grad_norm", "0", "--bf16", "--logging_steps", "0.1",
+                           "--run_name", "r"});
+  // clang-format on
   const json j = args.to_json();
   CHECK(TrainingArguments::from_json(j).to_json() == j);
 

@@ -301,7 +301,7 @@ inline const FieldTable& training_fields() {
           .add("save_total_limit", &A::save_total_limit,
                "keep at most N checkpoints (the best one is always kept)")
           .add("save_safetensors", &A::save_safetensors,
-               "kept for HF compatibility (torch archives are written)")
+               "kept for HF compatibility (weights are saved as safetensors)")
           .add("save_only_model", &A::save_only_model,
                "save the model only: no optimizer/scheduler/RNG, no resume")
           .add("restore_callback_states_from_checkpoint", &A::restore_callback_states_from_checkpoint,
@@ -424,8 +424,7 @@ inline void TrainingArguments::validate() {
   if (eval_strategy == IntervalStrategy::steps && eval_steps.value_or(0) == 0) {
     require(logging_steps > 0,
             "--eval_steps must be > 0 when --eval_strategy is \"steps\" (got {}); it falls back to "
-            "--logging_steps, "
-            "which is 0 too",
+            "--logging_steps, which is 0 too",
             eval_steps ? fmt::format("{}", *eval_steps) : "None");
     log::info("using --logging_steps to initialize --eval_steps to {}", logging_steps);
     eval_steps = logging_steps;
@@ -443,28 +442,24 @@ inline void TrainingArguments::validate() {
   if (load_best_model_at_end && save_strategy != SaveStrategy::best) {
     require(to_string(eval_strategy) == to_string(save_strategy),
             "--load_best_model_at_end requires the save and eval strategy to match, but found\n- Evaluation "
-            "strategy: "
-            "{}\n- Save strategy: {}\n(set --save_strategy to \"{}\", or to \"best\")",
+            "strategy: {}\n- Save strategy: {}\n(set --save_strategy to \"{}\", or to \"best\")",
             to_string(eval_strategy), to_string(save_strategy), to_string(eval_strategy));
     const double save = save_steps;
     const double eval = eval_steps.value_or(0);
     if (eval_strategy == IntervalStrategy::steps && std::fmod(save, eval) != 0) {
       require((eval < 1) == (save < 1),
               "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, "
-              "which "
-              "cannot be guaranteed when mixing ratio and absolute steps (got --save_steps {} and "
+              "which cannot be guaranteed when mixing ratio and absolute steps (got --save_steps {} and "
               "--eval_steps {})",
               save, eval);
       // Ratios are compared scaled up, as HF does, to absorb floating-point noise (0.3 is a multiple of 0.1).
-      require(
-          eval >= 1 || std::fmod(save * 1e6, eval * 1e6) == 0,
-          "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, but "
-          "found --save_steps {}, which is not a multiple of --eval_steps {}",
-          save, eval);
+      require(eval >= 1 || std::fmod(save * 1e6, eval * 1e6) == 0,
+              "--load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, "
+              "but found --save_steps {}, which is not a multiple of --eval_steps {}",
+              save, eval);
       require(eval < 1,
               "--load_best_model_at_end requires the saving steps to be a round multiple of the evaluation "
-              "steps, "
-              "but found --save_steps {}, which is not a round multiple of --eval_steps {}",
+              "steps, but found --save_steps {}, which is not a round multiple of --eval_steps {}",
               save, eval);
     }
   }
@@ -477,8 +472,7 @@ inline void TrainingArguments::validate() {
     greater_is_better = !detail::ends_with(*metric_for_best_model, "loss");
   require(lr_scheduler_type != "reduce_lr_on_plateau" || eval_strategy != IntervalStrategy::no,
           "--lr_scheduler_type \"reduce_lr_on_plateau\" requires an eval strategy (--eval_strategy is "
-          "\"no\"; use "
-          "\"steps\" or \"epoch\")");
+          "\"no\"; use \"steps\" or \"epoch\")");
   // HF checks this in Trainer.__init__; here it fails before any work is done.
   require(save_strategy != SaveStrategy::best || metric_for_best_model.has_value(),
           "--save_strategy \"best\" requires --metric_for_best_model (got None)");
@@ -537,10 +531,9 @@ inline std::string TrainingArguments::help_text(const std::string& program) {
     default_width = std::max(default_width, detail::help_value(defaults.at(f.name)).size());
   }
   std::string out = fmt::format(
-      "usage: {} [--help] [--NAME VALUE | --NAME=VALUE]...\n\n"
-      "Training arguments, with Hugging Face's names and defaults. A bool flag alone means true, or takes a "
-      "value\n"
-      "(--fp16 false); --no_NAME sets it to false. Optional values accept none.\n",
+      "usage: {} [--help] [--NAME VALUE | --NAME=VALUE]...\n\nTraining arguments, with Hugging Face's names "
+      "and defaults. A bool flag alone means true, or takes a value\n(--fp16 false); --no_NAME sets it to "
+      "false. Optional values accept none.\n",
       program);
   std::string section;
   for (const auto& f : fields) {
