@@ -426,6 +426,7 @@ TEST_CASE("from_argv rejects bad input with the flag and the value in the messag
         "--lr_scheduler_kwargs expects a JSON object such as '{\"power\": 2}' (got \"{power: 2}\")");
   CHECK(parse_error({"--save_total_limit", "0"}) == "--save_total_limit must be >= 1 (got 0)");
   CHECK(parse_error({"--data_seed", "nothing"}) == "--data_seed expects an integer (got \"nothing\")");
+  CHECK(parse_error({"--max_steps", "\xff"}) == "--max_steps expects an integer (got \"\xef\xbf\xbd\")");
 }
 
 TEST_CASE("parse_known_args returns unknown flags, their values and stray tokens in order", "[args]") {

@@ -314,7 +314,7 @@ inline const FieldTable& training_fields() {
           .add("load_best_model_at_end", &A::load_best_model_at_end,
                "load the best checkpoint after training")
           .add("metric_for_best_model", &A::metric_for_best_model,
-               "metric that ranks checkpoints (\"loss\" by default)")
+               "metric that ranks checkpoints; None: \"loss\" where one is needed")
           .add("greater_is_better", &A::greater_is_better,
                "whether larger metric values are better; None: derived")
           .section("Reproducibility and data")

@@ -54,8 +54,11 @@ inline bool ends_with(std::string_view text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
 }
 
-/// A value as it appears in a message: a JSON string literal, so empty strings and spaces stay visible.
-inline std::string as_literal(std::string_view text) { return json(std::string(text)).dump(); }
+/// A value as it appears in a message: a JSON string literal, so empty strings and spaces stay visible
+/// (invalid UTF-8, possible in argv, shown as U+FFFD rather than failing).
+inline std::string as_literal(std::string_view text) {
+  return json(std::string(text)).dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 template <class Names>
 std::string join_quoted(const Names& names) {
