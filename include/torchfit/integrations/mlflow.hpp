@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: MIT
+// MLflow tracker: HF's MLflowCallback, writing to an `mlruns` file store or to a tracking server's REST API.
+// Link torchfit::mlflow (libcurl).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/mlflow_store.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/integrations/integration.hpp"
+#include "torchfit/log.hpp"
+#include "torchfit/trainer_state.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit {
+
+/// Where and how MLflowCallback talks to MLflow. Unset members come from MLflow's environment variables.
+struct MLflowOptions {
+  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI, else
+  /// `./mlruns`.
+  std::optional<std::string> tracking_uri;
+  /// REST: retries of a failed call; else MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
+  std::optional<int> max_retries;
+  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else 0.5.
+  std::optional<double> backoff_factor_s;
+  /// REST: limit of one attempt in seconds; else MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
+  std::optional<double> request_timeout_s;
+  /// REST: limit of one call, retries included, in seconds; past it the call fails and the tracker is disabled.
+  double total_timeout_s = 10.0;
+};
+
+namespace detail {
+
+/// HF's v5 metric-name sanitising: every character outside `[0-9A-Za-z_\-. :/]` becomes `_`.
+inline std::string mlflow_sanitize_metric_key(std::string key) {
+  for (char& c : key) {
+    const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+                    c == '-' || c == '.' || c == ' ' || c == ':' || c == '/';
+    if (!ok) c = '_';
+  }
+  return key;
+}
+
+/// Python's `str(value)` of a parameter or tag value (MLflow stores every value as that text).
+inline std::string mlflow_value_text(const json& value) {
+  return value.is_string() ? value.get<std::string>() : python_repr(value);
+}
+
+/// Python's `type(value)` text, for HF's dropped-metric warning.
+inline std::string python_type_repr(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null:
+      return "<class 'NoneType'>";
+    case json::value_t::string:
+      return "<class 'str'>";
+    case json::value_t::array:
+      return "<class 'list'>";
+    case json::value_t::object:
+      return "<class 'dict'>";
+    default:  // numbers and booleans are logged, never reported
+      return "<class 'object'>";
+  }
+}
+
+/// HF's flatten_dict: nested objects become `outer.inner` keys (empty nested objects disappear).
+inline void mlflow_flatten(const json& object, const std::string& prefix, json& out) {
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (it.value().is_object())
+      mlflow_flatten(it.value(), key, out);
+    else
+      out[key] = it.value();
+  }
+}
+
+inline double env_double(const char* name, double fallback) {
+  const auto text = env_string(name);
+  if (!text) return fallback;
+  char* end = nullptr;
+  const double v = std::strtod(text->c_str(), &end);
+  if (end != text->c_str() + text->size())
+    throw ArgumentError(fmt::format("{} must be a number (got \"{}\")", name, *text));
+  return v;
+}
+
+}  // namespace detail
+
+/// Logs the run to MLflow like HF's MLflowCallback:
+/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when missing;
+///   else `MLFLOW_EXPERIMENT_ID`, else Default `0`), starts a run named `args.run_name` with the tags
+///   `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of `MLFLOW_TAGS` (a JSON
+///   object), and logs `args.to_json()` as parameters (flattened with `.` when `MLFLOW_FLATTEN_PARAMS` is true,
+///   the first `MLFLOW_MAX_LOG_PARAMS` only when set), 100 per request. A value longer than MLflow's 6000
+///   characters is cut to 6000 (one warning names them all); HF drops it.
+/// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys as logged (`loss`,
+///   `eval_loss`; not rewritten) with characters MLflow rejects replaced by `_`; other values are dropped with HF's
+///   warning, once per key. At most 1000 metrics per request.
+/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's artifacts
+///   under `checkpoint-<step>`.
+/// - on_train_end: the run ends with status FINISHED.
+/// `MLFLOW_RUN_ID` continues that run instead of starting one (its parameters are not logged again, since MLflow
+/// parameters cannot change); when training resumes from a checkpoint, the file store also drops the run's metric
+/// points after the checkpoint step. With `MLFLOW_NESTED_RUN` true as well, a new run is started as a child of
+/// `MLFLOW_RUN_ID` (tag `mlflow.parentRunId`).
+///
+/// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl; authentication
+/// from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on 408/429/5xx and transport
+/// errors with exponential back-off, within `MLflowOptions::total_timeout_s`), anything else a local file store.
+class MLflowCallback : public TrackerCallback {
+ public:
+  explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
+
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!initialized_ && state.is_world_process_zero) setup(args, state);
+  }
+
+  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!state.is_world_process_zero) return;
+    if (!initialized_) setup(args, state);
+    const auto now = detail::unix_time_ms();
+    std::vector<detail::MlflowMetric> metrics;
+    const Logs& logs = *ctx.logs;
+    for (auto it = logs.begin(); it != logs.end(); ++it) {
+      const json& v = it.value();
+      if (!v.is_number() && !v.is_boolean()) {
+        if (warned_keys_.insert(it.key()).second)
+          log::warning(
+              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. MLflow's "
+              "log_metric() only accepts float and int types so we dropped this attribute.",
+              detail::mlflow_value_text(v), detail::python_type_repr(v), it.key());
+        continue;
+      }
+      const std::string key = detail::mlflow_sanitize_metric_key(it.key());
+      if (const auto problem = detail::mlflow_key_problem(key); !problem.empty()) {
+        if (warned_keys_.insert(it.key()).second)
+          log::warning("MLflowCallback: dropping metric \"{}\": MLflow rejects the name because {}", key, problem);
+        continue;
+      }
+      metrics.push_back({key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
+    }
+    for (std::size_t i = 0; i < metrics.size(); i += detail::mlflow_max_metrics_per_batch) {
+      const auto end = std::min(metrics.size(), i + detail::mlflow_max_metrics_per_batch);
+      store_->log_batch(run_id_, {metrics.begin() + static_cast<std::ptrdiff_t>(i),
+                                  metrics.begin() + static_cast<std::ptrdiff_t>(end)},
+                        {}, {});
+    }
+  }
+
+  void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!initialized_ || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr) return;
+    log::info("Logging checkpoint artifacts in {}. This may take time.", ctx.checkpoint_dir->filename().string());
+    store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
+  }
+
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!initialized_ || !state.is_world_process_zero || !run_open_) return;
+    run_open_ = false;
+    store_->end_run(run_id_, detail::MlflowRunStatus::finished, detail::unix_time_ms());
+  }
+
+  /// The run logged to (empty before setup).
+  const std::string& run_id() const { return run_id_; }
+  /// The experiment of the run (empty before setup).
+  const std::string& experiment_id() const { return experiment_id_; }
+
+ private:
+  std::unique_ptr<detail::MlflowStore> make_store() const {
+    std::string uri = options_.tracking_uri.value_or(detail::env_string("MLFLOW_TRACKING_URI").value_or(""));
+    if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
+      detail::HttpRetryPolicy policy;
+      policy.max_retries = options_.max_retries.value_or(
+          static_cast<int>(detail::env_double("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 5)));
+      policy.backoff_factor_s =
+          options_.backoff_factor_s.value_or(detail::env_double("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 0.5));
+      policy.request_timeout_s =
+          options_.request_timeout_s.value_or(detail::env_double("MLFLOW_HTTP_REQUEST_TIMEOUT", 10));
+      policy.total_timeout_s = options_.total_timeout_s;
+      detail::HttpOptions http;
+      const auto user = detail::env_string("MLFLOW_TRACKING_USERNAME");
+      const auto password = detail::env_string("MLFLOW_TRACKING_PASSWORD");
+      if (user && password)
+        http.headers.push_back("Authorization: Basic " + detail::base64(*user + ":" + *password));
+      else if (const auto token = detail::env_string("MLFLOW_TRACKING_TOKEN"))
+        http.headers.push_back("Authorization: Bearer " + *token);
+      http.insecure_tls = detail::env_true("MLFLOW_TRACKING_INSECURE_TLS");
+      http.ca_cert_path = detail::env_string("MLFLOW_TRACKING_SERVER_CERT_PATH").value_or("");
+      http.client_cert_path = detail::env_string("MLFLOW_TRACKING_CLIENT_CERT_PATH").value_or("");
+      return std::make_unique<detail::MlflowRestStore>(uri, policy, std::move(http));
+    }
+    if (uri.rfind("file://", 0) == 0)
+      uri = uri.substr(7);
+    else if (uri.rfind("file:", 0) == 0)
+      uri = uri.substr(5);
+    else if (uri.find("://") != std::string::npos || uri.rfind("sqlite:", 0) == 0 ||
+             uri.rfind("databricks", 0) == 0)
+      throw ArgumentError(fmt::format("MLFLOW_TRACKING_URI \"{}\" is not supported: use an http(s):// tracking "
+                                      "server, a file: URI or a directory path",
+                                      uri));
+    return std::make_unique<detail::MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
+  }
+
+  void setup(const Args& args, const TrainerState& state) {
+    initialized_ = true;
+    store_ = make_store();
+    log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
+    const auto experiment_name = detail::env_string("MLFLOW_EXPERIMENT_NAME");
+    experiment_id_ = experiment_name ? store_->experiment_id(*experiment_name)
+                                     : detail::env_string("MLFLOW_EXPERIMENT_ID").value_or("0");
+    const auto existing_run = detail::env_string("MLFLOW_RUN_ID");
+    const bool nested = detail::env_true("MLFLOW_NESTED_RUN");
+    if (existing_run && !nested) {
+      run_id_ = *existing_run;
+      store_->resume_run(run_id_, state.global_step > 0 ? std::optional<std::int64_t>(state.global_step)
+                                                        : std::nullopt);
+      run_open_ = true;
+      return;
+    }
+    std::vector<detail::MlflowKeyValue> tags{{"mlflow.user", detail::user_name()},
+                                             {"mlflow.source.name", detail::program_path()},
+                                             {"mlflow.source.type", "LOCAL"}};
+    if (args.run_name) tags.push_back({"mlflow.runName", *args.run_name});
+    if (existing_run) tags.push_back({"mlflow.parentRunId", *existing_run});
+    if (const auto text = detail::env_string("MLFLOW_TAGS")) {
+      const json user_tags = json::parse(*text, nullptr, false);
+      if (!user_tags.is_object())
+        throw ArgumentError(fmt::format("MLFLOW_TAGS must be a JSON object (got \"{}\")", *text));
+      for (auto it = user_tags.begin(); it != user_tags.end(); ++it)
+        tags.push_back({it.key(), detail::mlflow_value_text(it.value())});
+    }
+    for (auto& t : tags)
+      if (t.value.size() > detail::mlflow_max_tag_value_length) t.value.resize(detail::mlflow_max_tag_value_length);
+    run_id_ = store_->create_run(experiment_id_, args.run_name.value_or(""), detail::unix_time_ms(), tags);
+    run_open_ = true;
+    log_params(args);
+  }
+
+  void log_params(const Args& args) {
+    json params = args.to_json();
+    if (detail::env_true("MLFLOW_FLATTEN_PARAMS")) {
+      json flat = json::object();
+      detail::mlflow_flatten(params, "", flat);
+      params = std::move(flat);
+    }
+    std::vector<detail::MlflowKeyValue> items;
+    std::vector<std::string> truncated;
+    for (auto it = params.begin(); it != params.end(); ++it) {
+      std::string value = detail::mlflow_value_text(it.value());
+      if (value.size() > detail::mlflow_max_param_value_length) {
+        value.resize(detail::mlflow_max_param_value_length);
+        truncated.push_back(it.key());
+      }
+      items.push_back({it.key(), std::move(value)});
+    }
+    if (!truncated.empty()) {
+      std::string names;
+      for (const auto& n : truncated) names += (names.empty() ? "" : ", ") + n;
+      log::warning("MLflowCallback: parameter values longer than MLflow's {} characters were cut to {}: {}",
+                   detail::mlflow_max_param_value_length, detail::mlflow_max_param_value_length, names);
+    }
+    if (const auto max = detail::env_string("MLFLOW_MAX_LOG_PARAMS")) {
+      const auto keep = static_cast<std::size_t>(detail::env_double("MLFLOW_MAX_LOG_PARAMS", 0));
+      if (keep < items.size()) {
+        log::warning("MLflowCallback: logging only the first {} of {} parameters (MLFLOW_MAX_LOG_PARAMS={})", keep,
+                     items.size(), *max);
+        items.resize(keep);
+      }
+    }
+    for (std::size_t i = 0; i < items.size(); i += detail::mlflow_max_params_tags_per_batch)
+      store_->log_batch(run_id_, {},
+                        {items.begin() + static_cast<std::ptrdiff_t>(i),
+                         items.begin() + static_cast<std::ptrdiff_t>(
+                                             std::min(items.size(), i + detail::mlflow_max_params_tags_per_batch))},
+                        {});
+  }
+
+  MLflowOptions options_;
+  std::unique_ptr<detail::MlflowStore> store_;
+  bool initialized_ = false;
+  bool run_open_ = false;
+  bool log_artifacts_ = false;
+  std::string experiment_id_;
+  std::string run_id_;
+  std::set<std::string> warned_keys_;
+};
+
+namespace integrations {
+inline const bool mlflow_registered = register_integration<MLflowCallback>("mlflow", 4);
+}  // namespace integrations
+
+}  // namespace torchfit
