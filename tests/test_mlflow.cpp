@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: MIT
-// The MLflow tracker: the mlruns file store read back with an independent reader, the REST client against a mock
-// tracking server on 127.0.0.1 (request bodies, batching limits, retries, timeouts), resume and failure isolation.
+// The MLflow tracker: the mlruns file store read back with an independent reader, the REST client against a
+// mock tracking server on 127.0.0.1 (request bodies, batching limits, retries, timeouts), resume and failure
+// isolation.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -62,19 +63,22 @@ class ScopedEnv {
 
 // Clears every MLflow variable the callback reads, so the machine's environment cannot leak into a test.
 struct CleanMlflowEnv {
-  ScopedEnv vars[12] = {{"MLFLOW_TRACKING_URI", std::nullopt},     {"MLFLOW_EXPERIMENT_NAME", std::nullopt},
-                        {"MLFLOW_EXPERIMENT_ID", std::nullopt},    {"MLFLOW_RUN_ID", std::nullopt},
-                        {"MLFLOW_NESTED_RUN", std::nullopt},       {"MLFLOW_TAGS", std::nullopt},
-                        {"MLFLOW_FLATTEN_PARAMS", std::nullopt},   {"MLFLOW_MAX_LOG_PARAMS", std::nullopt},
-                        {"HF_MLFLOW_LOG_ARTIFACTS", std::nullopt}, {"MLFLOW_TRACKING_USERNAME", std::nullopt},
-                        {"MLFLOW_TRACKING_PASSWORD", std::nullopt}, {"MLFLOW_TRACKING_TOKEN", std::nullopt}};
+  ScopedEnv vars[12] = {
+      {"MLFLOW_TRACKING_URI", std::nullopt},      {"MLFLOW_EXPERIMENT_NAME", std::nullopt},
+      {"MLFLOW_EXPERIMENT_ID", std::nullopt},     {"MLFLOW_RUN_ID", std::nullopt},
+      {"MLFLOW_NESTED_RUN", std::nullopt},        {"MLFLOW_TAGS", std::nullopt},
+      {"MLFLOW_FLATTEN_PARAMS", std::nullopt},    {"MLFLOW_MAX_LOG_PARAMS", std::nullopt},
+      {"HF_MLFLOW_LOG_ARTIFACTS", std::nullopt},  {"MLFLOW_TRACKING_USERNAME", std::nullopt},
+      {"MLFLOW_TRACKING_PASSWORD", std::nullopt}, {"MLFLOW_TRACKING_TOKEN", std::nullopt}};
 };
 
 struct Recorder : TrainerCallback {
   int logs_seen = 0;
   bool ended = false;
   void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
-  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ended = true; }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    ended = true;
+  }
 };
 
 // A training run without a Trainer.
@@ -102,7 +106,8 @@ void simulate(Run& run, int64_t from_step, int64_t to_step) {
   run.train_begin();
   for (int64_t step = from_step + 1; step <= to_step; ++step) {
     run.log(step, {{"loss", 1.0 / double(step)}, {"learning_rate", 5e-05}, {"epoch", 0.25 * double(step)}});
-    if (step % 2 == 0) run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
+    if (step % 2 == 0)
+      run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
   }
   run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
   run.train_end();
@@ -165,8 +170,8 @@ struct HttpRequest {
   std::string method, target, headers, body;
 };
 
-// Serves HTTP/1.1 on 127.0.0.1, one connection at a time, answering with `handler` (status 0: never answer, until
-// the client gives up). Records every request. Stops when destroyed.
+// Serves HTTP/1.1 on 127.0.0.1, one connection at a time, answering with `handler` (status 0: never answer,
+// until the client gives up). Records every request. Stops when destroyed.
 class MockServer {
  public:
   using Handler = std::function<std::pair<int, std::string>(const HttpRequest&)>;
@@ -256,9 +261,10 @@ class MockServer {
       }
       return;
     }
-    const std::string response = "HTTP/1.1 " + std::to_string(status) +
-                                 " X\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " +
-                                 std::to_string(body.size()) + "\r\n\r\n" + body;
+    const std::string response =
+        "HTTP/1.1 " + std::to_string(status) +
+        " X\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
     ::send(client, response.data(), response.size(), MSG_NOSIGNAL);
   }
 
@@ -278,7 +284,8 @@ std::pair<int, std::string> mlflow_server(const HttpRequest& r) {
     return {404, R"({"error_code":"RESOURCE_DOES_NOT_EXIST","message":"Could not find experiment"})"};
   if (r.target == prefix + "experiments/create") return {200, R"({"experiment_id":"7"})"};
   if (r.target == prefix + "runs/create")
-    return {200, R"({"run":{"info":{"run_id":"abc123","status":"RUNNING","artifact_uri":"s3://b/7/abc123"}}})"};
+    return {200,
+            R"({"run":{"info":{"run_id":"abc123","status":"RUNNING","artifact_uri":"s3://b/7/abc123"}}})"};
   if (r.target == prefix + "runs/log-batch") return {200, "{}"};
   if (r.target == prefix + "runs/update") return {200, R"({"run_info":{}})"};
   return {404, R"({"error_code":"ENDPOINT_NOT_FOUND","message":"no"})"};
@@ -306,8 +313,9 @@ MLflowOptions fast_rest(const std::string& uri) {
 // ---------------------------------------------------------------------------------------------------------------
 // File store
 
-TEST_CASE("MLflow file store: Default experiment, run meta.yaml, params, tags and metric lines in MLflow's layout",
-          "[mlflow]") {
+TEST_CASE(
+    "MLflow file store: Default experiment, run meta.yaml, params, tags and metric lines in MLflow's layout",
+    "[mlflow]") {
   CleanMlflowEnv env;
   TempDir tmp;
   const fs::path root = tmp / "mlruns";
@@ -378,6 +386,7 @@ TEST_CASE("MLflow file store: MLFLOW_EXPERIMENT_NAME creates the experiment once
   ScopedEnv uri("MLFLOW_TRACKING_URI", (tmp / "store").string());
   ScopedEnv name("MLFLOW_EXPERIMENT_NAME", "digits: v2");
   std::string first_experiment;
+  CaptureLog log;
   for (int i = 0; i < 2; ++i) {
     Run run(tmp / "out");
     auto mlflow = run.handler.add_callback<MLflowCallback>();
@@ -412,9 +421,10 @@ TEST_CASE("MLflow file store: parameters are flattened on request, over-long val
   CHECK(read_file(dir / "params" / "run_name") == std::string(6000, 'r'));
   CHECK(read_file(dir / "params" / "logging_dir") == std::string(6000, 'h'));
   CHECK(read_file(dir / "tags" / "mlflow.runName") == std::string(7000, 'r'));  // tags allow 8000
-  CHECK(log.text() ==
-        "[torchfit] warning: MLflowCallback: parameter values longer than MLflow's 6000 characters were cut to "
-        "6000: logging_dir, run_name\n");
+  CHECK(
+      log.text() ==
+      "[torchfit] warning: MLflowCallback: parameter values longer than MLflow's 6000 characters were cut to "
+      "6000: logging_dir, run_name\n");
 }
 
 TEST_CASE("MLflow file store: resuming MLFLOW_RUN_ID from a checkpoint drops the points after it, none lost",
@@ -462,8 +472,8 @@ TEST_CASE("MLflow file store: HF_MLFLOW_LOG_ARTIFACTS copies each checkpoint int
   torchfit::test::write_file(checkpoint / "sub" / "model.pt", "weights");
   run.state.global_step = 2;
   run.handler.on_save(run.args, run.state, run.control, checkpoint);
-  CHECK(read_file(tmp / "mlruns" / "0" / mlflow->run_id() / "artifacts" / "checkpoint-2" / "sub" / "model.pt") ==
-        "weights");
+  CHECK(read_file(tmp / "mlruns" / "0" / mlflow->run_id() / "artifacts" / "checkpoint-2" / "sub" /
+                  "model.pt") == "weights");
 }
 
 TEST_CASE("MLflow file store: an unusable store is reported once, the tracker disabled, training goes on",
@@ -480,9 +490,10 @@ TEST_CASE("MLflow file store: an unusable store is reported once, the tracker di
   CHECK(recorder->logs_seen == 7);
   CHECK(recorder->ended);
   const std::string text = log.text();
-  CHECK(text.rfind("[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: cannot "
-                   "create the MLflow directory ",
-                   0) == 0);
+  CHECK(
+      text.rfind("[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: cannot "
+                 "create the MLflow directory ",
+                 0) == 0);
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
   CHECK(run.handler.callback_list() == "Recorder");
 }
@@ -496,8 +507,10 @@ TEST_CASE("MLflow: a tracking URI of an unsupported scheme is refused with the a
   CaptureLog log;
   run.train_begin();
   CHECK(log.text() ==
-        "[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: MLFLOW_TRACKING_URI "
-        "\"sqlite:///mlflow.db\" is not supported: use an http(s):// tracking server, a file: URI or a directory "
+        "[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: "
+        "MLFLOW_TRACKING_URI "
+        "\"sqlite:///mlflow.db\" is not supported: use an http(s):// tracking server, a file: URI or a "
+        "directory "
         "path\n");
 }
 
@@ -532,7 +545,8 @@ TEST_CASE("MLflow REST: experiment, run, parameters in batches of 100, metrics p
   const auto all = server.requests();
 
   REQUIRE(all.size() >= 5);
-  for (const auto& r : all) CHECK(r.headers.find("\r\nAuthorization: Bearer secret\r\n") != std::string::npos);
+  for (const auto& r : all)
+    CHECK(r.headers.find("\r\nAuthorization: Bearer secret\r\n") != std::string::npos);
   CHECK(all[0].method == "GET");
   CHECK(all[0].target == "/api/2.0/mlflow/experiments/get-by-name?experiment_name=my%20exp%2F1");
   CHECK(all[1].target == "/api/2.0/mlflow/experiments/create");
@@ -583,8 +597,9 @@ TEST_CASE("MLflow REST: experiment, run, parameters in batches of 100, metrics p
   CHECK(log.text().find("failed") == std::string::npos);
 }
 
-TEST_CASE("MLflow REST: more than 1000 metrics go in several batches; non-finite values as protobuf JSON strings",
-          "[mlflow]") {
+TEST_CASE(
+    "MLflow REST: more than 1000 metrics go in several batches; non-finite values as protobuf JSON strings",
+    "[mlflow]") {
   CleanMlflowEnv env;
   MockServer server(mlflow_server);
   TempDir tmp;
@@ -609,7 +624,8 @@ TEST_CASE("MLflow REST: more than 1000 metrics go in several batches; non-finite
   CHECK(metric_batches[2].size() == 504);
   CHECK(metric_batches[1][0]["key"] == "m1000");
   const json& last = metric_batches[2];
-  CHECK(last[500] == json{{"key", "nan"}, {"value", "NaN"}, {"timestamp", last[500]["timestamp"]}, {"step", 9}});
+  CHECK(last[500] ==
+        json{{"key", "nan"}, {"value", "NaN"}, {"timestamp", last[500]["timestamp"]}, {"step", 9}});
   CHECK(last[501]["value"] == "Infinity");
   CHECK(last[502]["value"] == "-Infinity");
   CHECK(last[503]["value"] == 1.0);
@@ -653,9 +669,10 @@ TEST_CASE("MLflow REST: a server that keeps failing or never answers disables th
   CHECK(recorder->ended);
   const std::string text = log.text();
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
-  CHECK(text.rfind("[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " +
-                       server.uri() + "/api/2.0/mlflow/runs/log-batch failed after ",
-                   0) == 0);
+  CHECK(
+      text.rfind("[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " +
+                     server.uri() + "/api/2.0/mlflow/runs/log-batch failed after ",
+                 0) == 0);
   CHECK(text.find(hang ? "Timeout was reached" : "HTTP 500: oops") != std::string::npos);
   // Retried within the limits, then given up: no further calls after the failure.
   const auto metric_posts = with_target(server.requests(), "runs/log-batch");
@@ -676,13 +693,15 @@ TEST_CASE("MLflow REST: an error the server does not retry names the call, the c
   run.handler.add_callback<MLflowCallback>(fast_rest(server.uri()));
   CaptureLog log;
   simulate(run, 0, 2);
-  CHECK(log.text() == "[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " +
-                          server.uri() +
-                          "/api/2.0/mlflow/runs/create answered HTTP 400 INVALID_PARAMETER_VALUE: bad experiment\n");
+  CHECK(log.text() ==
+        "[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " +
+            server.uri() +
+            "/api/2.0/mlflow/runs/create answered HTTP 400 INVALID_PARAMETER_VALUE: bad experiment\n");
   CHECK(with_target(server.requests(), "runs/create").size() == 1);
 }
 
-TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run; basic authentication from the environment", "[mlflow]") {
+TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run; basic authentication from the environment",
+          "[mlflow]") {
   CleanMlflowEnv env;
   MockServer server(mlflow_server);
   TempDir tmp;
@@ -691,7 +710,9 @@ TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run; basic authentication f
   ScopedEnv password("MLFLOW_TRACKING_PASSWORD", "pass");
   Run run(tmp / "out", 10);
   auto mlflow = run.handler.add_callback<MLflowCallback>(fast_rest(server.uri()));
+  CaptureLog log;
   simulate(run, 10, 11);
+  CHECK(log.text().find("failed") == std::string::npos);
   const auto all = server.requests();
   CHECK(with_target(all, "runs/create").empty());
   const auto updates = with_target(all, "runs/update");
@@ -700,6 +721,7 @@ TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run; basic authentication f
   CHECK(json::parse(updates[1].body)["status"] == "FINISHED");
   for (const auto& b : with_target(all, "runs/log-batch")) CHECK(json::parse(b.body)["params"].empty());
   CHECK(mlflow->run_id() == "existing");
-  for (const auto& r : all) CHECK(r.headers.find("\r\nAuthorization: Basic dXNlcjpwYXNz\r\n") != std::string::npos);
+  for (const auto& r : all)
+    CHECK(r.headers.find("\r\nAuthorization: Basic dXNlcjpwYXNz\r\n") != std::string::npos);
   CHECK(torchfit::detail::base64("ab") == "YWI=");
 }

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The DVCLive, Trackio and CodeCarbon trackers: their files read back with independent readers (TSV, JSON, YAML
-// lines, SQLite queries, CSV columns), resume without duplicated or lost points, and failure isolation.
+// The DVCLive, Trackio and CodeCarbon trackers: their files read back with independent readers (TSV, JSON,
+// YAML lines, SQLite queries, CSV columns), resume without duplicated or lost points, and failure isolation.
 #include <dlfcn.h>
 #include <sqlite3.h>
 
@@ -61,7 +61,9 @@ struct Recorder : TrainerCallback {
   int logs_seen = 0;
   bool ended = false;
   void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
-  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ended = true; }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    ended = true;
+  }
 };
 
 // A training run without a Trainer; log() records the entry in log_history first, as Trainer::log does.
@@ -87,12 +89,14 @@ struct Run {
   void train_end() { handler.on_train_end(args, state, control); }
 };
 
-// Training logs for each step, an evaluation every second step, then the end-of-training summary with a string.
+// Training logs for each step, an evaluation every second step, then the end-of-training summary with a
+// string.
 void simulate(Run& run, int64_t from_step, int64_t to_step) {
   run.train_begin();
   for (int64_t step = from_step + 1; step <= to_step; ++step) {
     run.log(step, {{"loss", 1.0 / double(step)}, {"learning_rate", 5e-05}, {"epoch", 0.25 * double(step)}});
-    if (step % 2 == 0) run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
+    if (step % 2 == 0)
+      run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
   }
   run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
   run.train_end();
@@ -135,7 +139,8 @@ TEST_CASE("DVCLive: TSV per metric under DVCLive's names, nested metrics.json, p
   CHECK(dvclive->step() == 7);
 
   // One row per on_log call at DVCLive's own step (not the global step).
-  CHECK(read_file(dir / "plots" / "metrics" / "loss.tsv") == "step\tloss\n0\t1.0\n1\t0.5\n3\t0.3333333333333333\n4\t0.25\n");
+  CHECK(read_file(dir / "plots" / "metrics" / "loss.tsv") ==
+        "step\tloss\n0\t1.0\n1\t0.5\n3\t0.3333333333333333\n4\t0.25\n");
   CHECK(read_file(dir / "plots" / "metrics" / "eval" / "loss.tsv") == "step\tloss\n2\t0.5\n5\t0.5\n");
   CHECK(read_tsv(dir / "plots" / "metrics" / "eval" / "acc@1.tsv") ==
         std::vector<std::vector<std::string>>{{"step", "acc@1"}, {"2", "0.75"}, {"5", "0.75"}});
@@ -189,7 +194,8 @@ TEST_CASE("DVCLive: a fresh run clears an earlier run's files; a resumed run con
         std::vector<std::string>{"step", "0", "1", "2", "3", "4"});
 
   Run second(tmp / "out", /*resumed_step=*/3);
-  for (int64_t step = 1; step <= 3; ++step) second.state.log_history.push_back({{"loss", double(step)}, {"step", step}});
+  for (int64_t step = 1; step <= 3; ++step)
+    second.state.log_history.push_back({{"loss", double(step)}, {"step", step}});
   auto dvclive = second.handler.add_callback<DVCLiveCallback>(dir);
   second.train_begin();
   CHECK(dvclive->step() == 3);
@@ -225,9 +231,11 @@ TEST_CASE("DVCLive: non-finite values are logged as Python's text, other types d
   CHECK(read_file(tmp / "dvclive" / "plots" / "metrics" / "flag.tsv") == "step\tflag\n0\tTrue\n");
   CHECK(read_file(tmp / "dvclive" / "metrics.json") ==
         "{\n    \"loss\": \"nan\",\n    \"grad_norm\": \"inf\",\n    \"flag\": true,\n    \"step\": 1\n}\n");
-  CHECK(log.text() ==
-        "[torchfit] warning: Trainer is attempting to log a value of \"[1,2]\" of type array for key \"hist\" as a "
-        "scalar. This invocation of DVCLive's Live.log_metric() is incorrect so we dropped this attribute.\n");
+  CHECK(
+      log.text() ==
+      "[torchfit] warning: Trainer is attempting to log a value of \"[1, 2]\" of type <class 'list'> for key "
+      "\"hist\" as a "
+      "scalar. This invocation of DVCLive's Live.log_metric() is incorrect so we dropped this attribute.\n");
   CHECK(torchfit::detail::dvclive_metric_name("my_train_eval_x") == "my_train/eval/x");
   CHECK(torchfit::detail::dvclive_metric_name("train_runtime") == "train/runtime");
 }
@@ -243,10 +251,11 @@ TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warnin
   simulate(run, 0, 2);
   CHECK(recorder->logs_seen == 4);
   CHECK(recorder->ended);
-  CHECK(log.text().rfind("[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of this run: "
-                         "cannot create the DVCLive directory " +
-                             (tmp / "blocker" / "dvclive").string() + ": ",
-                         0) == 0);
+  CHECK(
+      log.text().rfind("[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of this run: "
+                       "cannot create the DVCLive directory " +
+                           (tmp / "blocker" / "dvclive").string() + ": ",
+                       0) == 0);
   const std::string text = log.text();
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
 }
@@ -266,7 +275,8 @@ class SqliteReader {
   SqliteReader(const SqliteReader&) = delete;
   SqliteReader& operator=(const SqliteReader&) = delete;
 
-  std::vector<std::vector<std::string>> query(const std::string& sql, const std::vector<std::string>& params = {}) {
+  std::vector<std::vector<std::string>> query(const std::string& sql,
+                                              const std::vector<std::string>& params = {}) {
     sqlite3_stmt* stmt = nullptr;
     REQUIRE(sqlite3_prepare_v2(db_, sql.c_str(), -1, &stmt, nullptr) == SQLITE_OK);
     for (std::size_t i = 0; i < params.size(); ++i)
@@ -298,24 +308,28 @@ TEST_CASE("Trackio: the project database has Trackio's schema, one metrics row p
   auto trackio = run.handler.add_callback<TrackioCallback>("my.project!");
   CaptureLog log;
   simulate(run, 0, 2);
-  run.log(3, {{"loss", std::numeric_limits<double>::quiet_NaN()}, {"grad_norm", -std::numeric_limits<double>::infinity()}});
+  run.log(3, {{"loss", std::numeric_limits<double>::quiet_NaN()},
+              {"grad_norm", -std::numeric_limits<double>::infinity()}});
   CHECK(log.text().empty());
   CHECK(trackio->database_path() == tmp / "trackio" / "myproject.db");
 
   SqliteReader db(tmp / "trackio" / "myproject.db");
   CHECK(column(db.query("PRAGMA table_info(metrics)"), 1) ==
-        std::vector<std::string>{"id", "run_id", "timestamp", "run_name", "step", "metrics", "log_id", "space_id"});
+        std::vector<std::string>{"id", "run_id", "timestamp", "run_name", "step", "metrics", "log_id",
+                                 "space_id"});
   CHECK(column(db.query("PRAGMA table_info(configs)"), 1) ==
         std::vector<std::string>{"id", "run_id", "run_name", "config", "created_at"});
   CHECK(column(db.query("PRAGMA journal_mode"), 0) == std::vector<std::string>{"wal"});
-  const auto tables = column(db.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"), 0);
+  const auto tables =
+      column(db.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"), 0);
   for (const char* t : {"alerts", "artifact_aliases", "artifact_versions", "artifacts", "pending_uploads",
                         "project_metadata", "run_artifact_links", "system_metrics", "traces"})
     CHECK(std::find(tables.begin(), tables.end(), t) != tables.end());
 
   // The dashboard's query for a run's logs.
-  const auto rows = db.query("SELECT timestamp, step, metrics, run_name FROM metrics WHERE run_id = ? ORDER BY timestamp, id",
-                             {trackio->run_id()});
+  const auto rows = db.query(
+      "SELECT timestamp, step, metrics, run_name FROM metrics WHERE run_id = ? ORDER BY timestamp, id",
+      {trackio->run_id()});
   REQUIRE(rows.size() == 5);
   const std::regex iso(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?\+00:00)");
   for (std::size_t i = 0; i < rows.size(); ++i) {
@@ -323,8 +337,10 @@ TEST_CASE("Trackio: the project database has Trackio's schema, one metrics row p
     CHECK(rows[i][1] == std::to_string(i));
     CHECK(rows[i][3] == "unit-run");
   }
-  CHECK(json::parse(rows[0][2]) ==
-        json{{"train/loss", 1.0}, {"train/learning_rate", 5e-05}, {"train/epoch", 0.25}, {"train/global_step", 1}});
+  CHECK(json::parse(rows[0][2]) == json{{"train/loss", 1.0},
+                                        {"train/learning_rate", 5e-05},
+                                        {"train/epoch", 0.25},
+                                        {"train/global_step", 1}});
   CHECK(json::parse(rows[2][2]) ==
         json{{"eval/loss", 0.5}, {"eval/acc@1", 0.75}, {"train/epoch", 0.5}, {"train/global_step", 2}});
   // The end-of-training single values are dropped; strings are kept.
@@ -344,7 +360,8 @@ TEST_CASE("Trackio: the project database has Trackio's schema, one metrics row p
   CHECK(std::regex_match(configs[0][3], iso));
 }
 
-TEST_CASE("Trackio: a resumed run reuses the run and drops the rows logged after the checkpoint", "[trackers]") {
+TEST_CASE("Trackio: a resumed run reuses the run and drops the rows logged after the checkpoint",
+          "[trackers]") {
   TempDir tmp;
   ScopedEnv dir("TRACKIO_DIR", (tmp / "trackio").string());
   std::string run_id;
@@ -363,7 +380,8 @@ TEST_CASE("Trackio: a resumed run reuses the run and drops the rows logged after
   CHECK(trackio->run_id() == run_id);
 
   SqliteReader db(tmp / "trackio" / "huggingface.db");
-  const auto rows = db.query("SELECT step, metrics FROM metrics WHERE run_id = ? ORDER BY timestamp, id", {run_id});
+  const auto rows =
+      db.query("SELECT step, metrics FROM metrics WHERE run_id = ? ORDER BY timestamp, id", {run_id});
   std::vector<std::string> steps;
   std::vector<int64_t> global_steps;
   for (const auto& r : rows) {
@@ -396,9 +414,10 @@ TEST_CASE("Trackio: the directory follows TRACKIO_DIR, else HF_HOME; an unusable
   simulate(run, 0, 2);
   CHECK(recorder->logs_seen == 4);
   CHECK(recorder->ended);
-  CHECK(log.text().rfind("[torchfit] warning: TrackioCallback failed and is disabled for the rest of this run: "
-                         "cannot create the Trackio directory ",
-                         0) == 0);
+  CHECK(
+      log.text().rfind("[torchfit] warning: TrackioCallback failed and is disabled for the rest of this run: "
+                       "cannot create the Trackio directory ",
+                       0) == 0);
   const std::string text = log.text();
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
 }
@@ -421,9 +440,11 @@ struct CleanCodeCarbonEnv {
 };
 
 const char* const expected_header =
-    "timestamp,project_name,run_id,experiment_id,duration,emissions,emissions_rate,cpu_power,gpu_power,ram_power,"
+    "timestamp,project_name,run_id,experiment_id,duration,emissions,emissions_rate,cpu_power,gpu_power,ram_"
+    "power,"
     "cpu_energy,gpu_energy,ram_energy,energy_consumed,water_consumed,country_name,country_iso_code,region,"
-    "cloud_provider,cloud_region,os,python_version,codecarbon_version,cpu_count,cpu_model,gpu_count,gpu_model,"
+    "cloud_provider,cloud_region,os,python_version,codecarbon_version,cpu_count,cpu_model,gpu_count,gpu_"
+    "model,"
     "longitude,latitude,ram_total_size,tracking_mode,cpu_utilization_percent,gpu_utilization_percent,"
     "ram_utilization_percent,ram_used_gb,on_cloud,pue,wue";
 
@@ -433,7 +454,8 @@ struct FakeMachine {
   explicit FakeMachine(const fs::path& root) : proc(root / "proc"), powercap(root / "powercap") {
     fs::create_directories(proc);
     fs::create_directories(powercap);
-    write_file(proc / "meminfo", "MemTotal:       16777216 kB\nMemFree:         1000 kB\nMemAvailable:    4194304 kB\n");
+    write_file(proc / "meminfo",
+               "MemTotal:       16777216 kB\nMemFree:         1000 kB\nMemAvailable:    4194304 kB\n");
     write_file(proc / "cpuinfo", "processor\t: 0\nmodel name\t: Fake CPU, 4 cores @ 3.0GHz\n");
     set_cpu_times(100, 100, 800);
   }
@@ -490,14 +512,15 @@ std::vector<std::map<std::string, std::string>> read_emissions(const fs::path& p
 
 }  // namespace
 
-TEST_CASE("CodeCarbon: one row of CodeCarbon's 38 columns at train end, CPU energy from RAPL across a wrap-around",
-          "[trackers]") {
+TEST_CASE(
+    "CodeCarbon: one row of CodeCarbon's 38 columns at train end, CPU energy from RAPL across a wrap-around",
+    "[trackers]") {
   CleanCodeCarbonEnv env;
   TempDir tmp;
   FakeMachine machine(tmp / "machine");
   machine.add_rapl("intel-rapl:0", "package-0", 1'000'000, 2'000'000);
-  machine.add_rapl("intel-rapl:0:0", "core", 5, 2'000'000);   // a sub-domain: not counted twice
-  machine.add_rapl("intel-rapl:1", "psys", 7, 2'000'000);     // platform domain: not used by default
+  machine.add_rapl("intel-rapl:0:0", "core", 5, 2'000'000);  // a sub-domain: not counted twice
+  machine.add_rapl("intel-rapl:1", "psys", 7, 2'000'000);    // platform domain: not used by default
   Run run(tmp / "out");
   auto codecarbon = run.handler.add_callback<CodeCarbonCallback>(machine.options());
   run.train_begin();
@@ -514,7 +537,8 @@ TEST_CASE("CodeCarbon: one row of CodeCarbon's 38 columns at train end, CPU ener
   CHECK(std::regex_match(row["timestamp"], std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)")));
   CHECK(row["project_name"] == "codecarbon");
   CHECK(row["experiment_id"] == "5b0fa12a-3dd7-45bb-9766-cc326314d9f1");
-  CHECK(std::regex_match(row["run_id"], std::regex(R"([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})")));
+  CHECK(std::regex_match(
+      row["run_id"], std::regex(R"([0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12})")));
   CHECK(row["cpu_energy"] == torchfit::detail::python_float_repr(1.5 / 3.6e6));
   CHECK(row["gpu_energy"] == "0.0");
   CHECK(row["gpu_power"] == "0.0");
@@ -566,7 +590,8 @@ TEST_CASE("CodeCarbon: without RAPL, CPU power follows CodeCarbon's load model a
   CHECK(row["pue"] == "1.5");
 }
 
-TEST_CASE("CodeCarbon: rows are appended under the same header; another header is backed up first", "[trackers]") {
+TEST_CASE("CodeCarbon: rows are appended under the same header; another header is backed up first",
+          "[trackers]") {
   CleanCodeCarbonEnv env;
   ScopedEnv project("CODECARBON_PROJECT_NAME", "digits");
   ScopedEnv cpu("CODECARBON_FORCE_CPU_POWER", "40");
@@ -598,7 +623,8 @@ TEST_CASE("CodeCarbon: CodeCarbon's RAM model, RAPL wrap-around and load model",
   CHECK(torchfit::detail::codecarbon_ram_power_w(128, false) == 38.0);
   CHECK(torchfit::detail::codecarbon_ram_power_w(256, false) == 38.0);   // 8 x 32 GB
   CHECK(torchfit::detail::codecarbon_ram_power_w(2048, false) == 70.0);  // 16 x 128 GB
-  CHECK(torchfit::detail::codecarbon_ram_power_w(8192, false) == Approx(20 + 18 + 32 + 5 * 0.7 * 16));  // capped at 32 DIMMs
+  CHECK(torchfit::detail::codecarbon_ram_power_w(8192, false) ==
+        Approx(20 + 18 + 32 + 5 * 0.7 * 16));  // capped at 32 DIMMs
   CHECK(torchfit::detail::codecarbon_ram_power_w(4, true) == 3.0);
   CHECK(torchfit::detail::rapl_delta_uj(100, 250, 1000) == 150);
   CHECK(torchfit::detail::rapl_delta_uj(900, 50, 1000) == 150);
@@ -638,7 +664,8 @@ TEST_CASE("CodeCarbon: no NVIDIA driver means no GPU part and no error; an unwri
   run.train_begin();
   run.train_end();
   CHECK(recorder->ended);
-  CHECK(log.text().rfind("[torchfit] warning: CodeCarbonCallback failed and is disabled for the rest of this run: "
-                         "cannot create the directory of ",
-                         0) == 0);
+  CHECK(log.text().rfind(
+            "[torchfit] warning: CodeCarbonCallback failed and is disabled for the rest of this run: "
+            "cannot create the directory of ",
+            0) == 0);
 }

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <mutex>
-#include <cstdint>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -21,9 +21,10 @@
 
 namespace torchfit::detail {
 
-/// How a request is retried: statuses 408, 429, 500, 502, 503, 504 and transport failures (refused connection,
-/// timeout) are tried again after `backoff_factor_s * 2^n` seconds, at most `max_retries` times and never past
-/// `total_timeout_s` after the first attempt; each attempt is cut off after `request_timeout_s`.
+/// How a request is retried: statuses 408, 429, 500, 502, 503, 504 and transport failures (refused
+/// connection, timeout) are tried again after `backoff_factor_s * 2^n` seconds, at most `max_retries` times
+/// and never past `total_timeout_s` after the first attempt; each attempt is cut off after
+/// `request_timeout_s`.
 struct HttpRetryPolicy {
   int max_retries = 5;
   double backoff_factor_s = 0.25;
@@ -86,8 +87,8 @@ class HttpClient {
     std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   }
 
-  /// Sends `method` (GET, POST, PUT) to `url`; a non-empty `body` goes with `content_type`. Answers that are not
-  /// retried (2xx, most 4xx) are returned as they are, for the caller to interpret.
+  /// Sends `method` (GET, POST, PUT) to `url`; a non-empty `body` goes with `content_type`. Answers that are
+  /// not retried (2xx, most 4xx) are returned as they are, for the caller to interpret.
   HttpResponse request(const std::string& method, const std::string& url, const std::string& body = {},
                        const std::string& content_type = "application/json") const {
     using Clock = std::chrono::steady_clock;
@@ -103,17 +104,18 @@ class HttpClient {
       HttpResponse response;
       const std::string error = perform(method, url, body, content_type, timeout, response);
       if (error.empty() && !http_status_is_retryable(response.status)) return response;
-      last_error = error.empty() ? fmt::format("HTTP {}: {}", response.status, response.body.substr(0, 200)) : error;
+      last_error =
+          error.empty() ? fmt::format("HTTP {}: {}", response.status, response.body.substr(0, 200)) : error;
       const double backoff = policy_.backoff_factor_s * std::pow(2.0, attempts - 1);
-      const auto resume_at = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                std::chrono::duration<double>(backoff));
+      const auto resume_at =
+          Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
       if (attempts > policy_.max_retries || resume_at >= deadline) break;
       std::this_thread::sleep_until(resume_at);
     }
-    throw Error(fmt::format("{} {} failed after {} attempt{} in {:.1f} s (retry limit {}, time limit {} s): {}",
-                            method, url, attempts, attempts == 1 ? "" : "s",
-                            std::chrono::duration<double>(Clock::now() - start).count(), policy_.max_retries,
-                            policy_.total_timeout_s, last_error));
+    throw Error(fmt::format(
+        "{} {} failed after {} attempt{} in {:.1f} s (retry limit {}, time limit {} s): {}", method, url,
+        attempts, attempts == 1 ? "" : "s", std::chrono::duration<double>(Clock::now() - start).count(),
+        policy_.max_retries, policy_.total_timeout_s, last_error));
   }
 
  private:

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// The two MLflow back ends: the `mlruns` file store (MLflow's FileStore layout) and the tracking server's REST
-// API (over libcurl).
+// The two MLflow back ends: the `mlruns` file store (MLflow's FileStore layout) and the tracking server's
+// REST API (over libcurl).
 #pragma once
 
 #include <cstdint>
@@ -48,11 +48,13 @@ inline constexpr std::size_t mlflow_max_tag_value_length = 8000;
 inline constexpr std::size_t mlflow_max_key_length = 250;
 
 /// Why MLflow would reject `key` as a metric, parameter or tag name (empty if it is valid): the characters
-/// `[/\w.\- :]`, at most 250 of them, and a normalised relative path (no leading `/`, `//`, `.` or `..` part).
+/// `[/\w.\- :]`, at most 250 of them, and a normalised relative path (no leading `/`, `//`, `.` or `..`
+/// part).
 inline std::string mlflow_key_problem(const std::string& key) {
   static const std::regex allowed(R"(^[/\w.\- :]*$)");
   if (key.empty()) return "it is empty";
-  if (key.size() > mlflow_max_key_length) return fmt::format("it is longer than {} characters", mlflow_max_key_length);
+  if (key.size() > mlflow_max_key_length)
+    return fmt::format("it is longer than {} characters", mlflow_max_key_length);
   if (!std::regex_match(key, allowed))
     return "it holds characters other than letters, digits, '_', '-', '.', ' ', ':' and '/'";
   if (key.front() == '/' || key.find("//") != std::string::npos) return "it is not a relative path";
@@ -97,7 +99,8 @@ class MlflowStore {
   virtual void resume_run(const std::string& run_id, std::optional<std::int64_t> last_step) = 0;
   /// Logs one batch (within MLflow's per-request limits).
   virtual void log_batch(const std::string& run_id, const std::vector<MlflowMetric>& metrics,
-                         const std::vector<MlflowKeyValue>& params, const std::vector<MlflowKeyValue>& tags) = 0;
+                         const std::vector<MlflowKeyValue>& params,
+                         const std::vector<MlflowKeyValue>& tags) = 0;
   /// Ends the run with `status` at `end_time`.
   virtual void end_run(const std::string& run_id, MlflowRunStatus status, std::int64_t end_time) = 0;
   /// Copies the files under `local_dir` into the run's artifacts, under `artifact_path`.
@@ -110,16 +113,16 @@ inline void copy_tree(const std::filesystem::path& from, const std::filesystem::
   std::error_code ec;
   std::filesystem::create_directories(to, ec);
   if (!ec)
-    std::filesystem::copy(from, to,
-                          std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing,
-                          ec);
+    std::filesystem::copy(
+        from, to,
+        std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing, ec);
   if (ec) throw Error(fmt::format("cannot copy {} to {}: {}", from.string(), to.string(), ec.message()));
 }
 
 /// MLflow's FileStore layout under a root directory (`./mlruns` by default):
-/// `<exp>/meta.yaml`, `<exp>/<run>/meta.yaml`, `<exp>/<run>/{metrics,params,tags}/<key>`, `<exp>/<run>/artifacts/`.
-/// Readable by MLflow up to 3.12 directly, by later versions with `MLFLOW_ALLOW_FILE_STORE=true` or after
-/// `mlflow migrate-filestore`.
+/// `<exp>/meta.yaml`, `<exp>/<run>/meta.yaml`, `<exp>/<run>/{metrics,params,tags}/<key>`,
+/// `<exp>/<run>/artifacts/`. Readable by MLflow up to 3.12 directly, by later versions with
+/// `MLFLOW_ALLOW_FILE_STORE=true` or after `mlflow migrate-filestore`.
 class MlflowFileStore : public MlflowStore {
  public:
   /// Opens `root`; a new root gets `.trash/` and the Default experiment `0`, as MLflow creates them.
@@ -146,8 +149,8 @@ class MlflowFileStore : public MlflowStore {
     return id;
   }
 
-  std::string create_run(const std::string& experiment_id, const std::string& run_name, std::int64_t start_time,
-                         const std::vector<MlflowKeyValue>& tags) override {
+  std::string create_run(const std::string& experiment_id, const std::string& run_name,
+                         std::int64_t start_time, const std::vector<MlflowKeyValue>& tags) override {
     const std::filesystem::path experiment = root_ / experiment_id;
     if (!std::filesystem::exists(experiment / "meta.yaml"))
       throw Error(fmt::format("MLflow experiment {} does not exist under {}", experiment_id, root_.string()));
@@ -182,8 +185,9 @@ class MlflowFileStore : public MlflowStore {
 
   void resume_run(const std::string& run_id, std::optional<std::int64_t> last_step) override {
     const auto run = run_dir(run_id);
-    set_meta_fields(run / "meta.yaml", {{"status", std::to_string(static_cast<int>(MlflowRunStatus::running))},
-                                        {"end_time", "null"}});
+    set_meta_fields(
+        run / "meta.yaml",
+        {{"status", std::to_string(static_cast<int>(MlflowRunStatus::running))}, {"end_time", "null"}});
     if (!last_step || !std::filesystem::exists(run / "metrics")) return;
     for (const auto& entry : std::filesystem::recursive_directory_iterator(run / "metrics")) {
       if (!entry.is_regular_file()) continue;
@@ -207,7 +211,8 @@ class MlflowFileStore : public MlflowStore {
   }
 
   void log_batch(const std::string& run_id, const std::vector<MlflowMetric>& metrics,
-                 const std::vector<MlflowKeyValue>& params, const std::vector<MlflowKeyValue>& tags) override {
+                 const std::vector<MlflowKeyValue>& params,
+                 const std::vector<MlflowKeyValue>& tags) override {
     const auto run = run_dir(run_id);
     for (const auto& m : metrics)
       append_to_file(run / "metrics" / m.key,
@@ -216,9 +221,10 @@ class MlflowFileStore : public MlflowStore {
       const auto path = run / "params" / p.key;
       if (const auto old = read_file_if_exists(path)) {
         if (*old == p.value) continue;  // MLflow: re-logging the same value is allowed
-        throw Error(fmt::format("MLflow parameter \"{}\" of run {} is already \"{}\"; parameters cannot change "
-                                "(new value \"{}\")",
-                                p.key, run_id, *old, p.value));
+        throw Error(
+            fmt::format("MLflow parameter \"{}\" of run {} is already \"{}\"; parameters cannot change "
+                        "(new value \"{}\")",
+                        p.key, run_id, *old, p.value));
       }
       replace_file(path, p.value);
     }
@@ -226,8 +232,8 @@ class MlflowFileStore : public MlflowStore {
   }
 
   void end_run(const std::string& run_id, MlflowRunStatus status, std::int64_t end_time) override {
-    set_meta_fields(run_dir(run_id) / "meta.yaml",
-                    {{"status", std::to_string(static_cast<int>(status))}, {"end_time", std::to_string(end_time)}});
+    set_meta_fields(run_dir(run_id) / "meta.yaml", {{"status", std::to_string(static_cast<int>(status))},
+                                                    {"end_time", std::to_string(end_time)}});
   }
 
   void log_artifacts(const std::string& run_id, const std::filesystem::path& local_dir,
@@ -239,9 +245,10 @@ class MlflowFileStore : public MlflowStore {
   std::filesystem::path run_dir(const std::string& run_id) {
     if (auto it = runs_.find(run_id); it != runs_.end()) return it->second;
     for (const auto& experiment : directory_entries(root_))
-      if (std::filesystem::exists(experiment / run_id / "meta.yaml")) return runs_[run_id] = experiment / run_id;
-    throw Error(fmt::format("MLflow run \"{}\" (MLFLOW_RUN_ID) was not found in any experiment under {}", run_id,
-                            root_.string()));
+      if (std::filesystem::exists(experiment / run_id / "meta.yaml"))
+        return runs_[run_id] = experiment / run_id;
+    throw Error(fmt::format("MLflow run \"{}\" (MLFLOW_RUN_ID) was not found in any experiment under {}",
+                            run_id, root_.string()));
   }
 
  private:
@@ -259,7 +266,8 @@ class MlflowFileStore : public MlflowStore {
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
       const std::string name = entry.path().filename().string();
-      if (name == ".trash" || name == "models" || !std::filesystem::exists(entry.path() / "meta.yaml")) continue;
+      if (name == ".trash" || name == "models" || !std::filesystem::exists(entry.path() / "meta.yaml"))
+        continue;
       out.push_back(entry.path());
     }
     return out;
@@ -280,7 +288,8 @@ class MlflowFileStore : public MlflowStore {
     replace_file(root_ / id / "meta.yaml", yaml_block(meta));
   }
 
-  // The top-level `key: value` pairs of a flat meta.yaml, quotes removed (enough to find experiments by name).
+  // The top-level `key: value` pairs of a flat meta.yaml, quotes removed (enough to find experiments by
+  // name).
   static std::map<std::string, std::string> read_meta(const std::filesystem::path& path) {
     std::map<std::string, std::string> out;
     const auto text = read_file_if_exists(path);
@@ -294,7 +303,8 @@ class MlflowFileStore : public MlflowStore {
       const std::size_t colon = line.find(": ");
       if (line.empty() || line[0] == ' ' || colon == std::string::npos) continue;
       std::string value = line.substr(colon + 2);
-      if (value.size() >= 2 && (value.front() == '\'' || value.front() == '"') && value.back() == value.front()) {
+      if (value.size() >= 2 && (value.front() == '\'' || value.front() == '"') &&
+          value.back() == value.front()) {
         const char q = value.front();
         value = value.substr(1, value.size() - 2);
         if (q == '\'')
@@ -347,11 +357,12 @@ class MlflowRestStore : public MlflowStore {
       if (!created.is_null()) return id_text(created.at("experiment_id"));
       // Another client created it between our two calls: look it up again.
     }
-    throw Error(fmt::format("MLflow experiment \"{}\" could neither be found nor created at {}", name, base_));
+    throw Error(
+        fmt::format("MLflow experiment \"{}\" could neither be found nor created at {}", name, base_));
   }
 
-  std::string create_run(const std::string& experiment_id, const std::string& run_name, std::int64_t start_time,
-                         const std::vector<MlflowKeyValue>& tags) override {
+  std::string create_run(const std::string& experiment_id, const std::string& run_name,
+                         std::int64_t start_time, const std::vector<MlflowKeyValue>& tags) override {
     json body = {{"experiment_id", experiment_id}, {"start_time", start_time}, {"user_id", user_name()}};
     if (!run_name.empty()) body["run_name"] = run_name;
     body["tags"] = key_values(tags);
@@ -366,7 +377,8 @@ class MlflowRestStore : public MlflowStore {
   }
 
   void log_batch(const std::string& run_id, const std::vector<MlflowMetric>& metrics,
-                 const std::vector<MlflowKeyValue>& params, const std::vector<MlflowKeyValue>& tags) override {
+                 const std::vector<MlflowKeyValue>& params,
+                 const std::vector<MlflowKeyValue>& tags) override {
     json body = {{"run_id", run_id}, {"metrics", json::array()}};
     for (const auto& m : metrics)
       body["metrics"].push_back(
@@ -377,7 +389,8 @@ class MlflowRestStore : public MlflowStore {
   }
 
   void end_run(const std::string& run_id, MlflowRunStatus status, std::int64_t end_time) override {
-    call("POST", "runs/update", {{"run_id", run_id}, {"status", mlflow_status_name(status)}, {"end_time", end_time}});
+    call("POST", "runs/update",
+         {{"run_id", run_id}, {"status", mlflow_status_name(status)}, {"end_time", end_time}});
   }
 
   /// Uploads through the server's artifact proxy (`mlflow-artifacts:` artifact URIs) or copies to a
@@ -385,8 +398,10 @@ class MlflowRestStore : public MlflowStore {
   void log_artifacts(const std::string& run_id, const std::filesystem::path& local_dir,
                      const std::string& artifact_path) override {
     if (artifact_uri_.empty())
-      artifact_uri_ = call("GET", "runs/get?run_id=" + url_encode(run_id), {}).at("run").at("info").value(
-          "artifact_uri", "");
+      artifact_uri_ = call("GET", "runs/get?run_id=" + url_encode(run_id), {})
+                          .at("run")
+                          .at("info")
+                          .value("artifact_uri", "");
     const std::string proxy = "mlflow-artifacts:";
     if (artifact_uri_.rfind("file://", 0) == 0) {
       copy_tree(local_dir, std::filesystem::path(artifact_uri_.substr(7)) / artifact_path);
@@ -398,14 +413,15 @@ class MlflowRestStore : public MlflowStore {
         if (!entry.is_regular_file()) continue;
         const auto relative = std::filesystem::relative(entry.path(), local_dir).generic_string();
         const auto bytes = read_file_if_exists(entry.path());
-        const auto url = fmt::format("{}/api/2.0/mlflow-artifacts/artifacts/{}/{}/{}", base_, path, artifact_path,
-                                     relative);
+        const auto url = fmt::format("{}/api/2.0/mlflow-artifacts/artifacts/{}/{}/{}", base_, path,
+                                     artifact_path, relative);
         check(http_.request("PUT", url, bytes.value_or(""), "application/octet-stream"), "PUT", url, {});
       }
     } else {
-      throw Error(fmt::format("cannot upload artifacts to \"{}\": only mlflow-artifacts: and file:// artifact "
-                              "locations are supported",
-                              artifact_uri_));
+      throw Error(
+          fmt::format("cannot upload artifacts to \"{}\": only mlflow-artifacts: and file:// artifact "
+                      "locations are supported",
+                      artifact_uri_));
     }
   }
 
@@ -437,7 +453,8 @@ class MlflowRestStore : public MlflowStore {
   static json check(const HttpResponse& response, const std::string& method, const std::string& url,
                     const std::string& tolerated) {
     json answer = json::parse(response.body.empty() ? "{}" : response.body, nullptr, false);
-    if (response.status >= 200 && response.status < 300) return answer.is_discarded() ? json::object() : answer;
+    if (response.status >= 200 && response.status < 300)
+      return answer.is_discarded() ? json::object() : answer;
     const std::string code = answer.is_object() ? answer.value("error_code", "") : "";
     if (!tolerated.empty() && code == tolerated) return nullptr;
     const std::string message = answer.is_object() ? answer.value("message", response.body) : response.body;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// Small pieces the file- and server-based trackers share: environment switches, random ids, clocks, user name,
-// and a YAML block emitter for the flat documents trackers write (MLflow meta.yaml, DVCLive params.yaml).
+// Small pieces the file- and server-based trackers share: environment switches, random ids, clocks, user
+// name, and a YAML block emitter for the flat documents trackers write (MLflow meta.yaml, DVCLive
+// params.yaml).
 #pragma once
 
 #include <pwd.h>
@@ -20,6 +21,7 @@
 
 #include "torchfit/detail/arg_parse.hpp"
 #include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
@@ -37,6 +39,47 @@ inline bool env_true(const char* name) {
   if (!value) return false;
   const std::string l = lower(*value);
   return l == "1" || l == "on" || l == "yes" || l == "true";
+}
+
+/// The number in environment variable `name`; nothing when it is unset or empty. Text that is not a number is
+/// an ArgumentError naming the variable.
+inline std::optional<double> env_number(const char* name) {
+  const auto text = env_string(name);
+  if (!text) return std::nullopt;
+  char* end = nullptr;
+  const double v = std::strtod(text->c_str(), &end);
+  if (end != text->c_str() + text->size())
+    throw ArgumentError(fmt::format("{} must be a number (got \"{}\")", name, *text));
+  return v;
+}
+
+/// Python's `str(value)` of a logged value: strings as they are, anything else as its repr (`5e-05`, `True`,
+/// `None`, `['none']`).
+inline std::string python_str(const json& value) {
+  return value.is_string() ? value.get<std::string>() : python_repr(value);
+}
+
+/// Python's `type(value)` text of a JSON value (`<class 'str'>`, ...), for HF's dropped-value warnings.
+inline std::string python_type_repr(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null:
+      return "<class 'NoneType'>";
+    case json::value_t::boolean:
+      return "<class 'bool'>";
+    case json::value_t::number_float:
+      return "<class 'float'>";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+      return "<class 'int'>";
+    case json::value_t::string:
+      return "<class 'str'>";
+    case json::value_t::array:
+      return "<class 'list'>";
+    case json::value_t::object:
+      return "<class 'dict'>";
+    default:
+      return "<class 'bytes'>";
+  }
 }
 
 /// `count` random lower-case hex digits from the operating system's entropy source.
@@ -62,7 +105,8 @@ inline std::string uuid4_hex() {
 /// A random UUID in its dashed form (Python's `str(uuid.uuid4())`).
 inline std::string uuid4() {
   const std::string h = uuid4_hex();
-  return h.substr(0, 8) + '-' + h.substr(8, 4) + '-' + h.substr(12, 4) + '-' + h.substr(16, 4) + '-' + h.substr(20);
+  return h.substr(0, 8) + '-' + h.substr(8, 4) + '-' + h.substr(12, 4) + '-' + h.substr(16, 4) + '-' +
+         h.substr(20);
 }
 
 /// Milliseconds since the Unix epoch (MLflow's timestamps).
@@ -72,8 +116,8 @@ inline std::int64_t unix_time_ms() {
       .count();
 }
 
-/// Python's `datetime.now(timezone.utc).isoformat()`: `2026-11-24T05:58:16.123456+00:00` (the fraction is left
-/// out when it is zero, as Python does).
+/// Python's `datetime.now(timezone.utc).isoformat()`: `2026-11-24T05:58:16.123456+00:00` (the fraction is
+/// left out when it is zero, as Python does).
 inline std::string iso_utc_now() {
   const auto now = std::chrono::system_clock::now();
   const auto micros =
@@ -100,10 +144,10 @@ inline std::string program_path() {
   return n > 0 ? std::string(path, static_cast<std::size_t>(n)) : std::string();
 }
 
-/// A YAML scalar as PyYAML / ruamel write it in block documents: strings plain when they read back as the same
-/// string, else single-quoted (double-quoted with escapes when they hold control characters); floats with a dot
-/// before any exponent (`5.0e-05`, which YAML 1.1 and 1.2 both read as a float), `.inf`, `.nan`; `null_text`
-/// for null (PyYAML writes `null`, ruamel an empty value).
+/// A YAML scalar as PyYAML / ruamel write it in block documents: strings plain when they read back as the
+/// same string, else single-quoted (double-quoted with escapes when they hold control characters); floats
+/// with a dot before any exponent (`5.0e-05`, which YAML 1.1 and 1.2 both read as a float), `.inf`, `.nan`;
+/// `null_text` for null (PyYAML writes `null`, ruamel an empty value).
 inline std::string yaml_scalar(const json& value, std::string_view null_text = "null") {
   switch (value.type()) {
     case json::value_t::null:
@@ -136,13 +180,14 @@ inline std::string yaml_scalar(const json& value, std::string_view null_text = "
     return out;
   }
   const std::string l = lower(s);
-  const bool reserved_word = l == "null" || l == "~" || l == "true" || l == "false" || l == "yes" || l == "no" ||
-                             l == "on" || l == "off" || l == "y" || l == "n" || l == ".inf" || l == "-.inf" ||
-                             l == "+.inf" || l == ".nan";
+  const bool reserved_word = l == "null" || l == "~" || l == "true" || l == "false" || l == "yes" ||
+                             l == "no" || l == "on" || l == "off" || l == "y" || l == "n" || l == ".inf" ||
+                             l == "-.inf" || l == "+.inf" || l == ".nan";
   char* end = nullptr;
   std::strtod(s.c_str(), &end);
   const bool numeric = !s.empty() && end == s.c_str() + s.size();
-  const bool special_start = !s.empty() && std::string_view("-?:,[]{}#&*!|>'\"%@`").find(s[0]) != std::string::npos;
+  const bool special_start =
+      !s.empty() && std::string_view("-?:,[]{}#&*!|>'\"%@`").find(s[0]) != std::string::npos;
   const bool needs_quotes = s.empty() || reserved_word || numeric || special_start || s.front() == ' ' ||
                             s.back() == ' ' || s.back() == ':' || s.find(": ") != std::string::npos ||
                             s.find(" #") != std::string::npos;
@@ -165,8 +210,8 @@ inline std::string yaml_block(const json& object, std::string_view null_text = "
     } else if (v.is_array() && !v.empty()) {
       out += pad + key + ":\n";
       for (const json& item : v)
-        out += pad + "- " + (item.is_structured() && !item.empty() ? item.dump() : yaml_scalar(item, null_text)) +
-               "\n";
+        out += pad + "- " +
+               (item.is_structured() && !item.empty() ? item.dump() : yaml_scalar(item, null_text)) + "\n";
     } else if (v.is_structured()) {
       out += pad + key + ": " + (v.is_array() ? "[]" : "{}") + "\n";
     } else {

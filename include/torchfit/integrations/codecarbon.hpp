@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // CodeCarbon tracker: a native estimate of the energy a training run used and of its emissions, appended to
-// `<output_dir>/emissions.csv` in CodeCarbon's format (CPU from RAPL or a load model, RAM from a DIMM model, NVIDIA
-// GPUs from NVML loaded at run time).
+// `<output_dir>/emissions.csv` in CodeCarbon's format (CPU from RAPL or a load model, RAM from a DIMM model,
+// NVIDIA GPUs from NVML loaded at run time).
 #pragma once
 
 #include <dlfcn.h>
@@ -39,19 +39,20 @@
 
 namespace torchfit {
 
-/// Settings of the estimate. Unset members come from CodeCarbon's environment variables (`CODECARBON_<NAME>`),
-/// else CodeCarbon's defaults.
+/// Settings of the estimate. Unset members come from CodeCarbon's environment variables
+/// (`CODECARBON_<NAME>`), else CodeCarbon's defaults.
 struct CodeCarbonOptions {
-  std::optional<std::string> project_name;      ///< CODECARBON_PROJECT_NAME, default "codecarbon"
-  std::optional<std::string> experiment_id;     ///< CODECARBON_EXPERIMENT_ID, default CodeCarbon's fixed id
-  std::optional<double> measure_power_secs;     ///< CODECARBON_MEASURE_POWER_SECS, default 15
-  std::optional<double> pue;                    ///< CODECARBON_PUE (power usage effectiveness), default 1.0
-  std::optional<double> wue;                    ///< CODECARBON_WUE (litres of water per kWh), default 0
-  std::optional<double> force_cpu_power;        ///< CODECARBON_FORCE_CPU_POWER: constant CPU watts
-  std::optional<double> force_ram_power;        ///< CODECARBON_FORCE_RAM_POWER: constant RAM watts
-  /// CODECARBON_FORCE_CARBON_INTENSITY_G_CO2E_KWH; default 475, CodeCarbon's world average for an unknown place.
+  std::optional<std::string> project_name;   ///< CODECARBON_PROJECT_NAME, default "codecarbon"
+  std::optional<std::string> experiment_id;  ///< CODECARBON_EXPERIMENT_ID, default CodeCarbon's fixed id
+  std::optional<double> measure_power_secs;  ///< CODECARBON_MEASURE_POWER_SECS, default 15
+  std::optional<double> pue;                 ///< CODECARBON_PUE (power usage effectiveness), default 1.0
+  std::optional<double> wue;                 ///< CODECARBON_WUE (litres of water per kWh), default 0
+  std::optional<double> force_cpu_power;     ///< CODECARBON_FORCE_CPU_POWER: constant CPU watts
+  std::optional<double> force_ram_power;     ///< CODECARBON_FORCE_RAM_POWER: constant RAM watts
+  /// CODECARBON_FORCE_CARBON_INTENSITY_G_CO2E_KWH; default 475, CodeCarbon's world average for an unknown
+  /// place.
   std::optional<double> carbon_intensity_g_per_kwh;
-  bool measure_gpu = true;                      ///< read NVIDIA GPUs through NVML when the driver is present
+  bool measure_gpu = true;  ///< read NVIDIA GPUs through NVML when the driver is present
   std::filesystem::path powercap_root = "/sys/class/powercap";  ///< where RAPL domains are looked for
   std::filesystem::path proc_root = "/proc";                    ///< stat, meminfo and cpuinfo
 };
@@ -59,17 +60,44 @@ struct CodeCarbonOptions {
 namespace detail {
 
 /// CodeCarbon's emissions.csv columns (v3.3), in order.
-inline constexpr const char* codecarbon_columns[] = {
-    "timestamp",        "project_name",       "run_id",          "experiment_id",
-    "duration",         "emissions",          "emissions_rate",  "cpu_power",
-    "gpu_power",        "ram_power",          "cpu_energy",      "gpu_energy",
-    "ram_energy",       "energy_consumed",    "water_consumed",  "country_name",
-    "country_iso_code", "region",             "cloud_provider",  "cloud_region",
-    "os",               "python_version",     "codecarbon_version", "cpu_count",
-    "cpu_model",        "gpu_count",          "gpu_model",       "longitude",
-    "latitude",         "ram_total_size",     "tracking_mode",   "cpu_utilization_percent",
-    "gpu_utilization_percent", "ram_utilization_percent", "ram_used_gb", "on_cloud",
-    "pue",              "wue"};
+inline constexpr const char* codecarbon_columns[] = {"timestamp",
+                                                     "project_name",
+                                                     "run_id",
+                                                     "experiment_id",
+                                                     "duration",
+                                                     "emissions",
+                                                     "emissions_rate",
+                                                     "cpu_power",
+                                                     "gpu_power",
+                                                     "ram_power",
+                                                     "cpu_energy",
+                                                     "gpu_energy",
+                                                     "ram_energy",
+                                                     "energy_consumed",
+                                                     "water_consumed",
+                                                     "country_name",
+                                                     "country_iso_code",
+                                                     "region",
+                                                     "cloud_provider",
+                                                     "cloud_region",
+                                                     "os",
+                                                     "python_version",
+                                                     "codecarbon_version",
+                                                     "cpu_count",
+                                                     "cpu_model",
+                                                     "gpu_count",
+                                                     "gpu_model",
+                                                     "longitude",
+                                                     "latitude",
+                                                     "ram_total_size",
+                                                     "tracking_mode",
+                                                     "cpu_utilization_percent",
+                                                     "gpu_utilization_percent",
+                                                     "ram_utilization_percent",
+                                                     "ram_used_gb",
+                                                     "on_cloud",
+                                                     "pue",
+                                                     "wue"};
 
 /// CodeCarbon's default experiment id.
 inline constexpr const char* codecarbon_default_experiment_id = "5b0fa12a-3dd7-45bb-9766-cc326314d9f1";
@@ -96,8 +124,8 @@ inline int codecarbon_dimm_count(double total_gb) {
   return 8;
 }
 
-/// CodeCarbon's RAM power model (v3): 5 W per DIMM on x86 (1.5 W on ARM), less for DIMMs 5-8 (x0.9), 9-16 (x0.8)
-/// and beyond (x0.7); at least 10 W on x86 (3 W on ARM).
+/// CodeCarbon's RAM power model (v3): 5 W per DIMM on x86 (1.5 W on ARM), less for DIMMs 5-8 (x0.9), 9-16
+/// (x0.8) and beyond (x0.7); at least 10 W on x86 (3 W on ARM).
 inline double codecarbon_ram_power_w(double total_gb, bool arm) {
   const int dimms = codecarbon_dimm_count(total_gb);
   const double per_dimm = arm ? 1.5 : 5.0;
@@ -119,8 +147,8 @@ inline double codecarbon_cpu_load_power_w(double tdp_w, double load) {
   return tdp_w * (0.1 + 0.9 * load * load * load);
 }
 
-/// Busy and total jiffies of all CPUs (first line of /proc/stat; idle = idle + iowait; guest time is already in
-/// user time).
+/// Busy and total jiffies of all CPUs (first line of /proc/stat; idle = idle + iowait; guest time is already
+/// in user time).
 struct CpuTimes {
   std::uint64_t busy = 0;
   std::uint64_t total = 0;
@@ -196,13 +224,14 @@ inline std::optional<std::uint64_t> read_uint_file(const std::filesystem::path& 
   return v;
 }
 
-/// The readable package domains, as CodeCarbon uses them by default (sub-domains core/uncore/dram, top-level dram
-/// and psys are left out, so nothing is counted twice).
+/// The readable package domains, as CodeCarbon uses them by default (sub-domains core/uncore/dram, top-level
+/// dram and psys are left out, so nothing is counted twice).
 inline std::vector<RaplDomain> find_rapl_domains(const std::filesystem::path& powercap_root) {
   std::vector<RaplDomain> out;
   std::error_code ec;
   std::vector<std::filesystem::path> dirs;
-  for (const auto& entry : std::filesystem::directory_iterator(powercap_root, ec)) dirs.push_back(entry.path());
+  for (const auto& entry : std::filesystem::directory_iterator(powercap_root, ec))
+    dirs.push_back(entry.path());
   std::sort(dirs.begin(), dirs.end());
   for (const auto& dir : dirs) {
     const std::string name = dir.filename().string();
@@ -315,30 +344,20 @@ inline std::string codecarbon_csv_field(const std::string& text) {
 }
 
 inline double option_or_env(const std::optional<double>& option, const char* env, double fallback) {
-  if (option) return *option;
-  const auto text = env_string(env);
-  if (!text) return fallback;
-  char* end = nullptr;
-  const double v = std::strtod(text->c_str(), &end);
-  if (end != text->c_str() + text->size())
-    throw ArgumentError(fmt::format("{} must be a number (got \"{}\")", env, *text));
-  return v;
+  return option ? *option : env_number(env).value_or(fallback);
 }
 
-inline std::optional<double> optional_env(const std::optional<double>& option, const char* env) {
-  if (option || !env_string(env)) return option;
-  return option_or_env(option, env, 0);
-}
-
-/// The measurement of one tracked interval: samples taken every `measure_power_secs` on a thread of its own and
-/// once more at stop().
+/// The measurement of one tracked interval: samples taken every `measure_power_secs` on a thread of its own
+/// and once more at stop().
 class EmissionsEstimator {
  public:
   explicit EmissionsEstimator(const CodeCarbonOptions& options)
       : options_(options),
         interval_s_(option_or_env(options.measure_power_secs, "CODECARBON_MEASURE_POWER_SECS", 15)),
-        force_cpu_w_(optional_env(options.force_cpu_power, "CODECARBON_FORCE_CPU_POWER")),
-        force_ram_w_(optional_env(options.force_ram_power, "CODECARBON_FORCE_RAM_POWER")) {
+        force_cpu_w_(options.force_cpu_power ? options.force_cpu_power
+                                             : env_number("CODECARBON_FORCE_CPU_POWER")),
+        force_ram_w_(options.force_ram_power ? options.force_ram_power
+                                             : env_number("CODECARBON_FORCE_RAM_POWER")) {
     if (options.measure_gpu) nvml_.emplace();
     rapl_ = find_rapl_domains(options.powercap_root);
     memory_ = read_memory_info(options.proc_root);
@@ -479,14 +498,17 @@ class EmissionsEstimator {
     const auto memory = read_memory_info(options_.proc_root);
     if (memory) {
       ram_used_sum_ += memory->total_gb - memory->available_gb;
-      ram_util_sum_ += memory->total_gb > 0 ? 100 * (memory->total_gb - memory->available_gb) / memory->total_gb : 0;
+      ram_util_sum_ +=
+          memory->total_gb > 0 ? 100 * (memory->total_gb - memory->available_gb) / memory->total_gb : 0;
     }
 #if defined(__aarch64__) || defined(__arm__)
     constexpr bool arm = true;
 #else
     constexpr bool arm = false;
 #endif
-    const double ram_w = force_ram_w_ ? *force_ram_w_ : memory ? codecarbon_ram_power_w(memory->total_gb, arm) : 0;
+    const double ram_w = force_ram_w_ ? *force_ram_w_
+                         : memory     ? codecarbon_ram_power_w(memory->total_gb, arm)
+                                      : 0;
     ram_j_ += ram_w * dt;
     ram_w_sum_ += ram_w;
 
@@ -531,20 +553,22 @@ class EmissionsEstimator {
 
 }  // namespace detail
 
-/// Estimates the energy and emissions of training, like HF's CodeCarbonCallback (CodeCarbon's EmissionsTracker
-/// started at on_train_begin and stopped at on_train_end, on the local process zero), and appends one row to
+/// Estimates the energy and emissions of training, like HF's CodeCarbonCallback (CodeCarbon's
+/// EmissionsTracker started at on_train_begin and stopped at on_train_end, on the local process zero), and
+/// appends one row to
 /// `<output_dir>/emissions.csv` with CodeCarbon's 38 columns.
 ///
 /// The figures are estimates: CPU energy from the RAPL package counters when readable (else CodeCarbon's load
-/// model at its 85 W default TDP), RAM power from CodeCarbon's DIMM model, NVIDIA GPU energy from NVML's energy
-/// counters, emissions at 475 g CO2eq/kWh (CodeCarbon's world average; no location lookup). A file with other
-/// columns is kept as `emissions.csv.bak` and a new one started, as CodeCarbon does.
+/// model at its 85 W default TDP), RAM power from CodeCarbon's DIMM model, NVIDIA GPU energy from NVML's
+/// energy counters, emissions at 475 g CO2eq/kWh (CodeCarbon's world average; no location lookup). A file
+/// with other columns is kept as `emissions.csv.bak` and a new one started, as CodeCarbon does.
 class CodeCarbonCallback : public TrackerCallback {
  public:
   explicit CodeCarbonCallback(CodeCarbonOptions options = {}) : options_(std::move(options)) {}
 
   void on_train_begin(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (state.is_local_process_zero && !estimator_) estimator_ = std::make_unique<detail::EmissionsEstimator>(options_);
+    if (state.is_local_process_zero && !estimator_)
+      estimator_ = std::make_unique<detail::EmissionsEstimator>(options_);
   }
 
   void on_train_end(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -552,16 +576,18 @@ class CodeCarbonCallback : public TrackerCallback {
     auto estimator = std::move(estimator_);
     const auto row = estimator->stop(
         options_.project_name.value_or(detail::env_string("CODECARBON_PROJECT_NAME").value_or("codecarbon")),
-        options_.experiment_id.value_or(
-            detail::env_string("CODECARBON_EXPERIMENT_ID").value_or(detail::codecarbon_default_experiment_id)),
+        options_.experiment_id.value_or(detail::env_string("CODECARBON_EXPERIMENT_ID")
+                                            .value_or(detail::codecarbon_default_experiment_id)),
         detail::option_or_env(options_.pue, "CODECARBON_PUE", 1.0),
         detail::option_or_env(options_.wue, "CODECARBON_WUE", 0.0),
-        detail::option_or_env(options_.carbon_intensity_g_per_kwh, "CODECARBON_FORCE_CARBON_INTENSITY_G_CO2E_KWH",
+        detail::option_or_env(options_.carbon_intensity_g_per_kwh,
+                              "CODECARBON_FORCE_CARBON_INTENSITY_G_CO2E_KWH",
                               detail::codecarbon_world_intensity_g_per_kwh));
     append_row(std::filesystem::path(args.output_dir) / "emissions.csv", row);
   }
 
-  /// How CPU power is measured in the current interval ("RAPL", "constant", "cpu_load"); empty when not started.
+  /// How CPU power is measured in the current interval ("RAPL", "constant", "cpu_load"); empty when not
+  /// started.
   std::string cpu_method() const { return estimator_ ? estimator_->cpu_method() : std::string(); }
 
  private:
@@ -576,17 +602,21 @@ class CodeCarbonCallback : public TrackerCallback {
     if (existing && !existing->empty()) {
       std::vector<std::string> old_columns;
       std::stringstream first(existing->substr(0, existing->find('\n')));
-      for (std::string c; std::getline(first, c, ',');) old_columns.push_back(c.back() == '\r' ? c.substr(0, c.size() - 1) : c);
-      std::vector<std::string> new_columns(std::begin(detail::codecarbon_columns), std::end(detail::codecarbon_columns));
+      for (std::string c; std::getline(first, c, ',');)
+        old_columns.push_back(c.back() == '\r' ? c.substr(0, c.size() - 1) : c);
+      std::vector<std::string> new_columns(std::begin(detail::codecarbon_columns),
+                                           std::end(detail::codecarbon_columns));
       std::sort(old_columns.begin(), old_columns.end());
       std::sort(new_columns.begin(), new_columns.end());
       if (old_columns == new_columns) return detail::append_to_file(path, line + "\n");
       log::warning("The CSV format has changed, backing up old emission file.");
       std::filesystem::path backup = path.string() + ".bak";
-      for (int i = 0; std::filesystem::exists(backup); ++i) backup = path.string() + "_" + std::to_string(i) + ".bak";
+      for (int i = 0; std::filesystem::exists(backup); ++i)
+        backup = path.string() + "_" + std::to_string(i) + ".bak";
       std::error_code ec;
       std::filesystem::rename(path, backup, ec);
-      if (ec) throw Error(fmt::format("cannot back up {} as {}: {}", path.string(), backup.string(), ec.message()));
+      if (ec)
+        throw Error(fmt::format("cannot back up {} as {}: {}", path.string(), backup.string(), ec.message()));
     }
     detail::replace_file(path, header + "\n" + line + "\n");
   }

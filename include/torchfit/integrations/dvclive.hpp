@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// DVCLive tracker: writes the files DVCLive writes (metrics.json, plots/metrics/*.tsv, params.yaml, dvc.yaml), so
-// `dvc plots show`, `dvc metrics show` and `dvc exp show` read a torchfit run as a DVCLive one.
+// DVCLive tracker: writes the files DVCLive writes (metrics.json, plots/metrics/*.tsv, params.yaml,
+// dvc.yaml), so `dvc plots show`, `dvc metrics show` and `dvc exp show` read a torchfit run as a DVCLive one.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +29,8 @@ namespace detail {
 /// dvclive's `standardize_metric_name(key, "dvclive.huggingface")`: every `train_` becomes `train/` and every
 /// `eval_` becomes `eval/` (plain replacement, so `train_runtime` -> `train/runtime`).
 inline std::string dvclive_metric_name(std::string key) {
-  for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{"train_", "train/"}, {"eval_", "eval/"}})
+  for (const auto& [from, to] :
+       {std::pair<std::string_view, std::string_view>{"train_", "train/"}, {"eval_", "eval/"}})
     for (std::size_t i = key.find(from); i != std::string::npos; i = key.find(from, i + to.size()))
       key.replace(i, from.size(), to);
   return key;
@@ -44,8 +45,8 @@ inline json dvclive_value(const json& value) {
   return value;
 }
 
-/// A TSV cell as Python's csv module writes `str(value)` with a tab delimiter (quoted only when it holds a tab,
-/// a double quote or a line break).
+/// A TSV cell as Python's csv module writes `str(value)` with a tab delimiter (quoted only when it holds a
+/// tab, a double quote or a line break).
 inline std::string dvclive_tsv_cell(const json& value) {
   std::string text;
   if (value.is_string())
@@ -83,29 +84,33 @@ inline bool dvclive_can_log(const json& value) {
 }  // namespace detail
 
 /// Logs the run in DVCLive's format, like HF's DVCLiveCallback with a default `Live()`:
-/// - on_train_begin (or the first on_log): a fresh run (global step 0) removes what an earlier run left in the
-///   directory (as `Live(resume=False)`), then writes the training arguments to `params.yaml` and a `dvc.yaml`
-///   pointing DVC at the files below.
-/// - on_log: each number, boolean or string goes to `plots/metrics/<name>.tsv` (header `step\t<basename>`, one
+/// - on_train_begin (or the first on_log): a fresh run (global step 0) removes what an earlier run left in
+/// the
+///   directory (as `Live(resume=False)`), then writes the training arguments to `params.yaml` and a
+///   `dvc.yaml` pointing DVC at the files below.
+/// - on_log: each number, boolean or string goes to `plots/metrics/<name>.tsv` (header `step\t<basename>`,
+/// one
 ///   row per log) and to the `metrics.json` summary, under DVCLive's names (`eval_loss` -> `eval/loss`,
-///   `train_runtime` -> `train/runtime`, `loss` unchanged); then the DVCLive step advances by one. Other values
-///   are dropped with HF's warning, once per key.
+///   `train_runtime` -> `train/runtime`, `loss` unchanged); then the DVCLive step advances by one. Other
+///   values are dropped with HF's warning, once per key.
 /// - on_train_end: the summary is written a last time.
 ///
-/// The step is DVCLive's own counter of on_log calls, not the global step (HF). A run resumed from a checkpoint
-/// continues it from the number of entries in `state.log_history` (one per on_log before the checkpoint): rows the
-/// interrupted run wrote after its checkpoint are dropped and the summary is rebuilt from the history, so no row is
-/// duplicated or lost.
+/// The step is DVCLive's own counter of on_log calls, not the global step (HF). A run resumed from a
+/// checkpoint continues it from the number of entries in `state.log_history` (one per on_log before the
+/// checkpoint): rows the interrupted run wrote after its checkpoint are dropped and the summary is rebuilt
+/// from the history, so no row is duplicated or lost.
 ///
-/// Differences from HF: `dvc.yaml` is written inside the DVCLive directory (DVC finds it there) rather than in the
-/// working directory; no DVC experiment is saved (`save_dvc_exp` needs DVC itself); `HF_DVCLIVE_LOG_MODEL` is not
-/// supported.
+/// Differences from HF: `dvc.yaml` is written inside the DVCLive directory (DVC finds it there) rather than
+/// in the working directory; no DVC experiment is saved (`save_dvc_exp` needs DVC itself);
+/// `HF_DVCLIVE_LOG_MODEL` is not supported.
 class DVCLiveCallback : public TrackerCallback {
  public:
-  /// `dir` is DVCLive's output directory (`dvclive`, relative to the working directory, as DVCLive's default).
+  /// `dir` is DVCLive's output directory (`dvclive`, relative to the working directory, as DVCLive's
+  /// default).
   explicit DVCLiveCallback(std::filesystem::path dir = "dvclive") : dir_(std::move(dir)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
+                      const CallbackContext&) override {
     if (!initialized_ && state.is_world_process_zero) setup(args, state);
   }
 
@@ -119,7 +124,7 @@ class DVCLiveCallback : public TrackerCallback {
           log::warning(
               "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a scalar. This "
               "invocation of DVCLive's Live.log_metric() is incorrect so we dropped this attribute.",
-              it.value().dump(), it.value().type_name(), it.key());
+              detail::python_str(it.value()), detail::python_type_repr(it.value()), it.key());
         continue;
       }
       log_metric(detail::dvclive_metric_name(it.key()), detail::dvclive_value(it.value()));
@@ -144,7 +149,8 @@ class DVCLiveCallback : public TrackerCallback {
     initialized_ = true;
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
-    if (ec) throw Error(fmt::format("cannot create the DVCLive directory {}: {}", dir_.string(), ec.message()));
+    if (ec)
+      throw Error(fmt::format("cannot create the DVCLive directory {}: {}", dir_.string(), ec.message()));
     if (state.global_step == 0) {
       std::filesystem::remove_all(plots_dir(), ec);
       for (const char* name : {"metrics.json", "params.yaml", "report.html", "report.md", "dvc.yaml"})
@@ -153,8 +159,9 @@ class DVCLiveCallback : public TrackerCallback {
       resume(state);
     }
     detail::replace_file(dir_ / "params.yaml", detail::yaml_block(args.to_json(), ""));
-    detail::replace_file(dir_ / "dvc.yaml",
-                         "params:\n- params.yaml\nmetrics:\n- metrics.json\nplots:\n- plots/metrics:\n    x: step\n");
+    detail::replace_file(
+        dir_ / "dvc.yaml",
+        "params:\n- params.yaml\nmetrics:\n- metrics.json\nplots:\n- plots/metrics:\n    x: step\n");
   }
 
   // Continues after the checkpoint: one DVCLive step per log_history entry.
@@ -179,7 +186,8 @@ class DVCLiveCallback : public TrackerCallback {
     for (const auto& entry : state.log_history)
       for (auto it = entry.begin(); it != entry.end(); ++it)
         if (it.key() != "step" && detail::dvclive_can_log(it.value()))
-          detail::dvclive_set_in(summary_, detail::dvclive_metric_name(it.key()), detail::dvclive_value(it.value()));
+          detail::dvclive_set_in(summary_, detail::dvclive_metric_name(it.key()),
+                                 detail::dvclive_value(it.value()));
     if (step_ > 0) {
       summary_["step"] = step_ - 1;
       write_summary_file();

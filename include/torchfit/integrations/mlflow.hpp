@@ -31,16 +31,19 @@ namespace torchfit {
 
 /// Where and how MLflowCallback talks to MLflow. Unset members come from MLflow's environment variables.
 struct MLflowOptions {
-  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI, else
+  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI,
+  /// else
   /// `./mlruns`.
   std::optional<std::string> tracking_uri;
   /// REST: retries of a failed call; else MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
   std::optional<int> max_retries;
-  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else 0.5.
+  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else
+  /// 0.5.
   std::optional<double> backoff_factor_s;
   /// REST: limit of one attempt in seconds; else MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
   std::optional<double> request_timeout_s;
-  /// REST: limit of one call, retries included, in seconds; past it the call fails and the tracker is disabled.
+  /// REST: limit of one call, retries included, in seconds; past it the call fails and the tracker is
+  /// disabled.
   double total_timeout_s = 10.0;
 };
 
@@ -56,27 +59,6 @@ inline std::string mlflow_sanitize_metric_key(std::string key) {
   return key;
 }
 
-/// Python's `str(value)` of a parameter or tag value (MLflow stores every value as that text).
-inline std::string mlflow_value_text(const json& value) {
-  return value.is_string() ? value.get<std::string>() : python_repr(value);
-}
-
-/// Python's `type(value)` text, for HF's dropped-metric warning.
-inline std::string python_type_repr(const json& value) {
-  switch (value.type()) {
-    case json::value_t::null:
-      return "<class 'NoneType'>";
-    case json::value_t::string:
-      return "<class 'str'>";
-    case json::value_t::array:
-      return "<class 'list'>";
-    case json::value_t::object:
-      return "<class 'dict'>";
-    default:  // numbers and booleans are logged, never reported
-      return "<class 'object'>";
-  }
-}
-
 /// HF's flatten_dict: nested objects become `outer.inner` keys (empty nested objects disappear).
 inline void mlflow_flatten(const json& object, const std::string& prefix, json& out) {
   for (auto it = object.begin(); it != object.end(); ++it) {
@@ -88,44 +70,38 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
   }
 }
 
-inline double env_double(const char* name, double fallback) {
-  const auto text = env_string(name);
-  if (!text) return fallback;
-  char* end = nullptr;
-  const double v = std::strtod(text->c_str(), &end);
-  if (end != text->c_str() + text->size())
-    throw ArgumentError(fmt::format("{} must be a number (got \"{}\")", name, *text));
-  return v;
-}
-
 }  // namespace detail
 
 /// Logs the run to MLflow like HF's MLflowCallback:
-/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when missing;
+/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when
+/// missing;
 ///   else `MLFLOW_EXPERIMENT_ID`, else Default `0`), starts a run named `args.run_name` with the tags
-///   `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of `MLFLOW_TAGS` (a JSON
-///   object), and logs `args.to_json()` as parameters (flattened with `.` when `MLFLOW_FLATTEN_PARAMS` is true,
-///   the first `MLFLOW_MAX_LOG_PARAMS` only when set), 100 per request. A value longer than MLflow's 6000
-///   characters is cut to 6000 (one warning names them all); HF drops it.
+///   `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of `MLFLOW_TAGS`
+///   (a JSON object), and logs `args.to_json()` as parameters (flattened with `.` when
+///   `MLFLOW_FLATTEN_PARAMS` is true, the first `MLFLOW_MAX_LOG_PARAMS` only when set), 100 per request. A
+///   value longer than MLflow's 6000 characters is cut to 6000 (one warning names them all); HF drops it.
 /// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys as logged (`loss`,
-///   `eval_loss`; not rewritten) with characters MLflow rejects replaced by `_`; other values are dropped with HF's
-///   warning, once per key. At most 1000 metrics per request.
-/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's artifacts
+///   `eval_loss`; not rewritten) with characters MLflow rejects replaced by `_`; other values are dropped
+///   with HF's warning, once per key. At most 1000 metrics per request.
+/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's
+/// artifacts
 ///   under `checkpoint-<step>`.
 /// - on_train_end: the run ends with status FINISHED.
-/// `MLFLOW_RUN_ID` continues that run instead of starting one (its parameters are not logged again, since MLflow
-/// parameters cannot change); when training resumes from a checkpoint, the file store also drops the run's metric
-/// points after the checkpoint step. With `MLFLOW_NESTED_RUN` true as well, a new run is started as a child of
-/// `MLFLOW_RUN_ID` (tag `mlflow.parentRunId`).
+/// `MLFLOW_RUN_ID` continues that run instead of starting one (its parameters are not logged again, since
+/// MLflow parameters cannot change); when training resumes from a checkpoint, the file store also drops the
+/// run's metric points after the checkpoint step. With `MLFLOW_NESTED_RUN` true as well, a new run is started
+/// as a child of `MLFLOW_RUN_ID` (tag `mlflow.parentRunId`).
 ///
-/// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl; authentication
-/// from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on 408/429/5xx and transport
-/// errors with exponential back-off, within `MLflowOptions::total_timeout_s`), anything else a local file store.
+/// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl;
+/// authentication from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on
+/// 408/429/5xx and transport errors with exponential back-off, within `MLflowOptions::total_timeout_s`),
+/// anything else a local file store.
 class MLflowCallback : public TrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
+                      const CallbackContext&) override {
     if (!initialized_ && state.is_world_process_zero) setup(args, state);
   }
 
@@ -140,30 +116,36 @@ class MLflowCallback : public TrackerCallback {
       if (!v.is_number() && !v.is_boolean()) {
         if (warned_keys_.insert(it.key()).second)
           log::warning(
-              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. MLflow's "
+              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. "
+              "MLflow's "
               "log_metric() only accepts float and int types so we dropped this attribute.",
-              detail::mlflow_value_text(v), detail::python_type_repr(v), it.key());
+              detail::python_str(v), detail::python_type_repr(v), it.key());
         continue;
       }
       const std::string key = detail::mlflow_sanitize_metric_key(it.key());
       if (const auto problem = detail::mlflow_key_problem(key); !problem.empty()) {
         if (warned_keys_.insert(it.key()).second)
-          log::warning("MLflowCallback: dropping metric \"{}\": MLflow rejects the name because {}", key, problem);
+          log::warning("MLflowCallback: dropping metric \"{}\": MLflow rejects the name because {}", key,
+                       problem);
         continue;
       }
-      metrics.push_back({key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
+      metrics.push_back(
+          {key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
     }
     for (std::size_t i = 0; i < metrics.size(); i += detail::mlflow_max_metrics_per_batch) {
       const auto end = std::min(metrics.size(), i + detail::mlflow_max_metrics_per_batch);
-      store_->log_batch(run_id_, {metrics.begin() + static_cast<std::ptrdiff_t>(i),
-                                  metrics.begin() + static_cast<std::ptrdiff_t>(end)},
+      store_->log_batch(run_id_,
+                        {metrics.begin() + static_cast<std::ptrdiff_t>(i),
+                         metrics.begin() + static_cast<std::ptrdiff_t>(end)},
                         {}, {});
     }
   }
 
   void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!initialized_ || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr) return;
-    log::info("Logging checkpoint artifacts in {}. This may take time.", ctx.checkpoint_dir->filename().string());
+    if (!initialized_ || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr)
+      return;
+    log::info("Logging checkpoint artifacts in {}. This may take time.",
+              ctx.checkpoint_dir->filename().string());
     store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
   }
 
@@ -184,11 +166,11 @@ class MLflowCallback : public TrackerCallback {
     if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
       detail::HttpRetryPolicy policy;
       policy.max_retries = options_.max_retries.value_or(
-          static_cast<int>(detail::env_double("MLFLOW_HTTP_REQUEST_MAX_RETRIES", 5)));
-      policy.backoff_factor_s =
-          options_.backoff_factor_s.value_or(detail::env_double("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", 0.5));
+          static_cast<int>(detail::env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES").value_or(5)));
+      policy.backoff_factor_s = options_.backoff_factor_s.value_or(
+          detail::env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR").value_or(0.5));
       policy.request_timeout_s =
-          options_.request_timeout_s.value_or(detail::env_double("MLFLOW_HTTP_REQUEST_TIMEOUT", 10));
+          options_.request_timeout_s.value_or(detail::env_number("MLFLOW_HTTP_REQUEST_TIMEOUT").value_or(10));
       policy.total_timeout_s = options_.total_timeout_s;
       detail::HttpOptions http;
       const auto user = detail::env_string("MLFLOW_TRACKING_USERNAME");
@@ -208,9 +190,10 @@ class MLflowCallback : public TrackerCallback {
       uri = uri.substr(5);
     else if (uri.find("://") != std::string::npos || uri.rfind("sqlite:", 0) == 0 ||
              uri.rfind("databricks", 0) == 0)
-      throw ArgumentError(fmt::format("MLFLOW_TRACKING_URI \"{}\" is not supported: use an http(s):// tracking "
-                                      "server, a file: URI or a directory path",
-                                      uri));
+      throw ArgumentError(
+          fmt::format("MLFLOW_TRACKING_URI \"{}\" is not supported: use an http(s):// tracking "
+                      "server, a file: URI or a directory path",
+                      uri));
     return std::make_unique<detail::MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
   }
 
@@ -225,8 +208,8 @@ class MLflowCallback : public TrackerCallback {
     const bool nested = detail::env_true("MLFLOW_NESTED_RUN");
     if (existing_run && !nested) {
       run_id_ = *existing_run;
-      store_->resume_run(run_id_, state.global_step > 0 ? std::optional<std::int64_t>(state.global_step)
-                                                        : std::nullopt);
+      store_->resume_run(
+          run_id_, state.global_step > 0 ? std::optional<std::int64_t>(state.global_step) : std::nullopt);
       run_open_ = true;
       return;
     }
@@ -240,10 +223,11 @@ class MLflowCallback : public TrackerCallback {
       if (!user_tags.is_object())
         throw ArgumentError(fmt::format("MLFLOW_TAGS must be a JSON object (got \"{}\")", *text));
       for (auto it = user_tags.begin(); it != user_tags.end(); ++it)
-        tags.push_back({it.key(), detail::mlflow_value_text(it.value())});
+        tags.push_back({it.key(), detail::python_str(it.value())});
     }
     for (auto& t : tags)
-      if (t.value.size() > detail::mlflow_max_tag_value_length) t.value.resize(detail::mlflow_max_tag_value_length);
+      if (t.value.size() > detail::mlflow_max_tag_value_length)
+        t.value.resize(detail::mlflow_max_tag_value_length);
     run_id_ = store_->create_run(experiment_id_, args.run_name.value_or(""), detail::unix_time_ms(), tags);
     run_open_ = true;
     log_params(args);
@@ -259,7 +243,7 @@ class MLflowCallback : public TrackerCallback {
     std::vector<detail::MlflowKeyValue> items;
     std::vector<std::string> truncated;
     for (auto it = params.begin(); it != params.end(); ++it) {
-      std::string value = detail::mlflow_value_text(it.value());
+      std::string value = detail::python_str(it.value());
       if (value.size() > detail::mlflow_max_param_value_length) {
         value.resize(detail::mlflow_max_param_value_length);
         truncated.push_back(it.key());
@@ -273,18 +257,18 @@ class MLflowCallback : public TrackerCallback {
                    detail::mlflow_max_param_value_length, detail::mlflow_max_param_value_length, names);
     }
     if (const auto max = detail::env_string("MLFLOW_MAX_LOG_PARAMS")) {
-      const auto keep = static_cast<std::size_t>(detail::env_double("MLFLOW_MAX_LOG_PARAMS", 0));
+      const auto keep = static_cast<std::size_t>(detail::env_number("MLFLOW_MAX_LOG_PARAMS").value_or(0));
       if (keep < items.size()) {
-        log::warning("MLflowCallback: logging only the first {} of {} parameters (MLFLOW_MAX_LOG_PARAMS={})", keep,
-                     items.size(), *max);
+        log::warning("MLflowCallback: logging only the first {} of {} parameters (MLFLOW_MAX_LOG_PARAMS={})",
+                     keep, items.size(), *max);
         items.resize(keep);
       }
     }
     for (std::size_t i = 0; i < items.size(); i += detail::mlflow_max_params_tags_per_batch)
       store_->log_batch(run_id_, {},
                         {items.begin() + static_cast<std::ptrdiff_t>(i),
-                         items.begin() + static_cast<std::ptrdiff_t>(
-                                             std::min(items.size(), i + detail::mlflow_max_params_tags_per_batch))},
+                         items.begin() + static_cast<std::ptrdiff_t>(std::min(
+                                             items.size(), i + detail::mlflow_max_params_tags_per_batch))},
                         {});
   }
 

@@ -32,19 +32,21 @@ namespace detail {
 /// Trackio's directory: `$TRACKIO_DIR`, else `$HF_HOME/trackio`, else `~/.cache/huggingface/trackio`.
 inline std::filesystem::path trackio_dir() {
   if (const auto dir = env_string("TRACKIO_DIR")) return *dir;
-  return std::filesystem::path(expand_user(env_string("HF_HOME").value_or("~/.cache/huggingface"))) / "trackio";
+  return std::filesystem::path(expand_user(env_string("HF_HOME").value_or("~/.cache/huggingface"))) /
+         "trackio";
 }
 
 /// Trackio's canonical_project_name: only `[A-Za-z0-9_-]` kept; `default` when nothing is left.
 inline std::string trackio_canonical_project(const std::string& project) {
   std::string out;
   for (const char c : project)
-    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_') out += c;
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '-' || c == '_')
+      out += c;
   return out.empty() ? "default" : out;
 }
 
-/// Trackio's serialize_values: NaN and infinities become the strings "NaN", "Infinity", "-Infinity" (its reader,
-/// orjson, rejects the bare tokens).
+/// Trackio's serialize_values: NaN and infinities become the strings "NaN", "Infinity", "-Infinity" (its
+/// reader, orjson, rejects the bare tokens).
 inline json trackio_serialize(const json& value) {
   if (value.is_number_float()) {
     const double v = value.get<double>();
@@ -62,33 +64,49 @@ inline json trackio_serialize(const json& value) {
   return out;
 }
 
-/// The tables and indexes Trackio's init_db creates (the same statements, so a later Trackio finds nothing to do).
+/// The tables and indexes Trackio's init_db creates (the same statements, so a later Trackio finds nothing to
+/// do).
 inline constexpr const char* trackio_schema[] = {
-    "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, timestamp TEXT "
+    "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+    "timestamp TEXT "
     "NOT NULL, run_name TEXT NOT NULL, step INTEGER NOT NULL, metrics TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS configs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, run_name TEXT "
+    "CREATE TABLE IF NOT EXISTS configs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+    "run_name TEXT "
     "NOT NULL, config TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE(run_id))",
     "CREATE TABLE IF NOT EXISTS system_metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
     "timestamp TEXT NOT NULL, run_name TEXT NOT NULL, metrics TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS traces (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, timestamp TEXT NOT NULL, run_name "
-    "TEXT NOT NULL, step INTEGER NOT NULL, key TEXT NOT NULL, trace_index INTEGER, messages TEXT NOT NULL, metadata "
+    "CREATE TABLE IF NOT EXISTS traces (id TEXT PRIMARY KEY, run_id TEXT NOT NULL, timestamp TEXT NOT NULL, "
+    "run_name "
+    "TEXT NOT NULL, step INTEGER NOT NULL, key TEXT NOT NULL, trace_index INTEGER, messages TEXT NOT NULL, "
+    "metadata "
     "TEXT NOT NULL, search_text TEXT NOT NULL, log_id TEXT, space_id TEXT)",
     "CREATE TABLE IF NOT EXISTS project_metadata (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS pending_uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, space_id TEXT NOT NULL, run_id "
-    "TEXT, run_name TEXT, step INTEGER, file_path TEXT NOT NULL, relative_path TEXT, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, timestamp TEXT "
-    "NOT NULL, run_name TEXT NOT NULL, title TEXT NOT NULL, text TEXT, level TEXT NOT NULL DEFAULT 'warn', step "
+    "CREATE TABLE IF NOT EXISTS pending_uploads (id INTEGER PRIMARY KEY AUTOINCREMENT, space_id TEXT NOT "
+    "NULL, run_id "
+    "TEXT, run_name TEXT, step INTEGER, file_path TEXT NOT NULL, relative_path TEXT, created_at TEXT NOT "
+    "NULL)",
+    "CREATE TABLE IF NOT EXISTS alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+    "timestamp TEXT "
+    "NOT NULL, run_name TEXT NOT NULL, title TEXT NOT NULL, text TEXT, level TEXT NOT NULL DEFAULT 'warn', "
+    "step "
     "INTEGER, alert_id TEXT)",
-    "CREATE TABLE IF NOT EXISTS artifacts (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, type TEXT "
+    "CREATE TABLE IF NOT EXISTS artifacts (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, "
+    "type TEXT "
     "NOT NULL, description TEXT, created_at TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS artifact_versions (id INTEGER PRIMARY KEY AUTOINCREMENT, artifact_id INTEGER NOT NULL "
-    "REFERENCES artifacts(id), version INTEGER NOT NULL, manifest_digest TEXT NOT NULL, manifest TEXT NOT NULL, "
-    "metadata TEXT, size_bytes INTEGER NOT NULL, producer_run_id TEXT, producer_run_name TEXT, created_at TEXT NOT "
+    "CREATE TABLE IF NOT EXISTS artifact_versions (id INTEGER PRIMARY KEY AUTOINCREMENT, artifact_id INTEGER "
+    "NOT NULL "
+    "REFERENCES artifacts(id), version INTEGER NOT NULL, manifest_digest TEXT NOT NULL, manifest TEXT NOT "
+    "NULL, "
+    "metadata TEXT, size_bytes INTEGER NOT NULL, producer_run_id TEXT, producer_run_name TEXT, created_at "
+    "TEXT NOT "
     "NULL, UNIQUE(artifact_id, version), UNIQUE(artifact_id, manifest_digest))",
-    "CREATE TABLE IF NOT EXISTS artifact_aliases (artifact_id INTEGER NOT NULL REFERENCES artifacts(id), alias TEXT "
-    "NOT NULL, artifact_version_id INTEGER NOT NULL REFERENCES artifact_versions(id), PRIMARY KEY (artifact_id, "
+    "CREATE TABLE IF NOT EXISTS artifact_aliases (artifact_id INTEGER NOT NULL REFERENCES artifacts(id), "
+    "alias TEXT "
+    "NOT NULL, artifact_version_id INTEGER NOT NULL REFERENCES artifact_versions(id), PRIMARY KEY "
+    "(artifact_id, "
     "alias))",
-    "CREATE TABLE IF NOT EXISTS run_artifact_links (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, run_name TEXT, "
+    "CREATE TABLE IF NOT EXISTS run_artifact_links (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT, "
+    "run_name TEXT, "
     "artifact_version_id INTEGER NOT NULL REFERENCES artifact_versions(id), direction TEXT NOT NULL "
     "CHECK(direction IN ('input', 'output')), created_at TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS idx_run_artifact_links_run ON run_artifact_links(run_id, run_name)",
@@ -115,8 +133,10 @@ inline constexpr const char* trackio_schema[] = {
     "CREATE INDEX IF NOT EXISTS idx_metrics_pending ON metrics(space_id) WHERE space_id IS NOT NULL",
     "ALTER TABLE system_metrics ADD COLUMN log_id TEXT",
     "ALTER TABLE system_metrics ADD COLUMN space_id TEXT",
-    "CREATE UNIQUE INDEX IF NOT EXISTS idx_system_metrics_log_id ON system_metrics(log_id) WHERE log_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS idx_system_metrics_pending ON system_metrics(space_id) WHERE space_id IS NOT NULL",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_system_metrics_log_id ON system_metrics(log_id) WHERE log_id IS "
+    "NOT NULL",
+    "CREATE INDEX IF NOT EXISTS idx_system_metrics_pending ON system_metrics(space_id) WHERE space_id IS NOT "
+    "NULL",
 };
 
 /// One connection to a project database, with Trackio's cross-process lock file held around each write.
@@ -126,7 +146,8 @@ class TrackioDatabase {
     std::error_code ec;
     std::filesystem::create_directories(path_.parent_path(), ec);
     if (ec)
-      throw Error(fmt::format("cannot create the Trackio directory {}: {}", path_.parent_path().string(), ec.message()));
+      throw Error(fmt::format("cannot create the Trackio directory {}: {}", path_.parent_path().string(),
+                              ec.message()));
     sqlite3* db = nullptr;
     const int rc = sqlite3_open_v2(path_.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr);
     db_.reset(db);
@@ -136,7 +157,8 @@ class TrackioDatabase {
     exec("PRAGMA synchronous = NORMAL");
     Lock lock(path_);
     for (const char* statement : trackio_schema) {
-      // Trackio adds later columns with ALTER TABLE and ignores "duplicate column" on databases that have them.
+      // Trackio adds later columns with ALTER TABLE and ignores "duplicate column" on databases that have
+      // them.
       const bool alter = std::string_view(statement).rfind("ALTER", 0) == 0;
       if (sqlite3_exec(db_.get(), statement, nullptr, nullptr, nullptr) != SQLITE_OK && !alter)
         fail("cannot set up the schema of");
@@ -168,7 +190,8 @@ class TrackioDatabase {
     std::optional<std::string> text(int column) {
       const auto* t = sqlite3_column_text(stmt_.get(), column);
       if (t == nullptr) return std::nullopt;
-      return std::string(reinterpret_cast<const char*>(t), static_cast<std::size_t>(sqlite3_column_bytes(stmt_.get(), column)));
+      return std::string(reinterpret_cast<const char*>(t),
+                         static_cast<std::size_t>(sqlite3_column_bytes(stmt_.get(), column)));
     }
     std::optional<std::int64_t> integer(int column) {
       if (sqlite3_column_type(stmt_.get(), column) == SQLITE_NULL) return std::nullopt;
@@ -240,20 +263,23 @@ class TrackioDatabase {
 /// - on_train_begin (or the first on_log): opens `<TRACKIO_DIR>/<project>.db` (`TRACKIO_DIR` defaults to
 ///   `$HF_HOME/trackio`, i.e. `~/.cache/huggingface/trackio`), creating Trackio's tables; the run is
 ///   `args.run_name` (else `trackio-run-<8 hex>`), resumed when the project already has a run of that name
-///   (Trackio's `resume="allow"`); its config row holds `args.to_json()`, `model/num_parameters` and Trackio's
+///   (Trackio's `resume="allow"`); its config row holds `args.to_json()`, `model/num_parameters` and
+///   Trackio's
 ///   `_Username`, `_Created`, `_Group`.
-/// - on_log: the end-of-training single values (`train_runtime`, `train_loss`, ...) are dropped, keys rewritten
-///   (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), `train/global_step` added, and the row stored at the
-///   run's next step (its largest step plus one, from 0). Values are stored as JSON (NaN and infinities as the
-///   strings Trackio uses).
-/// A run resumed from a checkpoint deletes the rows the interrupted run logged after the checkpoint's global step
-/// before continuing, so no step is duplicated. View with `trackio show --project <project>`.
+/// - on_log: the end-of-training single values (`train_runtime`, `train_loss`, ...) are dropped, keys
+/// rewritten
+///   (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), `train/global_step` added, and the row stored at
+///   the run's next step (its largest step plus one, from 0). Values are stored as JSON (NaN and infinities
+///   as the strings Trackio uses).
+/// A run resumed from a checkpoint deletes the rows the interrupted run logged after the checkpoint's global
+/// step before continuing, so no step is duplicated. View with `trackio show --project <project>`.
 class TrackioCallback : public TrackerCallback {
  public:
   /// `project` is Trackio's project (HF's `args.project`, default "huggingface").
   explicit TrackioCallback(std::string project = "huggingface") : project_(std::move(project)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
+                      const CallbackContext& ctx) override {
     if (!db_ && state.is_world_process_zero) setup(args, state, ctx);
   }
 
@@ -299,10 +325,10 @@ class TrackioCallback : public TrackerCallback {
     config["_Created"] = detail::iso_utc_now();
     config["_Group"] = nullptr;
     db_->transaction([&] {
-      detail::TrackioDatabase::Statement find(
-          *db_,
-          "SELECT run_id FROM configs WHERE run_name = ? UNION ALL SELECT run_id FROM metrics WHERE run_name = ? "
-          "LIMIT 1");
+      detail::TrackioDatabase::Statement find(*db_,
+                                              "SELECT run_id FROM configs WHERE run_name = ? UNION ALL "
+                                              "SELECT run_id FROM metrics WHERE run_name = ? "
+                                              "LIMIT 1");
       find.bind(1, run_name_).bind(2, run_name_);
       run_id_ = find.step() ? find.text(0).value_or("") : std::string();
       if (run_id_.empty()) {
