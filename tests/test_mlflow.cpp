@@ -298,13 +298,14 @@ std::vector<HttpRequest> with_target(const std::vector<HttpRequest>& all, const 
   return out;
 }
 
-MLflowOptions fast_rest(const std::string& uri) {
+// Short back-off; generous limits unless a test exercises them (a loaded machine must not fail a healthy call).
+MLflowOptions fast_rest(const std::string& uri, double request_timeout_s = 5, double total_timeout_s = 10) {
   MLflowOptions o;
   o.tracking_uri = uri;
   o.max_retries = 3;
   o.backoff_factor_s = 0.01;
-  o.request_timeout_s = 0.5;
-  o.total_timeout_s = 2.0;
+  o.request_timeout_s = request_timeout_s;
+  o.total_timeout_s = total_timeout_s;
   return o;
 }
 
@@ -661,7 +662,7 @@ TEST_CASE("MLflow REST: a server that keeps failing or never answers disables th
   });
   TempDir tmp;
   Run run(tmp / "out");
-  run.handler.add_callback<MLflowCallback>(fast_rest(server.uri()));
+  run.handler.add_callback<MLflowCallback>(fast_rest(server.uri(), 0.5, 2));
   auto recorder = run.handler.add_callback<Recorder>();
   CaptureLog log;
   simulate(run, 0, 4);
