@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: MIT
+// Mixed precision on CUDA: an autocast scope for the forward pass and a dynamic loss scaler for fp16
+// (libtorch's C++ API has no GradScaler; this is the same algorithm built on ATen's AMP kernels).
+#pragma once
+
+#include <ATen/autocast_mode.h>
+#include <torch/torch.h>
+
+#include "torchfit/json.hpp"
+
+namespace torchfit::detail {
+
+/// Enables CUDA autocast with `dtype` for its lifetime (no-op when disabled).
+class AutocastScope {
+ public:
+  AutocastScope(bool enabled, at::ScalarType dtype) : enabled_(enabled) {
+    if (!enabled_) return;
+    previous_ = at::autocast::is_enabled();
+    at::autocast::set_enabled(true);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!enabled_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_enabled(previous_);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  bool enabled_;
+  bool previous_ = false;
+};
+
+/// Dynamic loss scaling for fp16 (torch.cuda.amp.GradScaler's defaults: scale 2^16, growth 2 every 2000 clean
+/// steps, backoff 0.5).
+class GradScaler {
+ public:
+  explicit GradScaler(const torch::Device& device)
+      : scale_(torch::full({1}, 65536.0, torch::TensorOptions().dtype(torch::kFloat).device(device))),
+        growth_tracker_(torch::zeros({1}, torch::TensorOptions().dtype(torch::kInt).device(device))),
+        found_inf_(torch::zeros({1}, torch::TensorOptions().dtype(torch::kFloat).device(device))) {}
+
+  torch::Tensor scale(const torch::Tensor& loss) const { return loss * scale_.to(loss.scalar_type()); }
+
+  /// Divides gradients by the scale in place and records whether any is not finite.
+  void unscale(const std::vector<torch::Tensor>& parameters) {
+    std::vector<torch::Tensor> grads;
+    for (const auto& p : parameters)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    found_inf_.zero_();
+    at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf_, scale_.reciprocal());
+  }
+
+  /// Steps the optimizer unless the gradients overflowed; returns whether it stepped. Reading the overflow flag
+  /// is a host-device sync, as in PyTorch's GradScaler.
+  bool step(torch::optim::Optimizer& optimizer) {
+    const bool overflow = found_inf_.item<float>() != 0.0f;
+    if (!overflow) optimizer.step();
+    at::_amp_update_scale_(scale_, growth_tracker_, found_inf_, 2.0, 0.5, 2000);
+    return !overflow;
+  }
+
+  json state() const {
+    return {{"scale", scale_.item<float>()}, {"growth_tracker", growth_tracker_.item<int>()}};
+  }
+  void load_state(const json& s) {
+    scale_.fill_(s.at("scale").get<double>());
+    growth_tracker_.fill_(s.at("growth_tracker").get<int64_t>());
+  }
+
+ private:
+  torch::Tensor scale_;
+  torch::Tensor growth_tracker_;
+  torch::Tensor found_inf_;
+};
+
+}  // namespace torchfit::detail

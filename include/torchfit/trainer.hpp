@@ -1,0 +1,801 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "torchfit/callback_handler.hpp"
+#include "torchfit/callbacks/default_flow.hpp"
+#include "torchfit/callbacks/printer.hpp"
+#include "torchfit/callbacks/progress.hpp"
+#include "torchfit/checkpoint.hpp"
+#include "torchfit/data.hpp"
+#include "torchfit/detail/amp.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/integrations/integration.hpp"
+#include "torchfit/log.hpp"
+#include "torchfit/optimizers.hpp"
+#include "torchfit/schedulers.hpp"
+#include "torchfit/trainer_state.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit {
+
+/// What a loss function returns when evaluation should also see predictions (for compute_metrics). A loss
+/// function may return a plain scalar tensor instead.
+struct LossOutput {
+  torch::Tensor loss;
+  torch::Tensor predictions;  // e.g. logits; gathered over the evaluation set when compute_metrics is set
+  torch::Tensor labels;       // defaults to the batch's target
+};
+
+/// Predictions and labels of a whole evaluation set, concatenated along dimension 0 (HF's EvalPrediction).
+struct EvalPrediction {
+  torch::Tensor predictions;
+  torch::Tensor label_ids;
+};
+
+/// Result of train() (HF's TrainOutput).
+struct TrainOutput {
+  int64_t global_step = 0;
+  double training_loss = 0;
+  Logs metrics;
+};
+
+/// Result of predict() (HF's PredictionOutput).
+struct PredictionOutput {
+  torch::Tensor predictions;
+  torch::Tensor label_ids;
+  Logs metrics;
+};
+
+namespace detail {
+
+/// Every value the library reads back from the device goes through here, so "no host-device sync outside
+/// logging steps" is something a test can count.
+inline std::atomic<int64_t>& host_reads() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+inline double to_host(const torch::Tensor& t) {
+  ++host_reads();
+  return t.item<double>();
+}
+
+template <typename T, typename = void>
+struct is_module_holder : std::false_type {};
+template <typename T>
+struct is_module_holder<T, std::void_t<decltype(std::declval<T&>().ptr())>> : std::true_type {};
+
+/// The model as a plain module pointer, for a torch::nn::ModuleHolder (`Net`) or a shared_ptr to a module.
+template <typename Model>
+std::shared_ptr<torch::nn::Module> module_of(Model& model) {
+  if constexpr (is_module_holder<Model>::value)
+    return model.ptr();
+  else
+    return std::static_pointer_cast<torch::nn::Module>(model);
+}
+
+inline double round_to(double value, int digits) {
+  const double scale = std::pow(10.0, digits);
+  return std::round(value * scale) / scale;
+}
+
+/// HF's speed_metrics: `<split>_runtime` (4 decimals) and, when time passed, samples and steps per second.
+inline void add_speed_metrics(Logs& metrics, const std::string& split, double seconds, int64_t samples,
+                              int64_t steps) {
+  metrics[split + "_runtime"] = round_to(seconds, 4);
+  if (seconds <= 0) return;
+  metrics[split + "_samples_per_second"] = round_to(static_cast<double>(samples) / seconds, 3);
+  metrics[split + "_steps_per_second"] = round_to(static_cast<double>(steps) / seconds, 3);
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace detail
+
+/// The training loop (HF's Trainer): train(), evaluate() and predict() firing HF's events in HF's order, with
+/// TrainerState kept as HF keeps it, checkpoints and exact resume.
+///
+/// `Model` is a module holder (`Net`, i.e. torch::nn::ModuleHolder<NetImpl>) or a std::shared_ptr to a module;
+/// `TrainData`/`EvalData` are TensorPairDataset, std::pair<Tensor, Tensor> or map-style torch datasets.
+/// `loss_fn(model, batch)` returns a scalar loss tensor or a LossOutput.
+template <typename Model, typename TrainData, typename EvalData = TrainData>
+class Trainer {
+ public:
+  using Batch = typename detail::DataTraits<TrainData>::Batch;
+  using LossFn = std::function<LossOutput(Model&, const Batch&)>;
+  using MetricsFn = std::function<Logs(const EvalPrediction&)>;
+  static_assert(std::is_same_v<Batch, typename detail::DataTraits<EvalData>::Batch>,
+                "the train and eval datasets must produce the same batch type");
+
+  /// Sets the seed, builds the callback list (DefaultFlow, report_to integrations, then Progress or Printer
+  /// last) and fires on_init_end. Arguments are validated here.
+  template <typename LossFunction>
+  Trainer(Model model, TrainingArguments args, TrainData train_dataset, std::optional<EvalData> eval_dataset,
+          LossFunction loss_fn, MetricsFn compute_metrics = {})
+      : model_(std::move(model)),
+        module_(detail::module_of(model_)),
+        args_(std::move(args)),
+        train_data_(std::move(train_dataset)),
+        eval_data_(std::move(eval_dataset)),
+        loss_fn_(wrap_loss(std::move(loss_fn))),
+        compute_metrics_(std::move(compute_metrics)) {
+    args_.validate();
+    if (args_.eval_strategy != IntervalStrategy::no && !eval_data_)
+      throw ArgumentError("--eval_strategy \"" + to_string(args_.eval_strategy) +
+                          "\" needs an eval dataset; pass one to the Trainer or use --eval_strategy no");
+    torch::manual_seed(static_cast<uint64_t>(args_.seed));
+    if (args_.full_determinism) at::globalContext().setDeterministicAlgorithms(true, false);
+    device_ = (!args_.use_cpu && torch::cuda::is_available()) ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    if ((args_.fp16 || args_.bf16) && !device_.is_cuda())
+      log::warning("--{} needs CUDA; training in fp32 on the CPU", args_.fp16 ? "fp16" : "bf16");
+    module_->to(device_);
+
+    handler_.add_callback<DefaultFlowCallback>();
+    if (state_.is_world_process_zero) integrations::add_reporting_callbacks(handler_, args_.report_to);
+    if (args_.disable_tqdm)
+      handler_.add_tail_callback(std::make_shared<PrinterCallback>());
+    else
+      handler_.add_tail_callback(std::make_shared<ProgressCallback>());
+    handler_.context().model = module_;
+    handler_.on_init_end(args_, state_, control_);
+  }
+
+  /// Without an eval dataset.
+  template <typename LossFunction>
+  Trainer(Model model, TrainingArguments args, TrainData train_dataset, LossFunction loss_fn)
+      : Trainer(std::move(model), std::move(args), std::move(train_dataset), std::nullopt, std::move(loss_fn)) {}
+
+  // ---- callbacks ----
+
+  /// Adds a callback after the ones already registered, before Progress/Printer.
+  template <typename T, typename... CtorArgs>
+  std::shared_ptr<T> add_callback(CtorArgs&&... ctor_args) {
+    return handler_.add_callback<T>(std::forward<CtorArgs>(ctor_args)...);
+  }
+  template <typename T>
+  std::shared_ptr<T> add_callback(std::shared_ptr<T> callback) {
+    return handler_.add_callback(std::move(callback));
+  }
+  template <typename T>
+  std::shared_ptr<T> pop_callback() {
+    return handler_.pop_callback<T>();
+  }
+  std::shared_ptr<TrainerCallback> pop_callback(const TrainerCallback& callback) {
+    return handler_.pop_callback(callback);
+  }
+  template <typename T>
+  void remove_callback() {
+    handler_.remove_callback<T>();
+  }
+  void remove_callback(const TrainerCallback& callback) { handler_.remove_callback(callback); }
+  CallbackHandler& callback_handler() { return handler_; }
+
+  // ---- optimizer and scheduler ----
+
+  /// Uses this optimizer instead of the one `args.optim` describes (HF's `optimizers=(opt, None)`).
+  void set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer) { optimizer_ = std::move(optimizer); }
+  /// Uses this scheduler instead of the one `args.lr_scheduler_type` describes; it must drive the optimizer
+  /// given to set_optimizer.
+  void set_scheduler(std::shared_ptr<LRScheduler> scheduler) { scheduler_ = std::move(scheduler); }
+
+  // ---- accessors ----
+
+  const TrainingArguments& args() const { return args_; }
+  TrainerState& state() { return state_; }
+  const TrainerState& state() const { return state_; }
+  TrainerControl& control() { return control_; }
+  Model& model() { return model_; }
+  const torch::Device& device() const { return device_; }
+  torch::optim::Optimizer* optimizer() { return optimizer_.get(); }
+  LRScheduler* lr_scheduler() { return scheduler_.get(); }
+
+  // ---- training ----
+
+  /// Trains from scratch, or resumes from `resume_from_checkpoint` (a checkpoint directory, or "last" for the
+  /// newest complete checkpoint in output_dir; defaults to args.resume_from_checkpoint).
+  TrainOutput train(std::optional<std::string> resume_from_checkpoint = std::nullopt) {
+    if (!resume_from_checkpoint) resume_from_checkpoint = args_.resume_from_checkpoint;
+    std::optional<std::filesystem::path> resume_dir;
+    if (resume_from_checkpoint)
+      resume_dir = *resume_from_checkpoint == "last" ? checkpoint::last(args_.output_dir)
+                                                     : std::filesystem::path(*resume_from_checkpoint);
+
+    const int64_t num_samples = detail::DataTraits<TrainData>::size(train_data_);
+    if (num_samples == 0) throw Error("train dataset is empty: there is nothing to train on");
+    const int64_t batch_size = args_.per_device_train_batch_size;
+    const int64_t batches_per_epoch = args_.dataloader_drop_last ? num_samples / batch_size
+                                                                 : (num_samples + batch_size - 1) / batch_size;
+    if (batches_per_epoch == 0)
+      throw ArgumentError("--dataloader_drop_last drops every batch: the train dataset has " +
+                          std::to_string(num_samples) + " samples, fewer than --per_device_train_batch_size " +
+                          std::to_string(batch_size));
+    const int64_t ga = args_.gradient_accumulation_steps;
+    const int64_t updates_per_epoch = std::max<int64_t>((batches_per_epoch + ga - 1) / ga, 1);
+    int64_t max_steps = 0, num_train_epochs = 0;
+    if (args_.max_steps > 0) {
+      max_steps = args_.max_steps;
+      num_train_epochs = (max_steps + updates_per_epoch - 1) / updates_per_epoch;
+    } else {
+      max_steps = static_cast<int64_t>(std::ceil(args_.num_train_epochs * static_cast<double>(updates_per_epoch)));
+      num_train_epochs = static_cast<int64_t>(std::ceil(args_.num_train_epochs));
+    }
+
+    create_optimizer_and_scheduler(max_steps);
+    state_ = TrainerState{};
+    state_.train_batch_size = batch_size;
+    state_.compute_steps(args_, max_steps);
+    state_.epoch = 0.0;
+    session_ = Session{};
+    session_.loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
+    if (resume_dir) resume_from(*resume_dir, max_steps);
+    const auto start_time = std::chrono::steady_clock::now();
+    const int64_t start_step = state_.global_step;
+
+    train_loader_info_ = LoaderInfo{batches_per_epoch, num_samples, batch_size};
+    auto& ctx = handler_.context();
+    ctx.optimizer = optimizer_.get();
+    ctx.lr_scheduler = scheduler_.get();
+    ctx.train_dataloader = &train_loader_info_;
+    state_.init_training_references(max_steps, num_train_epochs);
+    optimizer_->zero_grad();
+
+    const std::string recorded_stop = control_.should_training_stop ? control_.stop_reason : std::string();
+    handler_.on_train_begin(args_, state_, control_);
+    if (!recorded_stop.empty()) {
+      log::info("Not training further: the checkpoint recorded a stop ({})", recorded_stop);
+      control_.stop_training(recorded_stop);
+    }
+    if (args_.eval_on_start && !control_.should_training_stop) evaluate_impl("eval");
+
+    module_->train();
+    const int64_t epochs_trained = state_.global_step / updates_per_epoch;
+    const int64_t skip_in_first_epoch =
+        args_.ignore_data_skip ? 0 : (state_.global_step % updates_per_epoch) * ga;
+    const bool done = control_.should_training_stop || state_.global_step >= max_steps;
+    for (int64_t epoch = epochs_trained; epoch < num_train_epochs && !done; ++epoch) {
+      detail::BatchPlan<TrainData> plan(train_data_, batch_size, args_.dataloader_drop_last,
+                                        static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch));
+      handler_.on_epoch_begin(args_, state_, control_);
+      const int64_t first = epoch == epochs_trained ? skip_in_first_epoch : 0;
+      run_epoch(plan, epoch, first);
+      handler_.on_epoch_end(args_, state_, control_);
+      maybe_log_save_evaluate();
+      if (control_.should_training_stop) break;
+    }
+
+    if (args_.load_best_model_at_end && state_.best_model_checkpoint) {
+      log::info("Loading best model from {} (score: {}).", *state_.best_model_checkpoint,
+                detail::python_float_repr(state_.best_metric.value_or(NAN)));
+      checkpoint::load_model_state(*module_, std::filesystem::path(*state_.best_model_checkpoint) / checkpoint::model_file);
+    }
+
+    session_.loss_total += detail::to_host(session_.loss_sum);
+    session_.loss_sum.zero_();
+    const double runtime = detail::seconds_since(start_time);
+    const int64_t session_steps = state_.global_step - start_step;
+    const double train_loss = session_.loss_total / static_cast<double>(std::max<int64_t>(state_.global_step, 1));
+    Logs metrics = Logs::object();
+    detail::add_speed_metrics(metrics, "train", runtime, session_.samples, session_steps);
+    metrics["total_flos"] = state_.total_flos;
+    metrics["train_loss"] = train_loss;
+    log(metrics);
+    handler_.on_train_end(args_, state_, control_);
+    return TrainOutput{state_.global_step, train_loss, metrics};
+  }
+
+  /// Evaluates on the eval dataset; metrics are prefixed "eval_" (HF). Fires on_prediction_step per batch, then
+  /// on_log and on_evaluate.
+  Logs evaluate() {
+    if (!eval_data_) throw Error("evaluate(): the Trainer was built without an eval dataset");
+    return evaluate_impl("eval");
+  }
+
+  /// Runs the model over `dataset` and returns predictions, labels and "test_" metrics; fires on_predict (no
+  /// on_log, as HF).
+  PredictionOutput predict(const EvalData& dataset) {
+    PredictionOutput out;
+    Pass pass = run_prediction_pass(dataset, "test", /*gather=*/true);
+    out.predictions = pass.predictions;
+    out.label_ids = pass.labels;
+    out.metrics = std::move(pass.metrics);
+    handler_.on_predict(args_, state_, control_, out.metrics);
+    return out;
+  }
+
+  /// Writes state.json of the trainer to `<output_dir>/trainer_state.json` (HF's save_state; includes the
+  /// final summary entry, which checkpoints never contain).
+  void save_state() const {
+    std::filesystem::create_directories(args_.output_dir);
+    state_.save_to_json(std::filesystem::path(args_.output_dir) / checkpoint::state_file);
+  }
+
+  /// Saves the model weights as `<dir>/model.safetensors` (default: output_dir).
+  void save_model(const std::optional<std::string>& dir = std::nullopt) const {
+    const std::filesystem::path target = dir.value_or(args_.output_dir);
+    std::filesystem::create_directories(target);
+    checkpoint::save_model_state(*module_, target / checkpoint::model_file);
+  }
+
+  /// Appends `logs` (plus epoch) to the log history and fires on_log (HF's Trainer.log).
+  void log(Logs logs) {
+    if (state_.epoch) logs["epoch"] = *state_.epoch;
+    Logs entry = logs;
+    entry["step"] = state_.global_step;
+    state_.log_history.push_back(std::move(entry));
+    handler_.on_log(args_, state_, control_, logs);
+  }
+
+ private:
+  // Quantities of one train() call; loss_sum and last_logged are restored on resume so that logged losses
+  // after a resume equal an uninterrupted run's.
+  struct Session {
+    torch::Tensor loss_sum;      // sum of per-step losses since the last log, on the device
+    double loss_total = 0;       // sum of per-step losses logged so far over the whole training
+    int64_t last_logged = 0;     // global_step of the last training log
+    int64_t samples = 0;         // samples trained on in this call
+    torch::Tensor grad_norm;     // pre-clip norm of the last update, on the device
+    double learning_rate = 0;    // lr used by the last update
+  };
+
+  struct Pass {
+    torch::Tensor predictions;
+    torch::Tensor labels;
+    Logs metrics;
+  };
+
+  template <typename F>
+  static LossFn wrap_loss(F f) {
+    using Result = std::decay_t<std::invoke_result_t<F&, Model&, const Batch&>>;
+    if constexpr (std::is_same_v<Result, LossOutput>) {
+      return LossFn(std::move(f));
+    } else {
+      static_assert(std::is_convertible_v<Result, torch::Tensor>,
+                    "loss_fn(model, batch) must return a torch::Tensor or a torchfit::LossOutput");
+      return [f = std::move(f)](Model& m, const Batch& b) mutable { return LossOutput{f(m, b), {}, {}}; };
+    }
+  }
+
+  void create_optimizer_and_scheduler(int64_t max_steps) {
+    if (!optimizer_) {
+      if (scheduler_) throw Error("set_scheduler() needs the optimizer it drives: call set_optimizer() too");
+      optimizer_ = create_optimizer(args_, *module_);
+    }
+    if (!scheduler_ || owns_scheduler_) {
+      scheduler_ = get_scheduler(args_.lr_scheduler_type, *optimizer_,
+                                 num_warmup_steps(args_.warmup_steps, args_.warmup_ratio, max_steps), max_steps,
+                                 args_.lr_scheduler_kwargs);
+      owns_scheduler_ = true;
+    }
+    if (args_.fp16 && device_.is_cuda() && !scaler_) scaler_ = std::make_unique<detail::GradScaler>(device_);
+  }
+
+  std::vector<torch::Tensor> trainable_parameters() const {
+    std::vector<torch::Tensor> params;
+    for (const auto& p : module_->parameters())
+      if (p.requires_grad()) params.push_back(p);
+    return params;
+  }
+
+  torch::Tensor checked_loss(const LossOutput& out) const {
+    const torch::Tensor& loss = out.loss;
+    if (!loss.defined()) throw Error("loss_fn returned an undefined tensor at step " + std::to_string(state_.global_step + 1));
+    if (loss.numel() != 1)
+      throw Error("loss_fn must return a scalar tensor, got shape " + c10::str(loss.sizes()) + " at step " +
+                  std::to_string(state_.global_step + 1) + " (reduce it, e.g. with .mean())");
+    if (!loss.requires_grad())
+      throw Error("loss_fn returned a tensor that does not require grad at step " +
+                  std::to_string(state_.global_step + 1) + " (was it computed under NoGradGuard or detached?)");
+    return loss.reshape({});
+  }
+
+  void run_epoch(const detail::BatchPlan<TrainData>& plan, int64_t epoch, int64_t first_micro_step) {
+    const int64_t steps_in_epoch = plan.num_batches();
+    const int64_t ga = args_.gradient_accumulation_steps;
+    const auto params = trainable_parameters();
+    const bool autocast = device_.is_cuda() && (args_.fp16 || args_.bf16);
+    auto& ctx = handler_.context();
+    torch::Tensor last_loss;
+    for (int64_t step = first_micro_step; step < steps_in_epoch; ++step) {
+      const int64_t group_start = step - step % ga;
+      const int64_t group_size = std::min(ga, steps_in_epoch - group_start);
+      if (step % ga == 0) handler_.on_step_begin(args_, state_, control_);
+
+      const Batch batch = detail::to_device(plan.batch(step), device_);
+      torch::Tensor loss;
+      {
+        detail::AutocastScope scope(autocast, args_.bf16 ? torch::kBFloat16 : torch::kHalf);
+        loss = checked_loss(loss_fn_(model_, batch)) / static_cast<double>(group_size);
+      }
+      (scaler_ ? scaler_->scale(loss) : loss).backward();
+      last_loss = loss.detach();
+      ctx.loss = &last_loss;
+      accumulate_loss(last_loss);
+      session_.samples += detail::batch_size_of(batch);
+
+      const bool sync = (step + 1) % ga == 0 || step + 1 == steps_in_epoch;
+      if (sync) {
+        if (scaler_) scaler_->unscale(params);
+        if (args_.max_grad_norm > 0) session_.grad_norm = clip_grad_norm(params, args_.max_grad_norm);
+        handler_.on_pre_optimizer_step(args_, state_, control_);
+        const bool stepped = scaler_ ? scaler_->step(*optimizer_) : (optimizer_->step(), true);
+        handler_.on_optimizer_step(args_, state_, control_);
+        session_.learning_rate = scheduler_->get_last_lr().at(0);
+        if (stepped) scheduler_->step();
+        optimizer_->zero_grad();
+        state_.global_step += 1;
+        state_.epoch = static_cast<double>(epoch) + static_cast<double>(step + 1) / static_cast<double>(steps_in_epoch);
+        handler_.on_step_end(args_, state_, control_);
+        maybe_log_save_evaluate();
+      } else {
+        handler_.on_substep_end(args_, state_, control_);
+      }
+      if (control_.should_epoch_stop || control_.should_training_stop) break;
+    }
+    ctx.loss = nullptr;
+  }
+
+  // HF's logging_nan_inf_filter: a non-finite step loss adds the running mean instead of poisoning the sum.
+  // Everything stays on the device; nothing is read back here.
+  void accumulate_loss(const torch::Tensor& loss) {
+    if (args_.logging_nan_inf_filter) {
+      const double steps = static_cast<double>(1 + state_.global_step - session_.last_logged);
+      session_.loss_sum += torch::where(torch::isfinite(loss), loss, session_.loss_sum / steps);
+    } else {
+      session_.loss_sum += loss;
+    }
+  }
+
+  void maybe_log_save_evaluate() {
+    if (control_.should_log && state_.global_step > session_.last_logged) {
+      const double loss_sum = detail::to_host(session_.loss_sum);
+      session_.loss_sum.zero_();
+      Logs logs = Logs::object();
+      logs["loss"] = loss_sum / static_cast<double>(state_.global_step - session_.last_logged);
+      if (args_.max_grad_norm > 0 && session_.grad_norm.defined()) logs["grad_norm"] = detail::to_host(session_.grad_norm);
+      logs["learning_rate"] = session_.learning_rate;
+      session_.loss_total += loss_sum;
+      session_.last_logged = state_.global_step;
+      log(std::move(logs));
+    }
+    if (control_.should_evaluate) {
+      const Logs metrics = evaluate_impl("eval");
+      if (auto* plateau = dynamic_cast<ReduceLROnPlateau*>(scheduler_.get()))
+        plateau->step(metric_value(metrics));
+      const bool is_new_best = update_best_metric(metrics);
+      if (args_.save_strategy == SaveStrategy::best) control_.should_save = is_new_best;
+    }
+    if (control_.should_save) {
+      const auto dir = save_checkpoint();
+      handler_.on_save(args_, state_, control_, dir);
+    }
+  }
+
+  std::string metric_key() const {
+    const std::string& m = *args_.metric_for_best_model;
+    return m.rfind("eval_", 0) == 0 ? m : "eval_" + m;
+  }
+
+  double metric_value(const Logs& metrics) const {
+    const std::string key = metric_key();
+    if (!metrics.contains(key) || !metrics.at(key).is_number()) {
+      std::string available;
+      for (const auto& item : metrics.items()) available += (available.empty() ? "" : ", ") + item.key();
+      throw Error("--metric_for_best_model \"" + *args_.metric_for_best_model + "\": the evaluation at step " +
+                  std::to_string(state_.global_step) + " produced no numeric \"" + key + "\" (it produced: " +
+                  available + "); return it from compute_metrics or pick one of these");
+    }
+    return metrics.at(key).get<double>();
+  }
+
+  // HF's _determine_best_metric, with save_strategy "best" recording the best step too (PR #44583).
+  bool update_best_metric(const Logs& metrics) {
+    if (!args_.metric_for_best_model) return false;
+    const double value = metric_value(metrics);
+    const bool greater = args_.greater_is_better.value_or(true);
+    if (!state_.best_metric) state_.best_metric = greater ? -INFINITY : INFINITY;
+    const bool better = greater ? value > *state_.best_metric : value < *state_.best_metric;
+    if (!better) return false;
+    state_.best_metric = value;
+    if (args_.save_strategy != SaveStrategy::no) state_.best_global_step = state_.global_step;
+    return true;
+  }
+
+  Logs evaluate_impl(const std::string& prefix) {
+    Pass pass = run_prediction_pass(*eval_data_, prefix, static_cast<bool>(compute_metrics_));
+    log(pass.metrics);
+    if (state_.epoch) pass.metrics["epoch"] = *state_.epoch;
+    handler_.on_evaluate(args_, state_, control_, pass.metrics);
+    return pass.metrics;
+  }
+
+  // The evaluation loop shared by evaluate() and predict(): loss is the exact mean over samples (HF weights a
+  // short last batch as a full one).
+  Pass run_prediction_pass(const EvalData& dataset, const std::string& prefix, bool gather) {
+    const auto start = std::chrono::steady_clock::now();
+    detail::BatchPlan<EvalData> plan(dataset, args_.per_device_eval_batch_size, false, std::nullopt);
+    if (plan.num_samples() == 0) throw Error(prefix + " dataset is empty: there is nothing to evaluate");
+    eval_loader_info_ = LoaderInfo{plan.num_batches(), plan.num_samples(), args_.per_device_eval_batch_size};
+    handler_.context().eval_dataloader = &eval_loader_info_;
+
+    const bool was_training = module_->is_training();
+    module_->eval();
+    torch::NoGradGuard no_grad;
+    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
+    std::vector<torch::Tensor> predictions, labels;
+    const bool autocast = device_.is_cuda() && (args_.fp16 || args_.bf16);
+    for (int64_t k = 0; k < plan.num_batches(); ++k) {
+      const Batch batch = detail::to_device(plan.batch(k), device_);
+      LossOutput out;
+      {
+        detail::AutocastScope scope(autocast, args_.bf16 ? torch::kBFloat16 : torch::kHalf);
+        out = loss_fn_(model_, batch);
+      }
+      if (!out.loss.defined() || out.loss.numel() != 1)
+        throw Error("loss_fn must return a scalar tensor during evaluation (batch " + std::to_string(k) + ")");
+      loss_sum += out.loss.detach().to(torch::kDouble).reshape({}) * static_cast<double>(detail::batch_size_of(batch));
+      if (gather) {
+        if (out.predictions.defined()) predictions.push_back(out.predictions.detach().cpu());
+        torch::Tensor l = out.labels.defined() ? out.labels : detail::labels_of(batch);
+        if (l.defined()) labels.push_back(l.detach().cpu());
+      }
+      handler_.on_prediction_step(args_, state_, control_);
+    }
+    if (was_training) module_->train();
+
+    Pass pass;
+    if (!predictions.empty()) pass.predictions = torch::cat(predictions);
+    if (!labels.empty()) pass.labels = torch::cat(labels);
+    pass.metrics = Logs::object();
+    pass.metrics[prefix + "_loss"] = detail::to_host(loss_sum) / static_cast<double>(plan.num_samples());
+    if (compute_metrics_) {
+      const Logs user = compute_metrics_(EvalPrediction{pass.predictions, pass.labels});
+      for (const auto& item : user.items())
+        pass.metrics[item.key().rfind(prefix + "_", 0) == 0 ? item.key() : prefix + "_" + item.key()] = item.value();
+    }
+    detail::add_speed_metrics(pass.metrics, prefix, detail::seconds_since(start), plan.num_samples(),
+                              plan.num_batches());
+    return pass;
+  }
+
+  // ---- checkpoints ----
+
+  std::filesystem::path save_checkpoint() {
+    const std::filesystem::path output_dir(args_.output_dir);
+    checkpoint::remove_stale_temporaries(output_dir);
+    checkpoint::AtomicWriter writer(output_dir, state_.global_step);
+    const auto& dir = writer.dir();
+    checkpoint::save_model_state(*module_, dir / checkpoint::model_file);
+
+    // A new best records itself: evaluation precedes saving in the same step (HF §8.6).
+    if (state_.best_global_step && args_.save_strategy != SaveStrategy::no) {
+      const auto best_dir = checkpoint::dir_for(output_dir, *state_.best_global_step);
+      if (*state_.best_global_step == state_.global_step || checkpoint::is_complete(best_dir))
+        state_.best_model_checkpoint = best_dir.string();
+    }
+    if (!args_.save_only_model) {
+      torch::save(*optimizer_, (dir / checkpoint::optimizer_file).string());
+      write_text(dir / checkpoint::scheduler_file, scheduler_->state().dump(2));
+      save_rng_state(dir / checkpoint::rng_file);
+      write_text(dir / checkpoint::progress_file, progress_state().dump(2));
+      if (scaler_) write_text(dir / checkpoint::scaler_file, scaler_->state().dump(2));
+    }
+    state_.stateful_callbacks = stateful_callback_states();
+    state_.save_to_json(dir / checkpoint::state_file);
+    write_text(dir / checkpoint::args_file, args_.to_json_string());
+    writer.commit();
+    checkpoint::rotate(output_dir, args_.save_total_limit, state_.best_model_checkpoint);
+    return writer.final_dir();
+  }
+
+  static void write_text(const std::filesystem::path& file, const std::string& text) {
+    std::ofstream out(file, std::ios::binary);
+    out << text << '\n';
+    out.flush();
+    if (!out) throw CheckpointError("cannot write " + file.string());
+  }
+
+  static json read_json(const std::filesystem::path& file) {
+    try {
+      return detail::python_json_load(file);
+    } catch (const FormatError& e) {
+      throw CheckpointError(e.what());
+    }
+  }
+
+  json progress_state() const {
+    return {{"loss_since_last_log", detail::to_host(session_.loss_sum)},
+            {"loss_total", session_.loss_total},
+            {"last_logged_step", session_.last_logged}};
+  }
+
+  // Each stateful callback's state under its key, replaced (never appended, unlike HF #33875) on every save;
+  // several callbacks sharing a key are stored as a list in callback order.
+  json stateful_callback_states() const {
+    json out = json::object();
+    for (const auto& cb : handler_.callbacks()) {
+      json s = cb->state();
+      if (s.is_null()) continue;
+      const std::string key = cb->state_key();
+      if (!out.contains(key)) {
+        out[key] = std::move(s);
+      } else {
+        if (!out[key].is_array()) out[key] = json::array({out[key]});
+        out[key].push_back(std::move(s));
+      }
+    }
+    out["TrainerControl"] = control_.state();
+    return out;
+  }
+
+  static void save_rng_state(const std::filesystem::path& file) {
+    torch::serialize::OutputArchive archive;
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      archive.write("cpu", gen.get_state());
+    }
+    if (torch::cuda::is_available())
+      for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+        auto gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(i)));
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        archive.write("cuda_" + std::to_string(i), gen.get_state());
+      }
+    archive.save_to(file.string());
+  }
+
+  // Everything is read and checked before anything is applied, so a bad checkpoint changes nothing.
+  void resume_from(const std::filesystem::path& dir, int64_t max_steps) {
+    checkpoint::require_files(dir, {checkpoint::model_file, checkpoint::state_file, checkpoint::optimizer_file,
+                                    checkpoint::scheduler_file, checkpoint::rng_file, checkpoint::progress_file});
+    TrainerState loaded;
+    try {
+      loaded = TrainerState::load_from_json(dir / checkpoint::state_file);
+    } catch (const FormatError& e) {
+      throw CheckpointError(e.what());
+    }
+    const json scheduler_state = read_json(dir / checkpoint::scheduler_file);
+    const json progress = read_json(dir / checkpoint::progress_file);
+    const std::optional<json> scaler_state =
+        scaler_ ? std::optional<json>(read_json(dir / checkpoint::scaler_file)) : std::nullopt;
+    torch::serialize::InputArchive optimizer_archive, rng_archive;
+    load_archive(optimizer_archive, dir / checkpoint::optimizer_file);
+    load_archive(rng_archive, dir / checkpoint::rng_file);
+    const auto model_copies = checkpoint::read_model_state(*module_, dir / checkpoint::model_file);
+    double loss_since_last_log = 0, loss_total = 0;
+    int64_t last_logged = 0;
+    try {
+      loss_since_last_log = progress.at("loss_since_last_log").get<double>();
+      loss_total = progress.at("loss_total").get<double>();
+      last_logged = progress.at("last_logged_step").get<int64_t>();
+    } catch (const json::exception& e) {
+      throw CheckpointError((dir / checkpoint::progress_file).string() + ": " + e.what());
+    }
+    if (loaded.train_batch_size && *loaded.train_batch_size != args_.per_device_train_batch_size)
+      log::warning("resuming from {} with --per_device_train_batch_size {} although it was trained with {}: the "
+                   "data position will not match",
+                   dir.string(), args_.per_device_train_batch_size, *loaded.train_batch_size);
+
+    try {
+      optimizer_->load(optimizer_archive);
+    } catch (const c10::Error& e) {
+      throw CheckpointError((dir / checkpoint::optimizer_file).string() + " does not fit this optimizer: " +
+                            e.what_without_backtrace());
+    }
+    scheduler_->load_state(scheduler_state);
+    if (scaler_state) scaler_->load_state(*scaler_state);
+    checkpoint::apply_model_state(model_copies);
+    restore_rng_state(rng_archive);
+
+    // Interval steps follow the current arguments (HF keeps the checkpoint's, #28867); say so when they differ.
+    const TrainerState current = state_;
+    state_ = std::move(loaded);
+    state_.compute_steps(args_, max_steps);
+    if (state_.logging_steps != current.logging_steps || state_.eval_steps != current.eval_steps ||
+        state_.save_steps != current.save_steps)
+      log::info("resuming with this run's logging/eval/save steps");
+    session_.loss_sum.fill_(loss_since_last_log);
+    session_.loss_total = loss_total;
+    session_.last_logged = last_logged;
+    if (args_.restore_callback_states_from_checkpoint) restore_callback_states();
+  }
+
+  static void load_archive(torch::serialize::InputArchive& archive, const std::filesystem::path& file) {
+    try {
+      archive.load_from(file.string());
+    } catch (const c10::Error& e) {
+      throw CheckpointError(file.string() + " is corrupt or truncated: " + e.what_without_backtrace());
+    }
+  }
+
+  static void restore_rng_state(torch::serialize::InputArchive& archive) {
+    torch::Tensor cpu;
+    archive.read("cpu", cpu);
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(cpu);
+    }
+    if (torch::cuda::is_available())
+      for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+        torch::Tensor s;
+        if (!archive.try_read("cuda_" + std::to_string(i), s)) continue;
+        auto gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(i)));
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(s);
+      }
+  }
+
+  void restore_callback_states() {
+    const json& stored = state_.stateful_callbacks;
+    std::vector<std::string> unmatched;
+    for (const auto& item : stored.items()) {
+      if (item.key() == "TrainerControl") {
+        control_ = TrainerControl::from_state(item.value());
+        continue;
+      }
+      std::size_t index = 0;
+      for (const auto& cb : handler_.callbacks()) {
+        if (cb->state_key() != item.key()) continue;
+        const json& value = item.value();
+        if (!value.is_array()) {
+          if (index == 0) cb->load_state(value);
+        } else if (index < value.size()) {
+          cb->load_state(value[index]);
+        }
+        ++index;
+      }
+      if (index == 0) unmatched.push_back(item.key());
+    }
+    if (!unmatched.empty()) {
+      std::string names;
+      for (const auto& n : unmatched) names += (names.empty() ? "" : ", ") + n;
+      log::warning("Checkpoint included callbacks not included in current configuration. Ignoring. ({})", names);
+    }
+  }
+
+  Model model_;
+  std::shared_ptr<torch::nn::Module> module_;
+  TrainingArguments args_;
+  TrainData train_data_;
+  std::optional<EvalData> eval_data_;
+  LossFn loss_fn_;
+  MetricsFn compute_metrics_;
+  torch::Device device_{torch::kCPU};
+
+  CallbackHandler handler_;
+  TrainerState state_;
+  TrainerControl control_;
+  std::shared_ptr<torch::optim::Optimizer> optimizer_;
+  std::shared_ptr<LRScheduler> scheduler_;
+  bool owns_scheduler_ = false;
+  std::unique_ptr<detail::GradScaler> scaler_;
+  Session session_;
+  LoaderInfo train_loader_info_;
+  LoaderInfo eval_loader_info_;
+};
+
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction) -> Trainer<Model, TrainData, EvalData>;
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
+Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, MetricsFunction)
+    -> Trainer<Model, TrainData, EvalData>;
+template <typename Model, typename TrainData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, LossFunction) -> Trainer<Model, TrainData, TrainData>;
+
+}  // namespace torchfit

@@ -1,0 +1,389 @@
+// SPDX-License-Identifier: MIT
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+#include "torchfit/torchfit.hpp"
+
+using namespace torchfit;
+using torchfit::test::Mlp;
+using torchfit::test::TraceCallback;
+
+namespace {
+
+using Events = std::vector<std::string>;
+
+TrainingArguments quiet_args(const test::TempDir& dir) {
+  TrainingArguments args;
+  args.output_dir = dir.path().string();
+  args.per_device_train_batch_size = 2;
+  args.per_device_eval_batch_size = 2;
+  args.learning_rate = 1e-2;
+  args.save_strategy = SaveStrategy::no;
+  args.num_train_epochs = 1;
+  return args;
+}
+
+// Trains an MLP on `n_train` samples (and 4 eval samples) and returns the trace of events.
+using MlpTrainer = Trainer<Mlp, std::pair<torch::Tensor, torch::Tensor>>;
+
+template <typename Setup = void (*)(MlpTrainer&)>
+Events trace_run(TrainingArguments args, int64_t n_train, Setup setup = [](auto&) {}) {
+  torch::manual_seed(0);
+  MlpTrainer trainer(Mlp(), args, test::regression_data(n_train), test::regression_data(4, 4, 99), test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  auto trace = trainer.add_callback<TraceCallback>();
+  setup(trainer);
+  trainer.train();
+  return trace->events;
+}
+
+// The events of one optimizer update of `micro` micro-batches ending at global step `gs`.
+Events update(int gs, int micro = 1) {
+  Events e{"on_step_begin"};
+  for (int i = 1; i < micro; ++i) e.push_back("on_substep_end");
+  e.insert(e.end(), {"on_pre_optimizer_step", "on_optimizer_step", "on_step_end(gs=" + std::to_string(gs) + ")"});
+  return e;
+}
+Events evaluation(int batches = 2) {
+  Events e(static_cast<std::size_t>(batches), "on_prediction_step");
+  e.insert(e.end(), {"on_log(eval)", "on_evaluate"});
+  return e;
+}
+Events concat(std::initializer_list<Events> parts) {
+  Events out;
+  for (const auto& p : parts) out.insert(out.end(), p.begin(), p.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the worked trace of HF (5 batches, GA 2, log 1, eval and save every 2) plus the final evaluation",
+          "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.gradient_accumulation_steps = 2;
+  args.logging_steps = 1;
+  args.eval_strategy = IntervalStrategy::steps;
+  args.eval_steps = 2;
+  args.save_strategy = SaveStrategy::steps;
+  args.save_steps = 2;
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1, 2), {"on_log(loss)"},
+                                  update(2, 2), {"on_log(loss)"}, evaluation(), {"on_save(gs=2)"},
+                                  update(3, 1), {"on_log(loss)"}, evaluation(), {"on_save(gs=3)"},
+                                  {"on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 10) == expected);
+}
+
+TEST_CASE("epoch strategies with a short last accumulation group, over two epochs", "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.gradient_accumulation_steps = 2;
+  args.num_train_epochs = 2;
+  args.logging_strategy = IntervalStrategy::epoch;
+  args.eval_strategy = IntervalStrategy::epoch;
+  args.save_strategy = SaveStrategy::epoch;
+  const Events epoch_end_pass = concat({{"on_epoch_end", "on_log(loss)"}, evaluation()});
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1, 2), update(2, 2), update(3, 1),
+                                  epoch_end_pass, {"on_save(gs=3)", "on_epoch_begin"}, update(4, 2), update(5, 2),
+                                  update(6, 1), {"on_log(loss)", "on_epoch_end"}, evaluation(),
+                                  {"on_save(gs=6)", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 10) == expected);
+}
+
+TEST_CASE("max_steps that is not a multiple of the eval and save steps still ends with a log, eval and save",
+          "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.max_steps = 5;
+  args.logging_steps = 2;
+  args.eval_strategy = IntervalStrategy::steps;
+  args.eval_steps = 2;
+  args.save_strategy = SaveStrategy::steps;
+  args.save_steps = 3;
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1),
+                                  update(2), {"on_log(loss)"}, evaluation(),
+                                  update(3), {"on_save(gs=3)"},
+                                  update(4), {"on_log(loss)"}, evaluation(),
+                                  update(5), {"on_log(loss)"}, evaluation(), {"on_save(gs=5)"},
+                                  {"on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 20) == expected);
+}
+
+TEST_CASE("fractional epochs stop mid-epoch with HF's fractional epoch values", "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.num_train_epochs = 1.5;
+  args.logging_steps = 1;
+  torch::manual_seed(0);
+  Trainer trainer(Mlp(), args, test::regression_data(8), test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  auto trace = trainer.add_callback<TraceCallback>();
+  trainer.train();
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)"}, update(2),
+                                  {"on_log(loss)"}, update(3), {"on_log(loss)"}, update(4), {"on_log(loss)"},
+                                  {"on_epoch_end", "on_epoch_begin"}, update(5), {"on_log(loss)"}, update(6),
+                                  {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace->events == expected);
+  const auto& s = trainer.state();
+  CHECK(s.max_steps == 6);
+  CHECK(s.num_train_epochs == 2);
+  std::vector<double> epochs;
+  for (const auto& e : s.log_history) epochs.push_back(e.at("epoch").get<double>());
+  CHECK(epochs == std::vector<double>{0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.5});
+}
+
+TEST_CASE("logging_first_step logs step 1 even when logging every 100 steps", "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 100;
+  args.logging_first_step = true;
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)"}, update(2),
+                                  update(3), {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 6) == expected);
+}
+
+TEST_CASE("eval_delay postpones step evaluations", "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 100;
+  args.eval_strategy = IntervalStrategy::steps;
+  args.eval_steps = 1;
+  args.eval_delay = 3;
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2), update(3),
+                                  evaluation(), update(4), {"on_log(loss)"}, evaluation(),
+                                  {"on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 8) == expected);
+}
+
+TEST_CASE("control flags raised by a user callback take effect", "[trainer][control]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 100;
+  args.num_train_epochs = 2;
+
+  struct RaiseAt : TrainerCallback {
+    RaiseAt(int64_t step, std::function<void(TrainerControl&)> raise) : at(step), act(std::move(raise)) {}
+    void on_step_end(const Args&, TrainerState& s, TrainerControl& c, const CallbackContext&) override {
+      if (s.global_step == at) act(c);
+    }
+    int64_t at;
+    std::function<void(TrainerControl&)> act;
+  };
+  using T = MlpTrainer;
+
+  SECTION("should_training_stop ends training after this step, with the epoch-end pass and summary") {
+    auto events = trace_run(args, 8, [](T& t) {
+      t.add_callback<RaiseAt>(2, [](TrainerControl& c) { c.should_training_stop = true; });
+    });
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2),
+                            {"on_epoch_end", "on_log(summary)", "on_train_end"}}));
+  }
+  SECTION("should_epoch_stop ends only the current epoch") {
+    auto events = trace_run(args, 4, [](T& t) {
+      t.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_epoch_stop = true; });
+    });
+    // Step 3 is the last one taken but not max_steps (4), so nothing forces a log.
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_epoch_end", "on_epoch_begin"},
+                            update(2), update(3), {"on_epoch_end", "on_log(summary)", "on_train_end"}}));
+  }
+  SECTION("forced log, evaluation and save happen at that step") {
+    args.eval_strategy = IntervalStrategy::no;
+    auto events = trace_run(args, 4, [](T& t) {
+      t.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_log = c.should_save = true; });
+    });
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)", "on_save(gs=1)"},
+                            update(2), {"on_epoch_end", "on_epoch_begin"}, update(3), update(4),
+                            {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}}));
+    CHECK(checkpoint::list(dir.path()).size() == 1);
+  }
+  SECTION("a forced evaluation runs the evaluation loop") {
+    test::TempDir d2;
+    auto a = quiet_args(d2);
+    a.logging_steps = 100;
+    torch::manual_seed(0);
+    Trainer trainer(Mlp(), a, test::regression_data(4), test::regression_data(4, 4, 9), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    auto trace = trainer.add_callback<TraceCallback>();
+    trainer.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_evaluate = true; });
+    trainer.train();
+    CHECK(trace->events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), evaluation(), update(2),
+                                   {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}}));
+  }
+}
+
+TEST_CASE("logged losses are means of the step losses and learning rates follow the schedule",
+          "[trainer][logs]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 2;
+  args.gradient_accumulation_steps = 2;
+  args.num_train_epochs = 1;
+  args.max_grad_norm = 1.0;
+
+  // Sums the micro-batch losses of each update (each already divided by the group size).
+  struct StepLosses : TrainerCallback {
+    std::vector<double> per_step;
+    double current = 0;
+    void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+      current += ctx.loss->item<double>();
+    }
+    void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+      current += ctx.loss->item<double>();
+      per_step.push_back(current);
+      current = 0;
+    }
+  };
+  torch::manual_seed(0);
+  Trainer trainer(Mlp(), args, test::regression_data(16), test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  auto losses = trainer.add_callback<StepLosses>();
+  const auto out = trainer.train();
+
+  const auto& h = trainer.state().log_history;
+  REQUIRE(h.size() == 3);  // steps 2 and 4, then the summary
+  const auto& p = losses->per_step;
+  REQUIRE(p.size() == 4);
+  CHECK(h[0].at("loss").get<double>() == Approx((p[0] + p[1]) / 2).epsilon(1e-6));
+  CHECK(h[1].at("loss").get<double>() == Approx((p[2] + p[3]) / 2).epsilon(1e-6));
+  // linear decay from 1e-2 over 4 steps; the lr logged is the one used by the step just taken
+  CHECK(h[0].at("learning_rate").get<double>() == Approx(1e-2 * 3 / 4));
+  CHECK(h[1].at("learning_rate").get<double>() == Approx(1e-2 * 1 / 4));
+  CHECK(h[0].at("grad_norm").get<double>() > 0);
+  std::vector<std::string> keys;
+  for (const auto& item : h[0].items()) keys.push_back(item.key());
+  CHECK(keys == std::vector<std::string>{"loss", "grad_norm", "learning_rate", "epoch", "step"});
+  CHECK(h[0].at("step") == 2);
+  CHECK(h[2].at("train_loss").get<double>() == Approx((p[0] + p[1] + p[2] + p[3]) / 4).epsilon(1e-6));
+  CHECK(out.training_loss == h[2].at("train_loss").get<double>());
+  for (const char* key : {"train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos",
+                          "train_loss", "epoch", "step"})
+    CHECK(h[2].contains(key));
+}
+
+TEST_CASE("gradient accumulation of 4 x 8 samples equals one batch of 32", "[trainer][accumulation]") {
+  const auto data = test::regression_data(32);
+  auto train_once = [&](int64_t batch, int64_t ga) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    args.optim = "sgd";
+    args.lr_scheduler_type = "constant";
+    args.learning_rate = 0.1;
+    args.max_grad_norm = 0;
+    args.per_device_train_batch_size = batch;
+    args.gradient_accumulation_steps = ga;
+    args.max_steps = 1;
+    torch::manual_seed(3);
+    Mlp model(4, 16, 1, /*dropout=*/0.0);
+    Trainer trainer(model, args, data, test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    trainer.train();
+    return std::make_pair(model->fc1->weight.clone(), model->fc2->weight.clone());
+  };
+  const auto [big1, big2] = train_once(32, 1);
+  const auto [acc1, acc2] = train_once(8, 4);
+  CHECK(torch::allclose(big1, acc1, 1e-6, 1e-7));
+  CHECK(torch::allclose(big2, acc2, 1e-6, 1e-7));
+  const auto [one1, one2] = train_once(8, 1);  // a different update, so the comparison can fail
+  CHECK(!torch::allclose(big1, one1, 1e-6, 1e-7));
+}
+
+TEST_CASE("the loss is read back from the device only on logging steps", "[trainer][sync]") {
+  auto reads_for = [](int64_t steps, double logging_steps) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    args.max_steps = steps;
+    args.logging_steps = logging_steps;
+    Trainer trainer(Mlp(), args, test::regression_data(64), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    const int64_t before = torchfit::detail::host_reads();
+    trainer.train();
+    return torchfit::detail::host_reads() - before;
+  };
+  // Two logs each: loss + grad_norm per log, and one read for the summary.
+  CHECK(reads_for(10, 5) == 5);
+  CHECK(reads_for(30, 15) == 5);
+}
+
+TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  const auto data = test::regression_data(8);
+
+  SECTION("a loss that is not a scalar") {
+    auto per_sample = [](Mlp& m, const torch::data::Example<>& b) { return (m->forward(b.data) - b.target).pow(2); };
+    Trainer trainer(Mlp(), args, data, per_sample);
+    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("loss_fn must return a scalar tensor, got shape [2, 1]") &&
+                                           Catch::Contains("at step 1"));
+  }
+  SECTION("an empty train dataset") {
+    Trainer trainer(Mlp(), args, std::make_pair(torch::zeros({0, 4}), torch::zeros({0, 1})), test::mse_loss);
+    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("train dataset is empty"));
+  }
+  SECTION("a batch size of 0") {
+    args.per_device_train_batch_size = 0;
+    CHECK_THROWS_AS(Trainer(Mlp(), args, data, test::mse_loss), ArgumentError);
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Contains("--per_device_train_batch_size"));
+  }
+  SECTION("metric_for_best_model naming a metric evaluation never produces") {
+    args.eval_strategy = IntervalStrategy::steps;
+    args.eval_steps = 2;
+    args.metric_for_best_model = "f1";
+    Trainer trainer(Mlp(), args, data, test::regression_data(4), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("--metric_for_best_model \"f1\"") &&
+                                           Catch::Contains("no numeric \"eval_f1\"") &&
+                                           Catch::Contains("at step 2") && Catch::Contains("eval_loss"));
+  }
+  SECTION("load_best_model_at_end with mismatched strategies") {
+    args.load_best_model_at_end = true;
+    args.eval_strategy = IntervalStrategy::epoch;
+    args.save_strategy = SaveStrategy::steps;
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::regression_data(4), test::mse_loss),
+                      Catch::Contains("--load_best_model_at_end requires the save and eval strategy to match"));
+  }
+  SECTION("an eval strategy without an eval dataset") {
+    args.eval_strategy = IntervalStrategy::steps;
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Contains("needs an eval dataset"));
+  }
+  SECTION("inputs and targets of different lengths") {
+    Trainer trainer(Mlp(), args, std::make_pair(torch::zeros({8, 4}), torch::zeros({7, 1})), test::mse_loss);
+    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("same number of samples") && Catch::Contains("8 and 7"));
+  }
+}
+
+TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  auto loss_fn = [](Mlp& m, const torch::data::Example<>& b) {
+    auto out = m->forward(b.data);
+    return LossOutput{torch::mse_loss(out, b.target), out, b.target};
+  };
+  auto metrics_fn = [](const EvalPrediction& p) {
+    return Logs{{"mae", (p.predictions - p.label_ids).abs().mean().item<double>()}, {"n", p.predictions.size(0)}};
+  };
+  const auto eval = test::regression_data(5, 4, 11);  // 3 batches of 2, 2, 1
+  Trainer trainer(Mlp(), args, test::regression_data(8), eval, loss_fn, metrics_fn);
+  trainer.remove_callback<ProgressCallback>();
+  auto trace = trainer.add_callback<TraceCallback>();
+  const Logs metrics = trainer.evaluate();
+  std::vector<std::string> keys;
+  for (const auto& item : metrics.items()) keys.push_back(item.key());
+  CHECK(keys == std::vector<std::string>{"eval_loss", "eval_mae", "eval_n", "eval_runtime",
+                                         "eval_samples_per_second", "eval_steps_per_second"});
+  CHECK(metrics.at("eval_n") == 5);
+  CHECK(trace->events == Events{"on_prediction_step", "on_prediction_step", "on_prediction_step", "on_log(eval)",
+                                "on_evaluate"});
+  // The exact mean over the 5 samples (HF would weight the last single-sample batch as 2).
+  torch::NoGradGuard no_grad;
+  trainer.model()->eval();
+  const double expected = torch::mse_loss(trainer.model()->forward(eval.first), eval.second).item<double>();
+  CHECK(metrics.at("eval_loss").get<double>() == Approx(expected).epsilon(1e-6));
+
+  const auto prediction = trainer.predict(eval);
+  CHECK(prediction.predictions.sizes() == torch::IntArrayRef{5, 1});
+  CHECK(prediction.metrics.contains("test_loss"));
+  CHECK(prediction.metrics.contains("test_mae"));
+  CHECK(trace->events.back() == "on_predict");
+  CHECK(trainer.state().log_history.size() == 1);  // predict does not log (HF)
+}
