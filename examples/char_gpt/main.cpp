@@ -85,6 +85,7 @@ int main(int argc, char** argv) try {
 
   const std::string text = read_text(text_file);
   const auto split = text.size() * 9 / 10;
+  torch::manual_seed(static_cast<uint64_t>(args.seed));  // reproducible initial weights
   CharGpt model(config);
   torchfit::Trainer trainer(model, args, byte_windows(text.substr(0, split), config.context),
                             byte_windows(text.substr(split), config.context), next_token_loss);

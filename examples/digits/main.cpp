@@ -101,6 +101,7 @@ int main(int argc, char** argv) try {
   torchfit::TensorPairDataset train{x.index_select(0, train_idx), y.index_select(0, train_idx)};
   torchfit::TensorPairDataset eval{x.index_select(0, eval_idx), y.index_select(0, eval_idx)};
 
+  torch::manual_seed(static_cast<uint64_t>(args.seed));  // reproducible initial weights
   DigitsNet model;
   auto loss_fn = [](DigitsNet& net, const torch::data::Example<>& batch) {
     auto logits = net->forward(batch.data);
