@@ -16,7 +16,9 @@
 
 #include "support.hpp"
 #include "torchfit/callback_handler.hpp"
+#include "torchfit/integrations/csv.hpp"
 #include "torchfit/integrations/tensorboard.hpp"
+#include "torchfit/torchfit.hpp"
 #include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
@@ -666,4 +668,58 @@ TEST_CASE("report_to \"tensorboard\" adds TensorBoardCallback", "[tensorboard]")
   CallbackHandler handler;
   integrations::add_reporting_callbacks(handler, {"tensorboard"});
   CHECK(handler.callback_list() == "TensorBoardCallback");
+}
+
+TEST_CASE("a Trainer run's TensorBoard series equal its log_history at the same steps", "[tensorboard][trainer]") {
+  TempDir dir;
+  TrainingArguments args;
+  args.output_dir = dir.path().string();
+  args.logging_dir = (dir / "runs").string();
+  args.report_to = {"tensorboard", "csv"};
+  args.per_device_train_batch_size = 8;
+  args.max_steps = 12;
+  args.logging_steps = 4;
+  args.eval_strategy = IntervalStrategy::steps;
+  args.eval_steps = 6;
+  args.save_strategy = SaveStrategy::no;
+  args.disable_tqdm = true;
+  torch::manual_seed(0);
+  auto x = torch::randn({64, 4});
+  auto y = (x.sum(1) > 0).to(torch::kLong);
+  auto loss_fn = [](test::Mlp& m, const torch::data::Example<>& b) {
+    auto logits = m->forward(b.data);
+    return LossOutput{torch::cross_entropy_loss(logits, b.target), logits, b.target};
+  };
+  auto accuracy = [](const EvalPrediction& p) {
+    return Logs{{"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
+  };
+  Trainer trainer(test::Mlp(4, 16, 2), args, std::make_pair(x, y), std::make_pair(x.slice(0, 0, 16), y.slice(0, 0, 16)),
+                  loss_fn, accuracy);
+  trainer.remove_callback<PrinterCallback>();
+  trainer.train();
+
+  const auto files = event_files(dir / "runs");
+  REQUIRE(files.size() == 1);
+  std::map<std::string, std::map<int64_t, float>> series;
+  for (const auto& event : read_events(files[0]))  // read_events checks every record's CRCs
+    for (const auto& v : event.values)
+      if (v.simple_value) series[v.tag][event.step] = *v.simple_value;
+
+  std::size_t compared = 0;
+  for (const auto& entry : trainer.state().log_history) {
+    const int64_t step = entry.at("step").get<int64_t>();
+    for (const auto& [key, tag] : std::map<std::string, std::string>{{"loss", "train/loss"},
+                                                                     {"learning_rate", "train/learning_rate"},
+                                                                     {"grad_norm", "train/grad_norm"},
+                                                                     {"eval_loss", "eval/loss"},
+                                                                     {"eval_accuracy", "eval/accuracy"}}) {
+      if (!entry.contains(key)) continue;
+      INFO(tag << " at step " << step);
+      REQUIRE(series[tag].count(step) == 1);
+      CHECK(series[tag][step] == static_cast<float>(entry.at(key).get<double>()));
+      ++compared;
+    }
+  }
+  CHECK(compared == 3 * 3 + 2 * 2);  // train logs at 4, 8, 12; evaluations at 6, 12
+  CHECK(fs::exists(dir / "logs.csv"));
 }
