@@ -27,7 +27,7 @@ struct BlockImpl : torch::nn::Module {
   // x: [time, batch, d_model] (MultiheadAttention's layout); mask: [time, time] additive causal mask.
   torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask) {
     auto h = ln1(x);
-    x = x + std::get<0>(attn(h, h, h, /*key_padding_mask=*/{}, /*need_weights=*/false, mask));
+    x = x + std::get<0>(attn->forward(h, h, h, /*key_padding_mask=*/torch::Tensor(), /*need_weights=*/false, mask));
     return x + drop(proj(torch::gelu(fc(ln2(x)))));
   }
 
