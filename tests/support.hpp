@@ -4,6 +4,8 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstdlib>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -134,6 +136,34 @@ struct TraceCallback : TrainerCallback {
   void on_prediction_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
     add("on_prediction_step");
   }
+};
+
+}  // namespace torchfit::test
+
+namespace torchfit::test {
+
+/// Sets (or, with nullopt, unsets) an environment variable for the lifetime of the object.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value)
+      ::setenv(name, value->c_str(), 1);
+    else
+      ::unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
 };
 
 }  // namespace torchfit::test

@@ -23,6 +23,8 @@ using test::read_file;
 using test::TempDir;
 using test::write_file;
 
+using torchfit::test::ScopedEnv;
+
 namespace {
 
 std::vector<const char*> make_argv(const std::vector<std::string>& tokens) {
@@ -58,27 +60,6 @@ std::string hostname() {
   gethostname(host, sizeof host - 1);
   return host;
 }
-
-/// Sets an environment variable for the lifetime of the object.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_)
-      setenv(name_, old_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 }  // namespace
 

@@ -35,31 +35,9 @@ using torchfit::test::CaptureLog;
 using torchfit::test::read_file;
 using torchfit::test::TempDir;
 
+using torchfit::test::ScopedEnv;
+
 namespace {
-
-// Sets (or unsets, for nullopt) an environment variable for the lifetime of the object.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value)
-      ::setenv(name, value->c_str(), 1);
-    else
-      ::unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_)
-      ::setenv(name_, old_->c_str(), 1);
-    else
-      ::unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // Clears every MLflow variable the callback reads, so the machine's environment cannot leak into a test.
 struct CleanMlflowEnv {

@@ -27,6 +27,8 @@ using namespace torchfit;
 using torchfit::test::CaptureLog;
 using torchfit::test::TempDir;
 
+using torchfit::test::ScopedEnv;
+
 namespace {
 
 // ---- an independent reader ----
@@ -261,27 +263,6 @@ struct Recorder : TrainerCallback {
   void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
     seen.push_back("log");
   }
-};
-
-// Sets an environment variable for the lifetime of the object.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    ::setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_)
-      ::setenv(name_, old_->c_str(), 1);
-    else
-      ::unsetenv(name_);
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
 };
 
 }  // namespace
