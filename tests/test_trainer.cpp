@@ -288,6 +288,24 @@ TEST_CASE("gradient accumulation of 4 x 8 samples equals one batch of 32", "[tra
   CHECK(!torch::allclose(big1, one1, 1e-6, 1e-7));
 }
 
+TEST_CASE("data loading workers build the same batches in the same order", "[trainer][data]") {
+  auto train_with = [](int64_t workers) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    args.dataloader_num_workers = workers;
+    args.num_train_epochs = 2;
+    torch::manual_seed(5);
+    Mlp model;
+    Trainer trainer(model, args, test::regression_data(30), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    trainer.train();
+    return model->fc1->weight.clone();
+  };
+  const auto reference = train_with(0);
+  CHECK(torch::equal(train_with(2), reference));
+  CHECK(torch::equal(train_with(3), reference));
+}
+
 TEST_CASE("the loss is read back from the device only on logging steps", "[trainer][sync]") {
   auto reads_for = [](int64_t steps, double logging_steps) {
     test::TempDir dir;

@@ -3,7 +3,11 @@
 // function of (seed, epoch): resuming mid-epoch jumps to the right batch instead of replaying the loader.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <deque>
+#include <future>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -131,6 +135,46 @@ class BatchPlan {
   int64_t batch_size_;
   torch::Tensor order_;
   int64_t num_batches_ = 0;
+};
+
+/// Reads the batches of a plan in order from `first`; with `workers` > 0, that many threads build the next
+/// batches ahead of the training step (useful when a dataset's get() is expensive). The order never changes.
+template <typename Data>
+class BatchPrefetcher {
+ public:
+  using Batch = typename BatchPlan<Data>::Batch;
+
+  BatchPrefetcher(const BatchPlan<Data>& plan, int64_t first, int64_t workers)
+      : plan_(plan), next_(first), queued_(first), depth_(std::max<int64_t>(workers, 0) * 2) {
+    fill();
+  }
+  ~BatchPrefetcher() {
+    for (auto& f : ahead_) f.wait();  // batches still being built read the plan
+  }
+  BatchPrefetcher(const BatchPrefetcher&) = delete;
+  BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
+
+  Batch next() {
+    if (depth_ == 0) return plan_.batch(next_++);
+    Batch batch = ahead_.front().get();
+    ahead_.pop_front();
+    fill();
+    return batch;
+  }
+
+ private:
+  void fill() {
+    while (static_cast<int64_t>(ahead_.size()) < depth_ && queued_ < plan_.num_batches()) {
+      const int64_t k = queued_++;
+      ahead_.push_back(std::async(std::launch::async, [this, k] { return plan_.batch(k); }));
+    }
+  }
+
+  const BatchPlan<Data>& plan_;
+  int64_t next_;    // next batch to read without workers
+  int64_t queued_;  // next batch to hand to a worker
+  int64_t depth_;
+  std::deque<std::future<Batch>> ahead_;
 };
 
 }  // namespace detail

@@ -411,12 +411,13 @@ class Trainer {
     const bool autocast = device_.is_cuda() && (args_.fp16 || args_.bf16);
     auto& ctx = handler_.context();
     torch::Tensor last_loss;
+    detail::BatchPrefetcher<TrainData> prefetch(plan, first_micro_step, args_.dataloader_num_workers);
     for (int64_t step = first_micro_step; step < steps_in_epoch; ++step) {
       const int64_t group_start = step - step % ga;
       const int64_t group_size = std::min(ga, steps_in_epoch - group_start);
       if (step % ga == 0) handler_.on_step_begin(args_, state_, control_);
 
-      const Batch batch = detail::to_device(plan.batch(step), device_);
+      const Batch batch = detail::to_device(prefetch.next(), device_);
       torch::Tensor loss;
       {
         detail::AutocastScope scope(autocast, args_.bf16 ? torch::kBFloat16 : torch::kHalf);
