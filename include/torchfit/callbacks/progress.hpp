@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/trainer_callback.hpp"
+#include "torchfit/trainer_state.hpp"
+
+namespace torchfit {
+
+/// How ProgressCallback draws: a redrawn bar (terminal), plain lines (pipe, file), nothing, or chosen from the
+/// stream (automatic).
+enum class ProgressMode { automatic, bar, plain, off };
+
+/// The mode TORCHFIT_PROGRESS asks for (auto|bar|plain|off); automatic when unset or unknown.
+inline ProgressMode progress_mode_from_env() {
+  const char* v = std::getenv("TORCHFIT_PROGRESS");
+  if (v == nullptr) return ProgressMode::automatic;
+  if (std::strcmp(v, "bar") == 0) return ProgressMode::bar;
+  if (std::strcmp(v, "plain") == 0) return ProgressMode::plain;
+  if (std::strcmp(v, "off") == 0) return ProgressMode::off;
+  return ProgressMode::automatic;
+}
+
+namespace detail {
+
+inline std::string clock_text(double seconds) {
+  const auto s = static_cast<int64_t>(std::max(0.0, seconds));
+  return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+}
+
+}  // namespace detail
+
+/// Training progress (HF's ProgressCallback), aware of where it writes. On a terminal: a bar redrawn in place
+/// at most 10 times a second with step/total, elapsed, ETA, it/s and the last loss, logs printed above it, and an
+/// evaluation bar. On a pipe or file: plain lines, never a carriage return or escape code, at most one progress
+/// line per `plain_interval` seconds plus one per epoch end and one at the end. World process zero only.
+class ProgressCallback : public TrainerCallback {
+ public:
+  /// `tty_fd` is the file descriptor behind `out` for the terminal check (default: 2 for std::cerr/std::clog,
+  /// 1 for std::cout; other streams count as files). TORCHFIT_PROGRESS overrides an automatic mode.
+  explicit ProgressCallback(std::ostream& out = std::cerr, ProgressMode mode = ProgressMode::automatic,
+                            int tty_fd = -1)
+      : out_(out), fd_(tty_fd >= 0 ? tty_fd : default_fd(out)) {
+    if (mode == ProgressMode::automatic) mode = progress_mode_from_env();
+    mode_ = mode != ProgressMode::automatic ? mode
+            : (fd_ >= 0 && ::isatty(fd_))   ? ProgressMode::bar
+                                            : ProgressMode::plain;
+  }
+
+  /// The mode in use after resolving `automatic`.
+  ProgressMode mode() const { return mode_; }
+  /// Seconds between plain progress lines (default 30).
+  void set_plain_interval(double seconds) { plain_interval_ = seconds; }
+  /// Source of seconds (default: a steady clock); tests inject a fake one.
+  void set_clock(std::function<double()> clock) { clock_ = std::move(clock); }
+  /// Longer string values in logs are replaced by a notice (HF's max_str_len, default 100).
+  void set_max_str_len(std::size_t n) { max_str_len_ = n; }
+
+  void on_train_begin(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!active(state)) return;
+    training_ = true;
+    start_time_ = last_draw_ = last_line_ = now();
+    start_step_ = current_step_ = state.global_step;
+    total_ = state.max_steps;
+    if (mode_ == ProgressMode::bar) draw_bar(true);
+  }
+
+  void on_step_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!active(state) || !training_) return;
+    current_step_ = state.global_step;
+    if (mode_ == ProgressMode::bar) {
+      draw_bar(current_step_ >= total_);
+    } else if (now() - last_line_ >= plain_interval_) {
+      plain_line();
+    }
+  }
+
+  void on_epoch_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (active(state) && training_ && mode_ == ProgressMode::plain) plain_line();
+  }
+
+  void on_prediction_step(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!active(state) || mode_ != ProgressMode::bar || ctx.eval_dataloader == nullptr) return;
+    if (!eval_done_) eval_total_ = ctx.eval_dataloader->num_batches;
+    eval_done_ = eval_done_.value_or(0) + 1;
+    out_ << '\r' << fmt::format("eval {}", bar_text(*eval_done_, eval_total_, 0, now() - start_time_)) << "\x1b[K"
+         << std::flush;
+  }
+
+  void on_evaluate(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    close_eval_bar(state);
+  }
+  void on_predict(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    close_eval_bar(state);
+  }
+
+  void on_log(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!active(state) || !training_) return;  // HF prints nothing for a standalone evaluate()
+    Logs shown = *ctx.logs;
+    shown.erase("total_flos");
+    if (shown.contains("loss") && shown.at("loss").is_number()) last_loss_ = shown.at("loss").get<double>();
+    if (shown.contains("epoch") && shown.at("epoch").is_number())
+      shown["epoch"] = std::round(shown.at("epoch").get<double>() * 100.0) / 100.0;
+    for (auto& item : shown.items())
+      if (item.value().is_string() && item.value().get_ref<const std::string&>().size() > max_str_len_)
+        item.value() = fmt::format("[String too long to display, length: {} > {}. Consider increasing `max_str_len` if "
+                                   "needed.]",
+                                   item.value().get_ref<const std::string&>().size(), max_str_len_);
+    if (mode_ == ProgressMode::bar) {
+      out_ << "\r\x1b[K" << detail::python_repr(shown) << '\n';
+      draw_bar(true);
+    } else {
+      out_ << detail::python_repr(shown) << '\n' << std::flush;
+    }
+  }
+
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!active(state) || !training_) return;
+    if (mode_ == ProgressMode::bar) {
+      draw_bar(true);
+      out_ << '\n' << std::flush;
+    } else {
+      plain_line();
+    }
+    training_ = false;
+  }
+
+ private:
+  static int default_fd(const std::ostream& out) {
+    if (&out == &std::cerr || &out == &std::clog) return 2;
+    if (&out == &std::cout) return 1;
+    return -1;
+  }
+
+  bool active(const TrainerState& state) const { return mode_ != ProgressMode::off && state.is_world_process_zero; }
+  double now() const {
+    if (clock_) return clock_();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+
+  int terminal_width() const {
+    winsize w{};
+    if (fd_ >= 0 && ::ioctl(fd_, TIOCGWINSZ, &w) == 0 && w.ws_col > 20) return w.ws_col;
+    return 80;
+  }
+
+  double rate(int64_t done, double elapsed) const { return elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0; }
+
+  // " 40%|████      | 2/5 [00:01<00:01,  1.98it/s]" as tqdm draws it, sized to the terminal.
+  std::string bar_text(int64_t n, int64_t total, int64_t done_this_run, double elapsed) const {
+    const double it_s = rate(done_this_run, elapsed);
+    const double eta = it_s > 0 ? static_cast<double>(total - n) / it_s : 0.0;
+    const double fraction = total > 0 ? std::min(1.0, static_cast<double>(n) / static_cast<double>(total)) : 0.0;
+    std::string suffix = fmt::format("| {}/{} [{}<{}, {:.2f}it/s", n, total, detail::clock_text(elapsed),
+                                     detail::clock_text(eta), it_s);
+    if (last_loss_) suffix += fmt::format(", loss={:.4g}", *last_loss_);
+    suffix += "]";
+    const std::string prefix = fmt::format("{:3.0f}%|", fraction * 100.0);
+    const int width = std::max(10, terminal_width() - static_cast<int>(prefix.size() + suffix.size()) - 6);
+    const int filled = static_cast<int>(fraction * width);
+    std::string bar;
+    for (int i = 0; i < width; ++i) bar += i < filled ? "\u2588" : " ";
+    return prefix + bar + suffix;
+  }
+
+  void draw_bar(bool force) {
+    const double t = now();
+    if (!force && t - last_draw_ < 0.1) return;
+    last_draw_ = t;
+    out_ << '\r' << bar_text(current_step_, total_, current_step_ - start_step_, t - start_time_) << "\x1b[K"
+         << std::flush;
+  }
+
+  void plain_line() {
+    const double t = now();
+    last_line_ = t;
+    const double elapsed = t - start_time_;
+    const double it_s = rate(current_step_ - start_step_, elapsed);
+    const double eta = it_s > 0 ? static_cast<double>(total_ - current_step_) / it_s : 0.0;
+    out_ << fmt::format("step {}/{} ({:.0f}%) | elapsed {} | eta {} | {:.2f} it/s", current_step_, total_,
+                        total_ > 0 ? 100.0 * static_cast<double>(current_step_) / static_cast<double>(total_) : 0.0,
+                        detail::clock_text(elapsed), detail::clock_text(eta), it_s);
+    if (last_loss_) out_ << fmt::format(" | loss {:.4f}", *last_loss_);
+    out_ << '\n' << std::flush;
+  }
+
+  // HF's `leave` rule: the evaluation bar disappears inside training and stays for a standalone evaluation.
+  void close_eval_bar(const TrainerState& state) {
+    if (!active(state) || !eval_done_) return;
+    eval_done_.reset();
+    if (training_) {
+      out_ << "\r\x1b[K";
+      draw_bar(true);
+    } else {
+      out_ << '\n' << std::flush;
+    }
+  }
+
+  std::ostream& out_;
+  int fd_;
+  ProgressMode mode_;
+  double plain_interval_ = 30.0;
+  std::function<double()> clock_;
+  std::size_t max_str_len_ = 100;
+
+  bool training_ = false;
+  double start_time_ = 0, last_draw_ = 0, last_line_ = 0;
+  int64_t start_step_ = 0, current_step_ = 0, total_ = 0;
+  std::optional<double> last_loss_;
+  std::optional<int64_t> eval_done_;
+  int64_t eval_total_ = 0;
+};
+
+}  // namespace torchfit
