@@ -167,3 +167,52 @@ class ScopedEnv {
 };
 
 }  // namespace torchfit::test
+
+#include "torchfit/callback_handler.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit::test {
+
+/// A training run without a Trainer, for trackers: log() appends to log_history first, as Trainer::log does.
+struct TrackerRun {
+  TrainingArguments args;
+  TrainerState state;
+  TrainerControl control;
+  CallbackHandler handler;
+
+  explicit TrackerRun(const std::filesystem::path& output_dir, int64_t resumed_step = 0) {
+    args.output_dir = output_dir.string();
+    args.run_name = "unit-run";
+    state.global_step = resumed_step;
+  }
+  void train_begin() { handler.on_train_begin(args, state, control); }
+  void log(int64_t step, const Logs& logs) {
+    state.global_step = step;
+    Logs entry = logs;
+    entry["step"] = step;
+    state.log_history.push_back(entry);
+    handler.on_log(args, state, control, logs);
+  }
+  void train_end() { handler.on_train_end(args, state, control); }
+};
+
+/// Counts the events it sees, to show that callbacks after a failed tracker still run.
+struct Recorder : TrainerCallback {
+  int logs_seen = 0;
+  bool ended = false;
+  void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ended = true; }
+};
+
+/// Training logs for each step, an evaluation every second step, then the end-of-training summary with a string.
+inline void simulate(TrackerRun& run, int64_t from_step, int64_t to_step) {
+  run.train_begin();
+  for (int64_t step = from_step + 1; step <= to_step; ++step) {
+    run.log(step, {{"loss", 1.0 / double(step)}, {"learning_rate", 5e-05}, {"epoch", 0.25 * double(step)}});
+    if (step % 2 == 0) run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
+  }
+  run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
+  run.train_end();
+}
+
+}  // namespace torchfit::test

@@ -22,25 +22,10 @@ using torchfit::test::read_file;
 using torchfit::test::TempDir;
 using torchfit::test::write_file;
 
+using Run = torchfit::test::TrackerRun;
+using torchfit::test::Recorder;
+
 namespace {
-
-// A training run without a Trainer: arguments, state and a handler holding the callbacks under test.
-struct Run {
-  TrainingArguments args;
-  TrainerState state;
-  TrainerControl control;
-  CallbackHandler handler;
-
-  explicit Run(const fs::path& output_dir, int64_t resumed_step = 0) {
-    args.output_dir = output_dir.string();
-    state.global_step = resumed_step;
-  }
-  void train_begin() { handler.on_train_begin(args, state, control); }
-  void log(int64_t step, const Logs& logs) {
-    state.global_step = step;
-    handler.on_log(args, state, control, logs);
-  }
-};
 
 // Three training logs, an evaluation (new keys), then a training log again.
 void log_typical_run(Run& run) {
@@ -52,11 +37,6 @@ void log_typical_run(Run& run) {
   run.log(3, {{"loss", 0.125}, {"grad_norm", 0.5}, {"learning_rate", 0.0}, {"epoch", 0.75}});
 }
 
-// Records the events it sees, to show that callbacks after a failed tracker still run.
-struct Recorder : TrainerCallback {
-  int logs_seen = 0;
-  void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
-};
 
 bool has_temporary_files(const fs::path& dir) {
   for (const auto& entry : fs::directory_iterator(dir))

@@ -37,6 +37,10 @@ using torchfit::test::TempDir;
 
 using torchfit::test::ScopedEnv;
 
+using Run = torchfit::test::TrackerRun;
+using torchfit::test::Recorder;
+using torchfit::test::simulate;
+
 namespace {
 
 // Clears every MLflow variable the callback reads, so the machine's environment cannot leak into a test.
@@ -49,47 +53,6 @@ struct CleanMlflowEnv {
       {"HF_MLFLOW_LOG_ARTIFACTS", std::nullopt},  {"MLFLOW_TRACKING_USERNAME", std::nullopt},
       {"MLFLOW_TRACKING_PASSWORD", std::nullopt}, {"MLFLOW_TRACKING_TOKEN", std::nullopt}};
 };
-
-struct Recorder : TrainerCallback {
-  int logs_seen = 0;
-  bool ended = false;
-  void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
-  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
-    ended = true;
-  }
-};
-
-// A training run without a Trainer.
-struct Run {
-  TrainingArguments args;
-  TrainerState state;
-  TrainerControl control;
-  CallbackHandler handler;
-
-  explicit Run(const fs::path& output_dir, int64_t resumed_step = 0) {
-    args.output_dir = output_dir.string();
-    args.run_name = "unit-run";
-    state.global_step = resumed_step;
-  }
-  void train_begin() { handler.on_train_begin(args, state, control); }
-  void log(int64_t step, const Logs& logs) {
-    state.global_step = step;
-    handler.on_log(args, state, control, logs);
-  }
-  void train_end() { handler.on_train_end(args, state, control); }
-};
-
-// The simulated event sequence: training logs, an evaluation, a string value, the end-of-training summary.
-void simulate(Run& run, int64_t from_step, int64_t to_step) {
-  run.train_begin();
-  for (int64_t step = from_step + 1; step <= to_step; ++step) {
-    run.log(step, {{"loss", 1.0 / double(step)}, {"learning_rate", 5e-05}, {"epoch", 0.25 * double(step)}});
-    if (step % 2 == 0)
-      run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
-  }
-  run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
-  run.train_end();
-}
 
 // ---- an independent reader of the mlruns layout ----
 
