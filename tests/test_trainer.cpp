@@ -405,3 +405,30 @@ TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
   CHECK(trace->events.back() == "on_predict");
   CHECK(trainer.state().log_history.size() == 1);  // predict does not log (HF)
 }
+
+TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss scaling", "[trainer][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("no CUDA device: the [cuda] checks did not run");
+    return;
+  }
+  for (const bool fp16 : {false, true}) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    args.max_steps = 20;
+    args.logging_steps = 10;
+    (fp16 ? args.fp16 : args.bf16) = true;
+    torch::manual_seed(0);
+    Mlp model;
+    Trainer trainer(model, args, test::regression_data(64), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    const int64_t reads_before = torchfit::detail::host_reads();
+    trainer.train();
+    CHECK(trainer.device().is_cuda());
+    CHECK(model->fc1->weight.device().is_cuda());
+    CHECK(model->fc1->weight.dtype() == torch::kFloat);  // autocast keeps fp32 master weights
+    const auto& h = trainer.state().log_history;
+    CHECK(std::isfinite(h.front().at("loss").get<double>()));
+    CHECK(h.front().at("loss").get<double>() > h[1].at("loss").get<double>());
+    CHECK(torchfit::detail::host_reads() - reads_before == 5);  // fp16's overflow check is the scaler's own read
+  }
+}
