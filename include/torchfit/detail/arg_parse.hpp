@@ -306,21 +306,21 @@ inline std::string expand_user(const std::string& path) {
   return home + path.substr(1);
 }
 
+/// This machine's host name ("localhost" if it cannot be read).
+inline std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+  return name;
+}
+
 /// HF's `default_logdir()`: `runs/<%b%d_%H-%M-%S>_<hostname>`, the time in local time.
 inline std::string default_logdir() {
   const std::time_t now = std::time(nullptr);
   std::tm local{};
-  char host[256] = {};
-#ifdef _WIN32
-  localtime_s(&local, &now);
-  if (const char* name = std::getenv("COMPUTERNAME")) std::snprintf(host, sizeof host, "%s", name);
-#else
   localtime_r(&now, &local);
-  gethostname(host, sizeof host - 1);
-#endif
   char stamp[64];
   std::strftime(stamp, sizeof stamp, "%b%d_%H-%M-%S", &local);
-  return (std::filesystem::path("runs") / (std::string(stamp) + "_" + host)).string();
+  return (std::filesystem::path("runs") / (std::string(stamp) + "_" + host_name())).string();
 }
 
 }  // namespace torchfit::detail

@@ -37,13 +37,6 @@ inline double unix_time_now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-/// This machine's host name ("localhost" if it cannot be read).
-inline std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
-}
-
 /// One TensorBoard event file, `events.out.tfevents.<unix time %010d>.<host>.<pid>.<n>` (the name
 /// tensorboard's EventFileWriter gives, `n` counting the files this process opened). Starts with the
 /// file_version event. Records are buffered until flush(); every write error throws torchfit::Error naming
