@@ -2,7 +2,7 @@
 # Builds torchfit's tests, examples and benchmarks and runs the whole test suite (unit, examples, packaging).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${TORCHFIT_BUILD_DIR:-build}
+build=${TORCHFIT_BUILD_DIR:-build-tests}  # apart from the README's Release build in build/
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
 # No optimisation: the tests spend their time in libtorch, and unoptimised builds compile much faster.
