@@ -6,13 +6,13 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <set>
-#include <sstream>
 #include <string>
+#include <system_error>
 #include <utility>
 #include <vector>
 
@@ -23,191 +23,278 @@
 
 namespace torchfit::detail {
 
+/// One safetensors dtype: its name in the header, the libtorch type and the size of one element in bytes.
 struct SafetensorsDtype {
   const char* name;
   torch::ScalarType type;
-  int64_t size;
+  uint64_t size;
 };
 
-// In the order of the Rust library's Dtype enum, which orders tensors in a file (larger dtypes first).
+/// The dtypes libtorch can hold, in the order of the Rust library's `Dtype` enum (increasing alignment), which
+/// decides the order of tensors in a file. F8_*, U16, U32 and U64 have no libtorch type here.
 inline const std::vector<SafetensorsDtype>& safetensors_dtypes() {
   static const std::vector<SafetensorsDtype> dtypes = {
-      {"BOOL", torch::kBool, 1},    {"U8", torch::kByte, 1},  {"I8", torch::kChar, 1},
-      {"I16", torch::kShort, 2},    {"F16", torch::kHalf, 2}, {"BF16", torch::kBFloat16, 2},
-      {"I32", torch::kInt, 4},      {"F32", torch::kFloat, 4}, {"F64", torch::kDouble, 8},
+      {"BOOL", torch::kBool, 1},     {"U8", torch::kByte, 1},   {"I8", torch::kChar, 1},
+      {"I16", torch::kShort, 2},     {"F16", torch::kHalf, 2},  {"BF16", torch::kBFloat16, 2},
+      {"I32", torch::kInt, 4},       {"F32", torch::kFloat, 4}, {"F64", torch::kDouble, 8},
       {"I64", torch::kLong, 8}};
   return dtypes;
 }
 
-inline std::size_t safetensors_dtype_rank(torch::ScalarType type) {
+namespace safetensors_impl {
+
+inline std::string supported_dtypes() {
+  std::string out;
+  for (const auto& d : safetensors_dtypes()) out += (out.empty() ? "" : ", ") + std::string(d.name);
+  return out;
+}
+
+// Index into safetensors_dtypes(), or npos.
+inline std::size_t dtype_index(torch::ScalarType type) {
   const auto& d = safetensors_dtypes();
   for (std::size_t i = 0; i < d.size(); ++i)
     if (d[i].type == type) return i;
-  throw Error(std::string("safetensors: tensors of dtype ") + c10::toString(type) + " cannot be saved");
+  return std::string::npos;
 }
-
-/// Writes `tensors` (any device or layout; copied to contiguous CPU) in the byte layout Python's safetensors
-/// library produces for the same tensors.
-inline void save_safetensors(const std::filesystem::path& path,
-                             const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                             const std::map<std::string, std::string>& metadata = {}) {
-  std::vector<std::pair<std::string, torch::Tensor>> sorted;
-  for (const auto& [name, t] : tensors) sorted.emplace_back(name, t.detach().to(torch::kCPU).contiguous());
-  std::stable_sort(sorted.begin(), sorted.end(), [](const auto& a, const auto& b) {
-    const auto ra = safetensors_dtype_rank(a.second.scalar_type()), rb = safetensors_dtype_rank(b.second.scalar_type());
-    return ra != rb ? ra > rb : a.first < b.first;
-  });
-  json header = json::object();
-  if (!metadata.empty()) {
-    json meta = json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = meta;
-  }
-  uint64_t offset = 0;
-  for (const auto& [name, t] : sorted) {
-    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * static_cast<uint64_t>(t.element_size());
-    header[name] = {{"dtype", safetensors_dtypes()[safetensors_dtype_rank(t.scalar_type())].name},
-                    {"shape", t.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  const uint64_t length = text.size();
-  unsigned char prefix[8];
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<unsigned char>(length >> (8 * i));
-
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(prefix), 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& [name, t] : sorted)
-    out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
-  out.flush();
-  if (!out) throw CheckpointError("cannot write " + path.string());
-}
-
-namespace safetensors_impl {
 
 [[noreturn]] inline void fail(const std::filesystem::path& path, const std::string& problem) {
   throw CheckpointError(path.string() + " is not a valid safetensors file: " + problem);
 }
 
-inline std::string read_all(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError("cannot read " + path.string());
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
+// What the Rust library refuses to parse as a header (it would be a corrupt length field, not a real header).
+inline constexpr uint64_t max_header_size = 100'000'000;
 
-struct Header {
-  json entries;
-  uint64_t data_start = 0;
+struct Entry {
+  std::string name;
+  const SafetensorsDtype* dtype;
+  std::vector<int64_t> shape;
+  uint64_t begin, end;
 };
 
-inline Header parse_header(const std::filesystem::path& path, const std::string& bytes) {
-  if (bytes.size() < 8) fail(path, "shorter than its 8-byte header length");
+struct Header {
+  std::map<std::string, std::string> metadata;
+  std::vector<Entry> entries;  // in header order
+  uint64_t data_start = 0;     // file offset of the data section
+};
+
+// A JSON value that is a non-negative integer (nlohmann parses those as number_unsigned).
+inline uint64_t unsigned_field(const std::filesystem::path& path, const std::string& name, const char* field,
+                               const json& value) {
+  if (!value.is_number_unsigned())
+    fail(path, "tensor \"" + name + "\" has " + field + " entry " + value.dump() +
+                   " where a non-negative integer belongs");
+  return value.get<uint64_t>();
+}
+
+inline Entry parse_entry(const std::filesystem::path& path, const std::string& name, const json& info,
+                         uint64_t data_size) {
+  if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
+    fail(path, "tensor \"" + name + "\" needs \"dtype\", \"shape\" and \"data_offsets\" (got " + info.dump() + ")");
+  const json& dtype = info.at("dtype");
+  const auto& dtypes = safetensors_dtypes();
+  const auto d = std::find_if(dtypes.begin(), dtypes.end(), [&](const SafetensorsDtype& x) {
+    return dtype.is_string() && dtype.get<std::string>() == x.name;
+  });
+  if (d == dtypes.end())
+    fail(path, "tensor \"" + name + "\" has unsupported dtype " + dtype.dump() + " (supported: " +
+                   supported_dtypes() + ")");
+  const json& shape = info.at("shape");
+  const json& offsets = info.at("data_offsets");
+  if (!shape.is_array()) fail(path, "tensor \"" + name + "\" has shape " + shape.dump() + ", not an array");
+  if (!offsets.is_array() || offsets.size() != 2)
+    fail(path, "tensor \"" + name + "\" has data_offsets " + offsets.dump() + ", not [begin, end]");
+
+  Entry e{name, &*d, {}, unsigned_field(path, name, "data_offsets", offsets[0]),
+          unsigned_field(path, name, "data_offsets", offsets[1])};
+  // Checked arithmetic: a corrupt shape must not wrap around into a plausible byte count.
+  uint64_t bytes = d->size;
+  for (const json& dim : shape) {
+    const uint64_t n = unsigned_field(path, name, "shape", dim);
+    if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        (n != 0 && bytes > std::numeric_limits<uint64_t>::max() / n))
+      fail(path, "tensor \"" + name + "\" has shape " + shape.dump() + ", too large to address");
+    bytes *= n;
+    e.shape.push_back(static_cast<int64_t>(n));
+  }
+  if (e.end < e.begin || e.end - e.begin != bytes)
+    fail(path, "tensor \"" + name + "\" has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
+                   "] but its shape " + shape.dump() + " and dtype " + d->name + " need " + std::to_string(bytes) +
+                   " bytes");
+  if (e.end > data_size)
+    fail(path, "tensor \"" + name + "\" ends at byte " + std::to_string(e.end) + " of a " + std::to_string(data_size) +
+                   "-byte data section (truncated?)");
+  return e;
+}
+
+// Reads and validates the header, leaving `in` anywhere; the file is `file_size` bytes long.
+inline Header read_header(std::ifstream& in, const std::filesystem::path& path, uint64_t file_size) {
+  if (file_size < 8) fail(path, "it has " + std::to_string(file_size) + " bytes, shorter than its 8-byte header length");
+  unsigned char prefix[8];
+  in.read(reinterpret_cast<char*>(prefix), 8);
   uint64_t length = 0;
-  for (int i = 7; i >= 0; --i) length = (length << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
-  if (length > bytes.size() - 8)
+  for (int i = 7; i >= 0; --i) length = (length << 8) | prefix[i];
+  if (length > file_size - 8)
     fail(path, "header length " + std::to_string(length) + " runs past the end of the file (" +
-                   std::to_string(bytes.size()) + " bytes; truncated?)");
-  Header h;
-  h.data_start = 8 + length;
+                   std::to_string(file_size) + " bytes; truncated?)");
+  if (length > max_header_size)
+    fail(path, "header length " + std::to_string(length) + " is over the " + std::to_string(max_header_size) +
+                   "-byte limit");
+  std::string text(length, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(length));
+  if (!in) throw CheckpointError("cannot read the header of " + path.string());
+
+  // nlohmann keeps one of two equal keys silently; the callback sees every top-level key to catch duplicates.
+  std::set<std::string> keys;
+  std::string duplicate;
+  json parsed;
   try {
-    h.entries = json::parse(bytes.substr(8, length));
+    parsed = json::parse(text, [&](int depth, json::parse_event_t event, json& value) {
+      if (depth == 1 && event == json::parse_event_t::key && !keys.insert(value.get<std::string>()).second &&
+          duplicate.empty())
+        duplicate = value.get<std::string>();
+      return true;
+    });
   } catch (const json::parse_error& e) {
     fail(path, std::string("the header is not JSON (") + e.what() + ")");
   }
-  if (!h.entries.is_object()) fail(path, "the header is not a JSON object");
+  if (!parsed.is_object()) fail(path, "the header is " + std::string(parsed.type_name()) + ", not a JSON object");
+  if (!duplicate.empty()) fail(path, "the header names \"" + duplicate + "\" twice");
+
+  Header h;
+  h.data_start = 8 + length;
+  for (const auto& item : parsed.items()) {
+    if (item.key() != "__metadata__") {
+      h.entries.push_back(parse_entry(path, item.key(), item.value(), file_size - h.data_start));
+      continue;
+    }
+    if (!item.value().is_object()) fail(path, "__metadata__ is " + item.value().dump() + ", not an object of strings");
+    for (const auto& m : item.value().items()) {
+      if (!m.value().is_string())
+        fail(path, "__metadata__ entry \"" + m.key() + "\" is " + m.value().dump() + ", not a string");
+      h.metadata[m.key()] = m.value().get<std::string>();
+    }
+  }
+
+  // The byte ranges must tile the data section exactly: no gaps, no overlaps, nothing after the last one.
+  std::vector<const Entry*> by_offset;
+  for (const auto& e : h.entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
+    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+  });
+  uint64_t covered = 0;
+  for (const Entry* e : by_offset) {
+    if (e->begin != covered)
+      fail(path, "tensor \"" + e->name + "\" starts at byte " + std::to_string(e->begin) + " where byte " +
+                     std::to_string(covered) + " was expected (overlapping tensors or a gap)");
+    covered = e->end;
+  }
+  if (covered != file_size - h.data_start)
+    fail(path, "the data section has " + std::to_string(file_size - h.data_start) +
+                   " bytes but the tensors cover " + std::to_string(covered));
   return h;
+}
+
+// Opens `path` and learns its size, or says why it cannot.
+inline std::ifstream open(const std::filesystem::path& path, uint64_t& file_size) {
+  std::error_code ec;
+  file_size = std::filesystem::file_size(path, ec);
+  if (ec) throw CheckpointError("cannot read " + path.string() + ": " + ec.message());
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CheckpointError("cannot read " + path.string());
+  return in;
 }
 
 }  // namespace safetensors_impl
 
-/// The `__metadata__` strings of a safetensors file.
-inline std::map<std::string, std::string> load_safetensors_metadata(const std::filesystem::path& path) {
-  const auto h = safetensors_impl::parse_header(path, safetensors_impl::read_all(path));
-  std::map<std::string, std::string> out;
-  if (h.entries.contains("__metadata__"))
-    for (const auto& item : h.entries.at("__metadata__").items())
-      if (item.value().is_string()) out[item.key()] = item.value().get<std::string>();
-  return out;
+/// Writes `tensors` (any device or layout; copied to contiguous CPU one at a time) byte for byte as Python's
+/// `safetensors.torch.save_file` writes the same dict: tensors ordered by dtype (largest alignment first), then
+/// name. `metadata` goes under "__metadata__" (omitted when empty), keys sorted (Python's order is a hash map's).
+/// Names must be unique and not "__metadata__"; dtypes must be in safetensors_dtypes().
+inline void save_safetensors(const std::filesystem::path& path,
+                             const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                             const std::map<std::string, std::string>& metadata = {}) {
+  struct Item {
+    const std::string* name;
+    const torch::Tensor* tensor;
+    std::size_t dtype;
+  };
+  std::vector<Item> items;
+  std::set<std::string> names;
+  for (const auto& entry : tensors) {
+    const std::string& name = entry.first;
+    const torch::Tensor& t = entry.second;
+    const auto refuse = [&](const std::string& why) {
+      throw CheckpointError("cannot save tensor \"" + name + "\" to " + path.string() + ": " + why);
+    };
+    if (name == "__metadata__") refuse("the name is reserved for the file's metadata");
+    if (!names.insert(name).second) refuse("another tensor has the same name");
+    if (!t.defined()) refuse("the tensor is undefined");
+    if (t.layout() != torch::kStrided) refuse("only dense (strided) tensors can be saved");
+    const std::size_t dtype = safetensors_impl::dtype_index(t.scalar_type());
+    if (dtype == std::string::npos)
+      refuse(std::string("dtype ") + c10::toString(t.scalar_type()) + " has no safetensors equivalent (supported: " +
+             safetensors_impl::supported_dtypes() + ")");
+    items.push_back({&name, &t, dtype});
+  }
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    return a.dtype != b.dtype ? a.dtype > b.dtype : *a.name < *b.name;
+  });
+
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const Item& item : items) {
+    const auto& dtype = safetensors_dtypes()[item.dtype];
+    const uint64_t bytes = static_cast<uint64_t>(item.tensor->numel()) * dtype.size;
+    header[*item.name] = {{"dtype", dtype.name}, {"shape", item.tensor->sizes().vec()},
+                          {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  // Compact JSON, as serde_json writes it; the padding aligns the data section for zero-copy readers.
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  char prefix[8];
+  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
+
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) throw CheckpointError("cannot open " + path.string() + " for writing");
+  out.write(prefix, 8);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const Item& item : items) {
+    const auto cpu = item.tensor->detach().to(torch::kCPU).contiguous();
+    out.write(static_cast<const char*>(cpu.data_ptr()), static_cast<std::streamsize>(cpu.nbytes()));
+  }
+  out.flush();
+  if (!out) throw CheckpointError("cannot write " + path.string() + " (disk full?)");
 }
 
-/// Reads every tensor of a safetensors file, in header order. Anything inconsistent (truncation, unknown dtype,
-/// shape not matching the byte range, overlapping or out-of-range offsets, duplicate names) is refused with a
-/// CheckpointError naming the file and the problem.
+/// Reads every tensor of a safetensors file (as CPU tensors, in header order). A file that is inconsistent in
+/// any way (truncated, header not JSON, unknown dtype, shape not matching its byte range, overlapping or
+/// out-of-range offsets, bytes after the last tensor, a name given twice) is refused with a CheckpointError
+/// naming the file and the problem.
 inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(const std::filesystem::path& path) {
-  using safetensors_impl::fail;
-  const std::string bytes = safetensors_impl::read_all(path);
-  const auto h = safetensors_impl::parse_header(path, bytes);
-  const uint64_t data_size = bytes.size() - h.data_start;
-
-  struct Entry {
-    std::string name;
-    torch::ScalarType type;
-    std::vector<int64_t> shape;
-    uint64_t begin, end;
-  };
-  std::vector<Entry> entries;
-  std::set<std::string> names;
-  for (const auto& item : h.entries.items()) {
-    if (item.key() == "__metadata__") continue;
-    const std::string& name = item.key();
-    if (!names.insert(name).second) fail(path, "tensor \"" + name + "\" appears twice");
-    const json& info = item.value();
-    if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-      fail(path, "tensor \"" + name + "\" lacks dtype, shape or data_offsets");
-    const auto& dtypes = safetensors_dtypes();
-    const std::string dtype = info.at("dtype").is_string() ? info.at("dtype").get<std::string>() : "";
-    auto d = std::find_if(dtypes.begin(), dtypes.end(), [&](const SafetensorsDtype& x) { return dtype == x.name; });
-    if (d == dtypes.end()) fail(path, "tensor \"" + name + "\" has unsupported dtype \"" + dtype + "\"");
-    Entry e{name, d->type, {}, 0, 0};
-    uint64_t elements = 1;
-    try {
-      e.shape = info.at("shape").get<std::vector<int64_t>>();
-      const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2) fail(path, "tensor \"" + name + "\" needs two data_offsets");
-      e.begin = offsets[0];
-      e.end = offsets[1];
-    } catch (const json::exception&) {
-      fail(path, "tensor \"" + name + "\" has a malformed shape or data_offsets");
-    }
-    for (int64_t dim : e.shape) {
-      if (dim < 0) fail(path, "tensor \"" + name + "\" has a negative dimension");
-      elements *= static_cast<uint64_t>(dim);
-    }
-    if (e.end < e.begin || e.end - e.begin != elements * static_cast<uint64_t>(d->size))
-      fail(path, "tensor \"" + name + "\" has data_offsets [" + std::to_string(e.begin) + ", " +
-                     std::to_string(e.end) + "] that do not match its shape and dtype");
-    if (e.end > data_size)
-      fail(path, "tensor \"" + name + "\" ends at byte " + std::to_string(e.end) + " of a " +
-                     std::to_string(data_size) + "-byte data section (truncated?)");
-    entries.push_back(std::move(e));
-  }
-  // The byte ranges must tile the data section exactly: no gaps, no overlaps, nothing after the last one.
-  std::vector<const Entry*> by_offset;
-  for (const auto& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
-    return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
-  });
-  uint64_t expected = 0;
-  for (const Entry* e : by_offset) {
-    if (e->begin != expected) fail(path, "tensor \"" + e->name + "\" overlaps another or leaves a gap");
-    expected = e->end;
-  }
-  if (expected != data_size)
-    fail(path, "the data section has " + std::to_string(data_size) + " bytes but the tensors cover " +
-                   std::to_string(expected));
-
+  uint64_t file_size = 0;
+  auto in = safetensors_impl::open(path, file_size);
+  const auto h = safetensors_impl::read_header(in, path, file_size);
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& e : entries) {
-    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.type));
-    if (e.end > e.begin) std::memcpy(t.data_ptr(), bytes.data() + h.data_start + e.begin, e.end - e.begin);
+  for (const auto& e : h.entries) {
+    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
+    if (e.end > e.begin) {
+      in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
+      in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
+      if (!in) throw CheckpointError("cannot read tensor \"" + e.name + "\" from " + path.string());
+    }
     out.emplace_back(e.name, std::move(t));
   }
   return out;
+}
+
+/// The `__metadata__` strings of a safetensors file (empty when it has none); reads and validates the header
+/// only.
+inline std::map<std::string, std::string> load_safetensors_metadata(const std::filesystem::path& path) {
+  uint64_t file_size = 0;
+  auto in = safetensors_impl::open(path, file_size);
+  return safetensors_impl::read_header(in, path, file_size).metadata;
 }
 
 }  // namespace torchfit::detail
