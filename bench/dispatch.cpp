@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Nanoseconds per event dispatched through torchfit::CallbackHandler, and the cost of one logging step's work
-// (design.md §5: an event no callback overrides costs nothing measurable, each interested callback is one
-// virtual call; logging work happens only on logging steps).
+// (the budget: an event no callback overrides costs nothing measurable, each interested callback is one virtual
+// call; logging work happens only on logging steps).
 //
 // Every figure is the median over several runs of a tight loop; compiler barriers keep the work from being
 // hoisted or deleted.

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// What torchfit::Trainer costs per step over the same training written as a plain libtorch loop (design.md §5).
+// What torchfit::Trainer costs per step over the same training written as a plain libtorch loop.
 //
 // Both paths train the same model from the same initial weights on the same data, in the same batch order, with
 // AdamW (lr 1e-3, no weight decay), gradient clipping at 1.0, a constant learning rate and the same number of
