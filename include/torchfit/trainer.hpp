@@ -401,7 +401,7 @@ class Trainer {
     if (!loss.requires_grad())
       throw Error("loss_fn returned a tensor that does not require grad at step " +
                   std::to_string(state_.global_step + 1) + " (was it computed under NoGradGuard or detached?)");
-    return loss.reshape({});
+    return loss.dim() == 0 ? loss : loss.reshape({});
   }
 
   void run_epoch(const detail::BatchPlan<TrainData>& plan, int64_t epoch, int64_t first_micro_step) {
@@ -421,7 +421,8 @@ class Trainer {
       torch::Tensor loss;
       {
         detail::AutocastScope scope(autocast, args_.bf16 ? torch::kBFloat16 : torch::kHalf);
-        loss = checked_loss(loss_fn_(model_, batch)) / static_cast<double>(group_size);
+        loss = checked_loss(loss_fn_(model_, batch));
+        if (group_size > 1) loss = loss / static_cast<double>(group_size);  // no extra graph node without accumulation
       }
       (scaler_ ? scaler_->scale(loss) : loss).backward();
       last_loss = loss.detach();
