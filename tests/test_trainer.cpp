@@ -432,3 +432,49 @@ TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss
     CHECK(torchfit::detail::host_reads() - reads_before == 5);  // fp16's overflow check is the scaler's own read
   }
 }
+
+namespace {
+
+// A map-style libtorch dataset: examples are read one by one and stacked into batches.
+struct PairsDataset : torch::data::datasets::Dataset<PairsDataset> {
+  explicit PairsDataset(std::pair<torch::Tensor, torch::Tensor> d) : data(std::move(d)) {}
+  torch::data::Example<> get(std::size_t i) override {
+    return {data.first[static_cast<int64_t>(i)], data.second[static_cast<int64_t>(i)]};
+  }
+  torch::optional<std::size_t> size() const override { return static_cast<std::size_t>(data.first.size(0)); }
+  std::pair<torch::Tensor, torch::Tensor> data;
+};
+
+}  // namespace
+
+TEST_CASE("a map-style torch dataset trains exactly like the same tensors", "[trainer][data]") {
+  const auto data = test::regression_data(20);
+  auto train = [](auto dataset) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    torch::manual_seed(2);
+    Mlp model;
+    Trainer trainer(model, args, std::move(dataset), test::mse_loss);
+    trainer.template remove_callback<ProgressCallback>();
+    trainer.train();
+    return model->fc1->weight.clone();
+  };
+  CHECK(torch::equal(train(PairsDataset(data)), train(data)));
+}
+
+TEST_CASE("a user-supplied optimizer and scheduler are used", "[trainer][optimizer]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 1;
+  args.max_steps = 3;
+  torch::manual_seed(0);
+  Mlp model;
+  Trainer trainer(model, args, test::regression_data(16), test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  auto sgd = std::make_shared<torch::optim::SGD>(model->parameters(), torch::optim::SGDOptions(0.5));
+  trainer.set_optimizer(sgd);
+  trainer.set_scheduler(std::shared_ptr<LRScheduler>(get_scheduler("constant", *sgd, 0, 3)));
+  trainer.train();
+  CHECK(trainer.optimizer() == sgd.get());
+  for (int i = 0; i < 3; ++i) CHECK(trainer.state().log_history[static_cast<std::size_t>(i)].at("learning_rate") == 0.5);
+}

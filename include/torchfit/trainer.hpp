@@ -189,10 +189,16 @@ class Trainer {
   // ---- optimizer and scheduler ----
 
   /// Uses this optimizer instead of the one `args.optim` describes (HF's `optimizers=(opt, None)`).
-  void set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer) { optimizer_ = std::move(optimizer); }
+  void set_optimizer(std::shared_ptr<torch::optim::Optimizer> optimizer) {
+    optimizer_ = std::move(optimizer);
+    if (owns_scheduler_) scheduler_.reset();  // it drove the previous optimizer
+  }
   /// Uses this scheduler instead of the one `args.lr_scheduler_type` describes; it must drive the optimizer
   /// given to set_optimizer.
-  void set_scheduler(std::shared_ptr<LRScheduler> scheduler) { scheduler_ = std::move(scheduler); }
+  void set_scheduler(std::shared_ptr<LRScheduler> scheduler) {
+    scheduler_ = std::move(scheduler);
+    owns_scheduler_ = false;
+  }
 
   // ---- accessors ----
 
