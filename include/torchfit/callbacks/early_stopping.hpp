@@ -45,6 +45,7 @@ class EarlyStoppingCallback : public TrainerCallback {
       : EarlyStoppingCallback(EarlyStoppingOptions{"", "auto", early_stopping_threshold, early_stopping_patience,
                                                    true, std::nullopt, std::nullopt}) {}
 
+  /// All options; throws ArgumentError for a patience below 1, an unknown mode or a negative min_delta.
   explicit EarlyStoppingCallback(EarlyStoppingOptions options) : options_(std::move(options)) {
     if (options_.patience < 1)
       throw ArgumentError(fmt::format("EarlyStoppingCallback: patience must be >= 1 (got {})", options_.patience));
@@ -55,53 +56,52 @@ class EarlyStoppingCallback : public TrainerCallback {
       throw ArgumentError(fmt::format("EarlyStoppingCallback: min_delta must be >= 0 (got {})", options_.min_delta));
   }
 
+  /// Resolves the metric and direction; throws ArgumentError when no evaluation is scheduled.
   void on_train_begin(const Args& args, TrainerState&, TrainerControl&, const CallbackContext&) override {
     if (args.eval_strategy == IntervalStrategy::no)
       throw ArgumentError(
-          "EarlyStoppingCallback needs evaluations to watch: set --eval_strategy to \"steps\" or \"epoch\"");
-    std::string metric = options_.monitor.empty() ? args.metric_for_best_model.value_or("loss") : options_.monitor;
-    key_ = metric.rfind("eval_", 0) == 0 ? metric : "eval_" + metric;
+          "EarlyStoppingCallback needs evaluations to watch: set --eval_strategy to \"steps\" or \"epoch\" (got "
+          "\"no\")");
+    key_ = eval_key(options_.monitor.empty() ? args.metric_for_best_model.value_or("loss") : options_.monitor);
+    warned_missing_ = false;
+    stop_reason_.clear();
     if (options_.mode != "auto")
       greater_ = options_.mode == "max";
-    else if (options_.monitor.empty() && args.greater_is_better)
+    else if (args.greater_is_better && args.metric_for_best_model && eval_key(*args.metric_for_best_model) == key_)
       greater_ = *args.greater_is_better;
     else
       greater_ = key_.size() < 4 || key_.compare(key_.size() - 4, 4, "loss") != 0;
   }
 
+  /// Checks one evaluation's metric and stops training (with a reason) when it says so.
   void on_evaluate(const Args&, TrainerState&, TrainerControl& control, const CallbackContext& ctx) override {
     const Logs& metrics = *ctx.metrics;
     if (!metrics.contains(key_) || !metrics.at(key_).is_number()) {
-      std::string available;
-      for (const auto& item : metrics.items())
-        if (item.value().is_number()) available += (available.empty() ? "" : ", ") + item.key();
-      log::warning("EarlyStoppingCallback watches \"{}\" but this evaluation has no such number (it has: {}); "
-                   "set metric_for_best_model or EarlyStoppingOptions::monitor to one of these",
-                   key_, available);
+      if (!warned_missing_) warn_missing(metrics);
       return;
     }
     const double value = metrics.at(key_).get<double>();
     const std::string shown = detail::python_float_repr(value);
     if (options_.check_finite && !std::isfinite(value))
-      return control.stop_training("early stopping: " + key_ + " is " + shown);
+      return stop(control, "early stopping: " + key_ + " is " + shown);
     if (options_.stopping_threshold && better_or_equal(value, *options_.stopping_threshold))
-      return control.stop_training("early stopping: " + key_ + " " + shown + " reached the stopping threshold " +
-                                   detail::python_float_repr(*options_.stopping_threshold));
+      return stop(control, "early stopping: " + key_ + " " + shown + " reached the stopping threshold " +
+                               detail::python_float_repr(*options_.stopping_threshold));
     if (options_.divergence_threshold && better_or_equal(*options_.divergence_threshold, value))
-      return control.stop_training("early stopping: " + key_ + " " + shown + " crossed the divergence threshold " +
-                                   detail::python_float_repr(*options_.divergence_threshold));
-    const bool improved =
-        !best_ || (greater_ ? value - *best_ > options_.min_delta : *best_ - value > options_.min_delta);
+      return stop(control, "early stopping: " + key_ + " " + shown + " crossed the divergence threshold " +
+                               detail::python_float_repr(*options_.divergence_threshold));
+    // A NaN (check_finite off) is never an improvement, so it cannot become the best value.
+    const bool improved = !std::isnan(value) && (!best_ || (greater_ ? value - *best_ > options_.min_delta
+                                                                     : *best_ - value > options_.min_delta));
     if (improved) {
       best_ = value;
       counter_ = 0;
       return;
     }
     if (++counter_ >= options_.patience)
-      control.stop_training(fmt::format("early stopping: {} did not improve by more than {} for {} evaluation{} "
-                                        "(best {})",
-                                        key_, detail::python_float_repr(options_.min_delta), counter_,
-                                        counter_ == 1 ? "" : "s", detail::python_float_repr(*best_)));
+      stop(control, fmt::format("early stopping: {} did not improve by more than {} for {} evaluation{} (best {})",
+                                key_, detail::python_float_repr(options_.min_delta), counter_,
+                                counter_ == 1 ? "" : "s", best_ ? detail::python_float_repr(*best_) : "none"));
   }
 
   /// HF's ExportableState form; best_value is an extra attribute (HF ignores it).
@@ -110,26 +110,54 @@ class EarlyStoppingCallback : public TrainerCallback {
             {"attributes",
              {{"early_stopping_patience_counter", counter_}, {"best_value", best_ ? json(*best_) : json(nullptr)}}}};
   }
+  /// Restores the counter and best value from state() or from an HF checkpoint (which has no best value).
   void load_state(const json& s) override {
-    const json& a = s.at("attributes");
+    const json a = s.is_object() ? s.value("attributes", json::object()) : json::object();
     counter_ = a.value("early_stopping_patience_counter", 0);
-    best_ = a.contains("best_value") && a.at("best_value").is_number() ? std::optional<double>(a.at("best_value").get<double>())
-                                                                        : std::nullopt;
+    const json best = a.value("best_value", json(nullptr));
+    best_ = best.is_number() ? std::optional<double>(best.get<double>()) : std::nullopt;
   }
 
+  /// Evaluations in a row without improvement so far.
   int patience_counter() const { return counter_; }
+  /// Best value of the metric seen so far; empty before the first evaluation.
   std::optional<double> best_value() const { return best_; }
   /// The metric watched, resolved at train begin.
   const std::string& monitor() const { return key_; }
+  /// Why this callback stopped training; empty while it has not.
+  const std::string& stop_reason() const { return stop_reason_; }
 
  private:
+  static std::string eval_key(const std::string& metric) {
+    return metric.rfind("eval_", 0) == 0 ? metric : "eval_" + metric;
+  }
+
   bool better_or_equal(double a, double b) const { return greater_ ? a >= b : a <= b; }
+
+  void stop(TrainerControl& control, std::string reason) {
+    stop_reason_ = reason;
+    control.stop_training(std::move(reason));
+  }
+
+  // Once per run: the same evaluation keys come back every time, so repeating it would only add noise.
+  void warn_missing(const Logs& metrics) {
+    std::string available;
+    for (const auto& item : metrics.items())
+      if (item.value().is_number()) available += (available.empty() ? "" : ", ") + item.key();
+    log::warning("EarlyStoppingCallback watches \"{}\" but the evaluation has no such number (it has: {}); set "
+                 "metric_for_best_model or EarlyStoppingOptions::monitor to one of these. Early stopping does "
+                 "nothing until the metric appears",
+                 key_, available.empty() ? "none" : available);
+    warned_missing_ = true;
+  }
 
   EarlyStoppingOptions options_;
   std::string key_ = "eval_loss";
   bool greater_ = false;
   int counter_ = 0;
   std::optional<double> best_;
+  std::string stop_reason_;
+  bool warned_missing_ = false;
 };
 
 }  // namespace torchfit

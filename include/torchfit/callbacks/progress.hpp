@@ -4,8 +4,10 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -16,6 +18,7 @@
 #include <fmt/format.h>
 
 #include "torchfit/detail/py_json.hpp"
+#include "torchfit/log.hpp"
 #include "torchfit/trainer_callback.hpp"
 #include "torchfit/trainer_state.hpp"
 
@@ -25,13 +28,15 @@ namespace torchfit {
 /// stream (automatic).
 enum class ProgressMode { automatic, bar, plain, off };
 
-/// The mode TORCHFIT_PROGRESS asks for (auto|bar|plain|off); automatic when unset or unknown.
+/// The mode TORCHFIT_PROGRESS asks for (auto|bar|plain|off); automatic when unset, and when unknown (with a
+/// warning naming the accepted values).
 inline ProgressMode progress_mode_from_env() {
   const char* v = std::getenv("TORCHFIT_PROGRESS");
-  if (v == nullptr) return ProgressMode::automatic;
+  if (v == nullptr || std::strcmp(v, "auto") == 0) return ProgressMode::automatic;
   if (std::strcmp(v, "bar") == 0) return ProgressMode::bar;
   if (std::strcmp(v, "plain") == 0) return ProgressMode::plain;
   if (std::strcmp(v, "off") == 0) return ProgressMode::off;
+  log::warning("TORCHFIT_PROGRESS must be auto, bar, plain or off (got \"{}\"); using auto", v);
   return ProgressMode::automatic;
 }
 
@@ -40,6 +45,15 @@ namespace detail {
 inline std::string clock_text(double seconds) {
   const auto s = static_cast<int64_t>(std::max(0.0, seconds));
   return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+}
+
+/// Python's `round(value, digits)`: the nearest double to the correctly rounded decimal, ties to even on the
+/// exact binary value (`round(0.125, 2) == 0.12`), which printf's conversion also does.
+inline double python_round(double value, int digits) {
+  if (!std::isfinite(value)) return value;
+  char text[512];
+  std::snprintf(text, sizeof text, "%.*f", digits, value);
+  return std::strtod(text, nullptr);
 }
 
 }  // namespace detail
@@ -73,20 +87,20 @@ class ProgressCallback : public TrainerCallback {
   void on_train_begin(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!active(state)) return;
     training_ = true;
-    start_time_ = last_draw_ = last_line_ = now();
+    start_time_ = last_line_time_ = now();
     start_step_ = current_step_ = state.global_step;
+    last_line_step_.reset();
     total_ = state.max_steps;
-    if (mode_ == ProgressMode::bar) draw_bar(true);
+    if (mode_ == ProgressMode::bar) redraw(true);
   }
 
   void on_step_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!active(state) || !training_) return;
     current_step_ = state.global_step;
-    if (mode_ == ProgressMode::bar) {
-      draw_bar(current_step_ >= total_);
-    } else if (now() - last_line_ >= plain_interval_) {
+    if (mode_ == ProgressMode::bar)
+      redraw(current_step_ >= total_);
+    else if (now() - last_line_time_ >= plain_interval_)
       plain_line();
-    }
   }
 
   void on_epoch_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -94,11 +108,16 @@ class ProgressCallback : public TrainerCallback {
   }
 
   void on_prediction_step(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!active(state) || mode_ != ProgressMode::bar || ctx.eval_dataloader == nullptr) return;
-    if (!eval_done_) eval_total_ = ctx.eval_dataloader->num_batches;
+    if (!active(state) || mode_ != ProgressMode::bar || ctx.eval_dataloader == nullptr ||
+        ctx.eval_dataloader->num_batches <= 0)
+      return;
+    const bool first = !eval_done_;
+    if (first) {
+      eval_total_ = ctx.eval_dataloader->num_batches;
+      eval_start_ = now();
+    }
     eval_done_ = eval_done_.value_or(0) + 1;
-    out_ << '\r' << fmt::format("eval {}", bar_text(*eval_done_, eval_total_, 0, now() - start_time_)) << "\x1b[K"
-         << std::flush;
+    redraw(first || *eval_done_ >= eval_total_);
   }
 
   void on_evaluate(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -114,15 +133,16 @@ class ProgressCallback : public TrainerCallback {
     shown.erase("total_flos");
     if (shown.contains("loss") && shown.at("loss").is_number()) last_loss_ = shown.at("loss").get<double>();
     if (shown.contains("epoch") && shown.at("epoch").is_number())
-      shown["epoch"] = std::round(shown.at("epoch").get<double>() * 100.0) / 100.0;
+      shown["epoch"] = detail::python_round(shown.at("epoch").get<double>(), 2);
     for (auto& item : shown.items())
       if (item.value().is_string() && item.value().get_ref<const std::string&>().size() > max_str_len_)
         item.value() = fmt::format("[String too long to display, length: {} > {}. Consider increasing `max_str_len` if "
                                    "needed.]",
                                    item.value().get_ref<const std::string&>().size(), max_str_len_);
     if (mode_ == ProgressMode::bar) {
+      // tqdm's write(): clear the bar's line, print, draw the bar again below.
       out_ << "\r\x1b[K" << detail::python_repr(shown) << '\n';
-      draw_bar(true);
+      redraw(true);
     } else {
       out_ << detail::python_repr(shown) << '\n' << std::flush;
     }
@@ -131,7 +151,7 @@ class ProgressCallback : public TrainerCallback {
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!active(state) || !training_) return;
     if (mode_ == ProgressMode::bar) {
-      draw_bar(true);
+      redraw(true);
       out_ << '\n' << std::flush;
     } else {
       plain_line();
@@ -140,6 +160,8 @@ class ProgressCallback : public TrainerCallback {
   }
 
  private:
+  static constexpr double redraw_interval = 0.1;
+
   static int default_fd(const std::ostream& out) {
     if (&out == &std::cerr || &out == &std::clog) return 2;
     if (&out == &std::cout) return 1;
@@ -158,16 +180,20 @@ class ProgressCallback : public TrainerCallback {
     return 80;
   }
 
-  double rate(int64_t done, double elapsed) const { return elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0; }
+  static double rate(int64_t done, double elapsed) {
+    return elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  }
+  static double eta(int64_t left, double it_s) { return it_s > 0 ? static_cast<double>(left) / it_s : 0.0; }
 
-  // " 40%|████      | 2/5 [00:01<00:01,  1.98it/s]" as tqdm draws it, sized to the terminal.
-  std::string bar_text(int64_t n, int64_t total, int64_t done_this_run, double elapsed) const {
+  // " 40%|████      | 2/5 [0:00:01<0:00:01, 1.98it/s, loss=0.25]" as tqdm draws it, sized to the terminal;
+  // `done_this_run` excludes the steps restored on resume from the rate.
+  std::string bar_text(int64_t n, int64_t total, int64_t done_this_run, double elapsed,
+                       std::optional<double> loss) const {
     const double it_s = rate(done_this_run, elapsed);
-    const double eta = it_s > 0 ? static_cast<double>(total - n) / it_s : 0.0;
     const double fraction = total > 0 ? std::min(1.0, static_cast<double>(n) / static_cast<double>(total)) : 0.0;
     std::string suffix = fmt::format("| {}/{} [{}<{}, {:.2f}it/s", n, total, detail::clock_text(elapsed),
-                                     detail::clock_text(eta), it_s);
-    if (last_loss_) suffix += fmt::format(", loss={:.4g}", *last_loss_);
+                                     detail::clock_text(eta(total - n, it_s)), it_s);
+    if (loss) suffix += fmt::format(", loss={:.4g}", *loss);
     suffix += "]";
     const std::string prefix = fmt::format("{:3.0f}%|", fraction * 100.0);
     const int width = std::max(10, terminal_width() - static_cast<int>(prefix.size() + suffix.size()) - 6);
@@ -177,35 +203,44 @@ class ProgressCallback : public TrainerCallback {
     return prefix + bar + suffix;
   }
 
-  void draw_bar(bool force) {
+  // Redraws the line in place: the evaluation bar while an evaluation runs, else the training bar; unforced
+  // redraws at most every redraw_interval seconds (tqdm's mininterval).
+  void redraw(bool force) {
     const double t = now();
-    if (!force && t - last_draw_ < 0.1) return;
-    last_draw_ = t;
-    out_ << '\r' << bar_text(current_step_, total_, current_step_ - start_step_, t - start_time_) << "\x1b[K"
-         << std::flush;
+    if (!force && t - last_draw_time_ < redraw_interval) return;
+    last_draw_time_ = t;
+    out_ << '\r'
+         << (eval_done_ ? "eval " + bar_text(*eval_done_, eval_total_, *eval_done_, t - eval_start_, std::nullopt)
+                        : bar_text(current_step_, total_, current_step_ - start_step_, t - start_time_, last_loss_))
+         << "\x1b[K" << std::flush;
   }
 
+  // One plain progress line, unless the last one already showed this step (an epoch end at the last step is
+  // followed by the end of training).
   void plain_line() {
+    if (last_line_step_ == current_step_) return;
     const double t = now();
-    last_line_ = t;
+    last_line_time_ = t;
+    last_line_step_ = current_step_;
     const double elapsed = t - start_time_;
     const double it_s = rate(current_step_ - start_step_, elapsed);
-    const double eta = it_s > 0 ? static_cast<double>(total_ - current_step_) / it_s : 0.0;
     out_ << fmt::format("step {}/{} ({:.0f}%) | elapsed {} | eta {} | {:.2f} it/s", current_step_, total_,
                         total_ > 0 ? 100.0 * static_cast<double>(current_step_) / static_cast<double>(total_) : 0.0,
-                        detail::clock_text(elapsed), detail::clock_text(eta), it_s);
+                        detail::clock_text(elapsed), detail::clock_text(eta(total_ - current_step_, it_s)), it_s);
     if (last_loss_) out_ << fmt::format(" | loss {:.4f}", *last_loss_);
     out_ << '\n' << std::flush;
   }
 
-  // HF's `leave` rule: the evaluation bar disappears inside training and stays for a standalone evaluation.
+  // HF's `leave` rule: the evaluation bar disappears inside training (the training bar is drawn over it) and
+  // stays, completed, for a standalone evaluation.
   void close_eval_bar(const TrainerState& state) {
     if (!active(state) || !eval_done_) return;
-    eval_done_.reset();
     if (training_) {
-      out_ << "\r\x1b[K";
-      draw_bar(true);
+      eval_done_.reset();
+      redraw(true);
     } else {
+      redraw(true);
+      eval_done_.reset();
       out_ << '\n' << std::flush;
     }
   }
@@ -218,11 +253,13 @@ class ProgressCallback : public TrainerCallback {
   std::size_t max_str_len_ = 100;
 
   bool training_ = false;
-  double start_time_ = 0, last_draw_ = 0, last_line_ = 0;
+  double start_time_ = 0, last_draw_time_ = 0, last_line_time_ = 0;
   int64_t start_step_ = 0, current_step_ = 0, total_ = 0;
+  std::optional<int64_t> last_line_step_;
   std::optional<double> last_loss_;
   std::optional<int64_t> eval_done_;
   int64_t eval_total_ = 0;
+  double eval_start_ = 0;
 };
 
 }  // namespace torchfit
