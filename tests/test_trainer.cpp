@@ -478,3 +478,39 @@ TEST_CASE("a user-supplied optimizer and scheduler are used", "[trainer][optimiz
   CHECK(trainer.optimizer() == sgd.get());
   for (int i = 0; i < 3; ++i) CHECK(trainer.state().log_history[static_cast<std::size_t>(i)].at("learning_rate") == 0.5);
 }
+
+TEST_CASE("logging_nan_inf_filter replaces a non-finite step loss by the running mean, as HF", "[trainer][logs]") {
+  auto run = [](bool filter) {
+    test::TempDir dir;
+    auto args = quiet_args(dir);
+    args.max_steps = 4;
+    args.logging_steps = 4;
+    args.logging_nan_inf_filter = filter;
+    int calls = 0;
+    // Step 3's loss value is NaN; its gradient is the ordinary one (the NaN is a detached constant).
+    auto loss_fn = [&calls](Mlp& m, const torch::data::Example<>& b) {
+      auto loss = test::mse_loss(m, b);
+      return ++calls == 3 ? loss + torch::full({}, NAN) : loss;
+    };
+    struct StepLoss : TrainerCallback {
+      std::vector<float> values;
+      void on_step_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+        values.push_back(ctx.loss->item<float>());
+      }
+    };
+    torch::manual_seed(0);
+    Trainer trainer(Mlp(), args, test::regression_data(16), loss_fn);
+    trainer.remove_callback<ProgressCallback>();
+    auto seen = trainer.add_callback<StepLoss>();
+    trainer.train();
+    return std::make_pair(trainer.state().log_history.front().at("loss").get<double>(), seen->values);
+  };
+  const auto [filtered, p] = run(true);
+  REQUIRE(p.size() == 4);
+  REQUIRE(std::isnan(p[2]));
+  float sum = p[0] + p[1];
+  sum += sum / 3.0f;  // step 3: 1 + global_step (2) - last logged (0)
+  sum += p[3];
+  CHECK(filtered == Approx(static_cast<double>(sum) / 4).epsilon(1e-6));
+  CHECK(std::isnan(run(false).first));
+}

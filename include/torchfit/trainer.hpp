@@ -291,8 +291,8 @@ class Trainer {
       checkpoint::load_model_state(*module_, std::filesystem::path(*state_.best_model_checkpoint) / checkpoint::model_file);
     }
 
-    session_.loss_total += detail::to_host(session_.loss_sum);
-    session_.loss_sum.zero_();
+    session_.loss_total += window_loss_sum();
+    reset_loss_window();
     const double runtime = detail::seconds_since(start_time);
     const int64_t session_steps = state_.global_step - start_step;
     const double train_loss = session_.loss_total / static_cast<double>(std::max<int64_t>(state_.global_step, 1));
@@ -351,7 +351,13 @@ class Trainer {
   // Quantities of one train() call; loss_sum and last_logged are restored on resume so that logged losses
   // after a resume equal an uninterrupted run's.
   struct Session {
-    torch::Tensor loss_sum;      // sum of per-step losses since the last log, on the device
+    torch::Tensor loss_sum;      // plain sum of per-step losses since the last log, on the device
+    float window_base = 0;       // what loss_sum held when `pending` was last emptied
+    struct Pending {
+      torch::Tensor loss;
+      int64_t global_step;
+    };
+    std::vector<Pending> pending;  // micro-step losses added since, kept for the NaN/Inf filter
     double loss_total = 0;       // sum of per-step losses logged so far over the whole training
     int64_t last_logged = 0;     // global_step of the last training log
     int64_t samples = 0;         // samples trained on in this call
@@ -458,21 +464,48 @@ class Trainer {
     ctx.loss = nullptr;
   }
 
-  // HF's logging_nan_inf_filter: a non-finite step loss adds the running mean instead of poisoning the sum.
-  // Everything stays on the device; nothing is read back here.
+  // One add on the device per micro-step and nothing read back. HF's logging_nan_inf_filter (a non-finite step
+  // loss adds the running mean instead of poisoning the sum) is applied when the sum is read: only a non-finite sum
+  // needs the micro-step losses replayed, so the common case costs no extra kernels.
   void accumulate_loss(const torch::Tensor& loss) {
-    if (args_.logging_nan_inf_filter) {
-      const double steps = static_cast<double>(1 + state_.global_step - session_.last_logged);
-      session_.loss_sum += torch::where(torch::isfinite(loss), loss, session_.loss_sum / steps);
-    } else {
-      session_.loss_sum += loss;
+    session_.loss_sum.add_(loss);
+    if (!args_.logging_nan_inf_filter) return;
+    session_.pending.push_back({loss, state_.global_step});
+    if (session_.pending.size() >= 4096) window_loss_sum();  // bounds what is kept
+  }
+
+  // The filtered loss sum since the last log, read back once (twice when a replay is needed).
+  double window_loss_sum() {
+    auto& s = session_;
+    float sum = static_cast<float>(detail::to_host(s.loss_sum));
+    if (!std::isfinite(sum) && !s.pending.empty()) {
+      std::vector<torch::Tensor> losses;
+      for (const auto& p : s.pending) losses.push_back(p.loss.to(torch::kFloat));
+      const torch::Tensor host = torch::stack(losses).cpu();
+      ++detail::host_reads();
+      sum = s.window_base;
+      for (std::size_t i = 0; i < s.pending.size(); ++i) {
+        const float l = host[static_cast<int64_t>(i)].item<float>();
+        const auto steps = static_cast<float>(1 + s.pending[i].global_step - s.last_logged);
+        sum += std::isfinite(l) ? l : sum / steps;
+      }
+      s.loss_sum.fill_(sum);
     }
+    s.window_base = sum;
+    s.pending.clear();
+    return sum;
+  }
+
+  void reset_loss_window() {
+    session_.loss_sum.zero_();
+    session_.window_base = 0;
+    session_.pending.clear();
   }
 
   void maybe_log_save_evaluate() {
     if (control_.should_log && state_.global_step > session_.last_logged) {
-      const double loss_sum = detail::to_host(session_.loss_sum);
-      session_.loss_sum.zero_();
+      const double loss_sum = window_loss_sum();
+      reset_loss_window();
       Logs logs = Logs::object();
       logs["loss"] = loss_sum / static_cast<double>(state_.global_step - session_.last_logged);
       if (args_.max_grad_norm > 0 && session_.grad_norm.defined()) logs["grad_norm"] = detail::to_host(session_.grad_norm);
@@ -626,8 +659,8 @@ class Trainer {
     }
   }
 
-  json progress_state() const {
-    return {{"loss_since_last_log", detail::to_host(session_.loss_sum)},
+  json progress_state() {
+    return {{"loss_since_last_log", window_loss_sum()},
             {"loss_total", session_.loss_total},
             {"last_logged_step", session_.last_logged}};
   }
@@ -718,6 +751,7 @@ class Trainer {
         state_.save_steps != current.save_steps)
       log::info("resuming with this run's logging/eval/save steps");
     session_.loss_sum.fill_(loss_since_last_log);
+    session_.window_base = static_cast<float>(loss_since_last_log);
     session_.loss_total = loss_total;
     session_.last_logged = last_logged;
     if (args_.restore_callback_states_from_checkpoint) restore_callback_states();
