@@ -14,6 +14,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -106,6 +107,60 @@ inline std::optional<std::string> restart_or_resume(
   std::string kept = keep_through(*text, state.global_step);
   if (kept != *text) replace_file(path, kept);
   return kept;
+}
+
+/// One CSV record of RFC 4180 fields: a field holding a comma, a double quote, CR or LF is quoted with its
+/// quotes doubled; the record ends with "\n".
+inline std::string csv_record(const std::vector<std::string>& fields) {
+  std::string out;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    if (i > 0) out += ',';
+    const std::string& field = fields[i];
+    if (field.find_first_of(",\"\r\n") == std::string::npos) {
+      out += field;
+      continue;
+    }
+    out += '"';
+    for (const char c : field) out.append(c == '"' ? 2 : 1, c);
+    out += '"';
+  }
+  out += '\n';
+  return out;
+}
+
+/// Parses RFC 4180 text (LF or CRLF line ends) into records of unquoted fields. A last record without its
+/// line end (a write cut short) is left out.
+inline std::vector<std::vector<std::string>> parse_csv(std::string_view text) {
+  std::vector<std::vector<std::string>> records;
+  std::vector<std::string> record;
+  std::string field;
+  bool quoted = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (quoted) {
+      if (c != '"')
+        field += c;
+      else if (i + 1 < text.size() && text[i + 1] == '"')
+        field += text[++i];
+      else
+        quoted = false;
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      record.push_back(std::move(field));
+      field.clear();
+    } else if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
+      // CRLF: the LF ends the record
+    } else if (c == '\n') {
+      record.push_back(std::move(field));
+      field.clear();
+      records.push_back(std::move(record));
+      record.clear();
+    } else {
+      field += c;
+    }
+  }
+  return records;
 }
 
 }  // namespace torchfit::detail

@@ -335,14 +335,6 @@ inline std::string platform_text() {
   return fmt::format("{}-{}-{}-with-glibc{}", u.sysname, u.release, u.machine, gnu_get_libc_version());
 }
 
-/// A CSV field as pandas writes it (quoted only when it holds a comma, a double quote or a line break).
-inline std::string codecarbon_csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) out.append(c == '"' ? 2 : 1, c);
-  return out + "\"";
-}
-
 inline double option_or_env(const std::optional<double>& option, const char* env, double fallback) {
   return option ? *option : env_number(env).value_or(fallback);
 }
@@ -592,23 +584,21 @@ class CodeCarbonCallback : public TrackerCallback {
 
  private:
   static void append_row(const std::filesystem::path& path, const std::map<std::string, std::string>& row) {
-    std::string header;
-    std::string line;
-    for (const char* column : detail::codecarbon_columns) {
-      header += (header.empty() ? "" : ",") + std::string(column);
-      line += (line.empty() ? "" : ",") + detail::codecarbon_csv_field(row.at(column));
-    }
+    // Fields are quoted as pandas quotes them: only when they hold a comma, a double quote or a line break.
+    const std::vector<std::string> columns(std::begin(detail::codecarbon_columns), std::end(detail::codecarbon_columns));
+    std::vector<std::string> values;
+    for (const auto& column : columns) values.push_back(row.at(column));
+    const std::string header = detail::csv_record(columns), line = detail::csv_record(values);
     auto existing = detail::read_file_if_exists(path);
     if (existing && !existing->empty()) {
       std::vector<std::string> old_columns;
       std::stringstream first(existing->substr(0, existing->find('\n')));
       for (std::string c; std::getline(first, c, ',');)
         old_columns.push_back(c.back() == '\r' ? c.substr(0, c.size() - 1) : c);
-      std::vector<std::string> new_columns(std::begin(detail::codecarbon_columns),
-                                           std::end(detail::codecarbon_columns));
+      std::vector<std::string> new_columns = columns;
       std::sort(old_columns.begin(), old_columns.end());
       std::sort(new_columns.begin(), new_columns.end());
-      if (old_columns == new_columns) return detail::append_to_file(path, line + "\n");
+      if (old_columns == new_columns) return detail::append_to_file(path, line);
       log::warning("The CSV format has changed, backing up old emission file.");
       std::filesystem::path backup = path.string() + ".bak";
       for (int i = 0; std::filesystem::exists(backup); ++i)
@@ -618,7 +608,7 @@ class CodeCarbonCallback : public TrackerCallback {
       if (ec)
         throw Error(fmt::format("cannot back up {} as {}: {}", path.string(), backup.string(), ec.message()));
     }
-    detail::replace_file(path, header + "\n" + line + "\n");
+    detail::replace_file(path, header + line);
   }
 
   CodeCarbonOptions options_;

@@ -24,60 +24,6 @@
 namespace torchfit {
 namespace detail {
 
-/// One CSV record of RFC 4180 fields: a field holding a comma, a double quote, CR or LF is quoted with its
-/// quotes doubled; the record ends with "\n".
-inline std::string csv_record(const std::vector<std::string>& fields) {
-  std::string out;
-  for (std::size_t i = 0; i < fields.size(); ++i) {
-    if (i > 0) out += ',';
-    const std::string& field = fields[i];
-    if (field.find_first_of(",\"\r\n") == std::string::npos) {
-      out += field;
-      continue;
-    }
-    out += '"';
-    for (const char c : field) out.append(c == '"' ? 2 : 1, c);
-    out += '"';
-  }
-  out += '\n';
-  return out;
-}
-
-/// Parses RFC 4180 text (LF or CRLF line ends) into records of unquoted fields. A last record without its
-/// line end (a write cut short) is left out.
-inline std::vector<std::vector<std::string>> parse_csv(std::string_view text) {
-  std::vector<std::vector<std::string>> records;
-  std::vector<std::string> record;
-  std::string field;
-  bool quoted = false;
-  for (std::size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (quoted) {
-      if (c != '"')
-        field += c;
-      else if (i + 1 < text.size() && text[i + 1] == '"')
-        field += text[++i];
-      else
-        quoted = false;
-    } else if (c == '"') {
-      quoted = true;
-    } else if (c == ',') {
-      record.push_back(std::move(field));
-      field.clear();
-    } else if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') {
-      // CRLF: the LF ends the record
-    } else if (c == '\n') {
-      record.push_back(std::move(field));
-      field.clear();
-      records.push_back(std::move(record));
-      record.clear();
-    } else {
-      field += c;
-    }
-  }
-  return records;
-}
-
 /// A log value as a CSV cell: integers in decimal, floats as Python's repr (`0.1`, `1e-05`, `nan`), booleans
 /// as `True`/`False`, strings as they are, null as an empty cell, anything else as its JSON text.
 inline std::string csv_cell(const json& value) {
