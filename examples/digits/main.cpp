@@ -91,7 +91,7 @@ int main(int argc, char** argv) try {
 
   std::string data_file = TORCHFIT_EXAMPLES_DATA_DIR "/digits.csv.gz";
   double expect_accuracy = 0;  // > 0: exit with status 1 below this final accuracy (used by the tests)
-  int patience = 5;
+  int patience = 10;
   for (std::size_t i = 0; i < rest.size(); ++i) {
     const bool has_value = i + 1 < rest.size();
     if (rest[i] == "--data_file" && has_value) data_file = rest[++i];
