@@ -5,25 +5,41 @@
 
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
+
+// libtorch 2.4 replaced the CUDA-only autocast setters by device-typed ones and deprecated the old names.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+inline bool cuda_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCUDA); }
+inline void set_cuda_autocast(bool enabled) { at::autocast::set_autocast_enabled(at::kCUDA, enabled); }
+inline at::ScalarType cuda_autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
+inline void set_cuda_autocast_dtype(at::ScalarType dtype) { at::autocast::set_autocast_dtype(at::kCUDA, dtype); }
+#else
+inline bool cuda_autocast_enabled() { return at::autocast::is_enabled(); }
+inline void set_cuda_autocast(bool enabled) { at::autocast::set_enabled(enabled); }
+inline at::ScalarType cuda_autocast_dtype() { return at::autocast::get_autocast_gpu_dtype(); }
+inline void set_cuda_autocast_dtype(at::ScalarType dtype) { at::autocast::set_autocast_gpu_dtype(dtype); }
+#endif
 
 /// Enables CUDA autocast with `dtype` for its lifetime (no-op when disabled).
 class AutocastScope {
  public:
   AutocastScope(bool enabled, at::ScalarType dtype) : enabled_(enabled) {
     if (!enabled_) return;
-    previous_ = at::autocast::is_enabled();
-    at::autocast::set_enabled(true);
-    at::autocast::set_autocast_gpu_dtype(dtype);
+    previous_ = cuda_autocast_enabled();
+    previous_dtype_ = cuda_autocast_dtype();
+    set_cuda_autocast(true);
+    set_cuda_autocast_dtype(dtype);
     at::autocast::increment_nesting();
   }
   ~AutocastScope() {
     if (!enabled_) return;
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_enabled(previous_);
+    set_cuda_autocast(previous_);
+    set_cuda_autocast_dtype(previous_dtype_);
   }
   AutocastScope(const AutocastScope&) = delete;
   AutocastScope& operator=(const AutocastScope&) = delete;
@@ -31,6 +47,7 @@ class AutocastScope {
  private:
   bool enabled_;
   bool previous_ = false;
+  at::ScalarType previous_dtype_ = at::kHalf;
 };
 
 /// Dynamic loss scaling for fp16 (torch.cuda.amp.GradScaler's defaults: scale 2^16, growth 2 every 2000 clean
