@@ -514,3 +514,139 @@ TEST_CASE("logging_nan_inf_filter replaces a non-finite step loss by the running
   CHECK(filtered == Approx(static_cast<double>(sum) / 4).epsilon(1e-6));
   CHECK(std::isnan(run(false).first));
 }
+
+TEST_CASE("evaluation outputs of different widths are padded with -100, with or without eval_accumulation_steps",
+          "[trainer][eval]") {
+  SECTION("concat_padded") {
+    const auto a = torch::tensor({1, 2, 3, 4}, torch::kLong).reshape({2, 2});
+    const auto b = torch::tensor({5, 6, 7}, torch::kLong).reshape({1, 3});
+    const auto c = torch::tensor({8}, torch::kLong).reshape({1, 1});
+    const auto out = torchfit::detail::concat_padded({a, b, c});
+    CHECK(torch::equal(out, torch::tensor({1, 2, -100, 3, 4, -100, 5, 6, 7, 8, -100, -100}, torch::kLong)
+                                .reshape({4, 3})));
+    CHECK(torch::equal(torchfit::detail::concat_padded({a, a}), torch::cat({a, a})));
+    CHECK(torch::equal(torchfit::detail::concat_padded({a.flatten(), c.flatten()}), torch::tensor({1, 2, 3, 4, 8}, torch::kLong)));
+    CHECK_THROWS_WITH(torchfit::detail::concat_padded({a, torch::zeros({2, 2, 2}, torch::kLong)}),
+                      Catch::Contains("cannot concatenate evaluation outputs of shapes [2, 2] and [2, 2, 2]"));
+  }
+  SECTION("predict") {
+    test::TempDir dir;
+    const auto eval = test::regression_data(5, 4, 11);  // batches of 2, 2 and 1 samples
+    auto predictions_with = [&](std::optional<int64_t> accumulation) {
+      auto args = quiet_args(dir);
+      args.eval_accumulation_steps = accumulation;
+      // Batch k predicts k + 1 values per sample: a sequence output whose length varies between batches.
+      auto loss_fn = [calls = 0](Mlp& m, const torch::data::Example<>& b) mutable {
+        auto out = m->forward(b.data);
+        const int64_t width = calls++ % 3 + 1;
+        return LossOutput{torch::mse_loss(out, b.target), out.expand({out.size(0), width}), {}};
+      };
+      torch::manual_seed(0);
+      Trainer trainer(Mlp(), args, test::regression_data(8), eval, loss_fn);
+      trainer.remove_callback<ProgressCallback>();
+      return trainer.predict(eval);
+    };
+    const auto all = predictions_with(std::nullopt);
+    REQUIRE(all.predictions.sizes() == torch::IntArrayRef{5, 3});
+    CHECK(torch::equal(all.predictions.slice(0, 0, 2).slice(1, 1), torch::full({2, 2}, -100.0)));
+    CHECK(torch::equal(all.predictions.slice(0, 2, 4).slice(1, 2), torch::full({2, 1}, -100.0)));
+    CHECK((all.predictions.slice(0, 4) != -100).all().item<bool>());
+    CHECK(all.label_ids.sizes() == torch::IntArrayRef{5, 1});
+    for (int64_t steps : {1, 2, 4}) {
+      const auto grouped = predictions_with(steps);
+      CHECK(torch::equal(grouped.predictions, all.predictions));
+      CHECK(torch::equal(grouped.label_ids, all.label_ids));
+    }
+  }
+}
+
+namespace {
+// An MLP that counts its floating point operations like HF's PreTrainedModel: 6 x samples x parameters.
+struct CountingMlpImpl : test::MlpImpl {
+  double floating_point_ops(const torch::data::Example<>& batch) const {
+    int64_t n = 0;
+    for (const auto& p : parameters()) n += p.numel();
+    return 6.0 * static_cast<double>(batch.data.size(0) * n);
+  }
+};
+TORCH_MODULE(CountingMlp);
+}  // namespace
+
+TEST_CASE("total_flos sums the model's floating_point_ops over micro-batches, and is 0 without it",
+          "[trainer][flos]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.gradient_accumulation_steps = 2;
+  args.save_strategy = SaveStrategy::epoch;
+  auto loss_fn = [](CountingMlp& m, const torch::data::Example<>& b) {
+    return torch::mse_loss(m->forward(b.data), b.target);
+  };
+  Trainer counted(CountingMlp(), args, test::regression_data(7), loss_fn);  // 4 micro-batches: 2, 2, 2, 1 samples
+  counted.remove_callback<ProgressCallback>();
+  const auto out = counted.train();
+  const double per_sample = 6.0 * (4 * 16 + 16 + 16 * 1 + 1);
+  CHECK(counted.state().total_flos == 7 * per_sample);
+  CHECK(out.metrics.at("total_flos").get<double>() == 7 * per_sample);
+  const auto saved = TrainerState::load_from_json(dir.path() / "checkpoint-2" / "trainer_state.json");
+  CHECK(saved.total_flos == 7 * per_sample);
+
+  test::TempDir plain_dir;
+  Trainer plain(Mlp(), quiet_args(plain_dir), test::regression_data(7), test::mse_loss);
+  plain.remove_callback<ProgressCallback>();
+  CHECK(plain.train().metrics.at("total_flos") == 0.0);
+}
+
+TEST_CASE("skip_memory_metrics false adds HF's memory metrics; CPU peaks come from the kernel's high-water mark",
+          "[trainer][memory]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.skip_memory_metrics = false;
+  args.eval_strategy = IntervalStrategy::epoch;
+  constexpr int64_t temporary_bytes = 64 << 20;
+  // The first training step touches a 64 MiB temporary and frees it: the stage ends lower than it peaked.
+  auto loss_fn = [first = true](Mlp& m, const torch::data::Example<>& b) mutable {
+    auto loss = torch::mse_loss(m->forward(b.data), b.target);
+    if (first && m->is_training()) {
+      first = false;
+      loss = loss + 0 * torch::ones({temporary_bytes / 4}).sum();
+    }
+    return loss;
+  };
+  Trainer trainer(Mlp(), args, test::regression_data(8), test::regression_data(4, 4, 99), loss_fn);
+  trainer.remove_callback<ProgressCallback>();
+  const auto out = trainer.train();
+  std::vector<std::string> keys;
+  for (const auto& item : out.metrics.items()) keys.push_back(item.key());
+  CHECK(keys == std::vector<std::string>{"train_runtime", "train_samples_per_second", "train_steps_per_second",
+                                         "total_flos", "train_loss", "init_mem_cpu_alloc_delta",
+                                         "init_mem_cpu_peaked_delta", "train_mem_cpu_alloc_delta",
+                                         "train_mem_cpu_peaked_delta", "before_init_mem_cpu", "epoch"});
+  CHECK(out.metrics.at("train_mem_cpu_peaked_delta").get<int64_t>() >= temporary_bytes * 3 / 4);
+  CHECK(out.metrics.at("before_init_mem_cpu").get<int64_t>() > 0);
+  auto memory_keys = [](const Logs& logs) {
+    std::vector<std::string> found;
+    for (const auto& item : logs.items())
+      if (item.key().find("_mem_") != std::string::npos) found.push_back(item.key());
+    return found;
+  };
+  // The evaluation inside training is nested in the train stage and reports nothing of its own; the summary is
+  // logged with the memory metrics (HF).
+  const auto& history = trainer.state().log_history;
+  REQUIRE(history.size() == 3);  // loss, eval, summary
+  CHECK(history[1].contains("eval_loss"));
+  CHECK(memory_keys(history[1]).empty());
+  CHECK(memory_keys(history[2]).size() == 5);
+
+  const Logs eval = trainer.evaluate();
+  CHECK(eval.contains("eval_mem_cpu_alloc_delta"));
+  CHECK(eval.contains("eval_mem_cpu_peaked_delta"));
+  CHECK_FALSE(eval.contains("init_mem_cpu_alloc_delta"));  // init is reported once
+  CHECK_FALSE(trainer.state().log_history.back().contains("eval_mem_cpu_alloc_delta"));  // added after on_log
+  const auto prediction = trainer.predict(test::regression_data(4, 4, 99));
+  CHECK(prediction.metrics.contains("test_mem_cpu_alloc_delta"));
+
+  test::TempDir skip_dir;
+  Trainer skipping(Mlp(), quiet_args(skip_dir), test::regression_data(8), test::mse_loss);
+  skipping.remove_callback<ProgressCallback>();
+  CHECK(memory_keys(skipping.train().metrics).empty());
+}

@@ -22,6 +22,8 @@
 #include "torchfit/checkpoint.hpp"
 #include "torchfit/data.hpp"
 #include "torchfit/detail/amp.hpp"
+#include "torchfit/detail/eval_gather.hpp"
+#include "torchfit/detail/memory_tracker.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
@@ -41,7 +43,8 @@ struct LossOutput {
   torch::Tensor labels;       // defaults to the batch's target
 };
 
-/// Predictions and labels of a whole evaluation set, concatenated along dimension 0 (HF's EvalPrediction).
+/// Predictions and labels of a whole evaluation set, on the host, concatenated along dimension 0; batches whose
+/// dimension 1 differs are padded with -100 to the longest (HF's EvalPrediction and nested_concat).
 struct EvalPrediction {
   torch::Tensor predictions;
   torch::Tensor label_ids;
@@ -78,6 +81,15 @@ template <typename T, typename = void>
 struct is_module_holder : std::false_type {};
 template <typename T>
 struct is_module_holder<T, std::void_t<decltype(std::declval<T&>().ptr())>> : std::true_type {};
+
+/// Whether the model defines `floating_point_ops(batch)`, HF's hook for counting `total_flos` (HF's
+/// PreTrainedModel counts 6 x tokens x non-embedding parameters; other models count nothing).
+template <typename Model, typename Batch, typename = void>
+struct has_floating_point_ops : std::false_type {};
+template <typename Model, typename Batch>
+struct has_floating_point_ops<
+    Model, Batch, std::void_t<decltype(std::declval<Model&>()->floating_point_ops(std::declval<const Batch&>()))>>
+    : std::true_type {};
 
 /// The model as a plain module pointer, for a torch::nn::ModuleHolder (`Net`) or a shared_ptr to a module.
 template <typename Model>
@@ -142,6 +154,7 @@ class Trainer {
     torch::manual_seed(static_cast<uint64_t>(args_.seed));
     if (args_.full_determinism) at::globalContext().setDeterministicAlgorithms(true, false);
     device_ = (!args_.use_cpu && torch::cuda::is_available()) ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    memory_.start("init", device_);
     if ((args_.fp16 || args_.bf16) && !device_.is_cuda())
       log::warning("--{} needs CUDA; training in fp32 on the CPU", args_.fp16 ? "fp16" : "bf16");
     module_->to(device_);
@@ -154,6 +167,7 @@ class Trainer {
       handler_.add_tail_callback(std::make_shared<ProgressCallback>());
     handler_.context().model = module_;
     handler_.on_init_end(args_, state_, control_);
+    memory_.stop("init");
   }
 
   /// Without an eval dataset.
@@ -216,6 +230,7 @@ class Trainer {
   /// Trains from scratch, or resumes from `resume_from_checkpoint` (a checkpoint directory, or "last" for the
   /// newest complete checkpoint in output_dir; defaults to args.resume_from_checkpoint).
   TrainOutput train(std::optional<std::string> resume_from_checkpoint = std::nullopt) {
+    memory_.start("train", device_);
     if (!resume_from_checkpoint) resume_from_checkpoint = args_.resume_from_checkpoint;
     std::optional<std::filesystem::path> resume_dir;
     if (resume_from_checkpoint)
@@ -300,6 +315,8 @@ class Trainer {
     detail::add_speed_metrics(metrics, "train", runtime, session_.samples, session_steps);
     metrics["total_flos"] = state_.total_flos;
     metrics["train_loss"] = train_loss;
+    memory_.stop_and_update_metrics("train", metrics);
+    if (state_.epoch) metrics["epoch"] = *state_.epoch;  // HF's log() adds it to the caller's dict too
     log(metrics);
     handler_.on_train_end(args_, state_, control_);
     return TrainOutput{state_.global_step, train_loss, metrics};
@@ -315,12 +332,14 @@ class Trainer {
   /// Runs the model over `dataset` and returns predictions, labels and "test_" metrics; fires on_predict (no
   /// on_log, as HF).
   PredictionOutput predict(const EvalData& dataset) {
+    memory_.start("test", device_);
     PredictionOutput out;
     Pass pass = run_prediction_pass(dataset, "test", /*gather=*/true);
     out.predictions = pass.predictions;
     out.label_ids = pass.labels;
     out.metrics = std::move(pass.metrics);
     handler_.on_predict(args_, state_, control_, out.metrics);
+    memory_.stop_and_update_metrics("test", out.metrics);
     return out;
   }
 
@@ -441,6 +460,8 @@ class Trainer {
       ctx.loss = &last_loss;
       accumulate_loss(last_loss);
       session_.samples += detail::batch_size_of(batch);
+      if constexpr (detail::has_floating_point_ops<Model, Batch>::value)
+        state_.total_flos += static_cast<double>(model_->floating_point_ops(batch));
 
       const bool sync = (step + 1) % ga == 0 || step + 1 == steps_in_epoch;
       if (sync) {
@@ -557,11 +578,14 @@ class Trainer {
     return true;
   }
 
+  // Memory metrics join the returned metrics after on_evaluate, so they are not in log_history (HF).
   Logs evaluate_impl(const std::string& prefix) {
+    memory_.start("eval", device_);
     Pass pass = run_prediction_pass(*eval_data_, prefix, static_cast<bool>(compute_metrics_));
     log(pass.metrics);
     if (state_.epoch) pass.metrics["epoch"] = *state_.epoch;
     handler_.on_evaluate(args_, state_, control_, pass.metrics);
+    memory_.stop_and_update_metrics("eval", pass.metrics);
     return pass.metrics;
   }
 
@@ -578,7 +602,7 @@ class Trainer {
     module_->eval();
     torch::NoGradGuard no_grad;
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(device_));
-    std::vector<torch::Tensor> predictions, labels;
+    detail::EvalGatherer predictions(args_.eval_accumulation_steps), labels(args_.eval_accumulation_steps);
     const bool autocast = device_.is_cuda() && (args_.fp16 || args_.bf16);
     for (int64_t k = 0; k < plan.num_batches(); ++k) {
       const Batch batch = detail::to_device(plan.batch(k), device_);
@@ -591,17 +615,19 @@ class Trainer {
         throw Error("loss_fn must return a scalar tensor during evaluation (batch " + std::to_string(k) + ")");
       loss_sum += out.loss.detach().to(torch::kDouble).reshape({}) * static_cast<double>(detail::batch_size_of(batch));
       if (gather) {
-        if (out.predictions.defined()) predictions.push_back(out.predictions.detach().cpu());
+        if (out.predictions.defined()) predictions.add(out.predictions);
         torch::Tensor l = out.labels.defined() ? out.labels : detail::labels_of(batch);
-        if (l.defined()) labels.push_back(l.detach().cpu());
+        if (l.defined()) labels.add(l);
+        predictions.step(k + 1);
+        labels.step(k + 1);
       }
       handler_.on_prediction_step(args_, state_, control_);
     }
     if (was_training) module_->train();
 
     Pass pass;
-    if (!predictions.empty()) pass.predictions = torch::cat(predictions);
-    if (!labels.empty()) pass.labels = torch::cat(labels);
+    pass.predictions = predictions.result();
+    pass.labels = labels.result();
     pass.metrics = Logs::object();
     pass.metrics[prefix + "_loss"] = detail::to_host(loss_sum) / static_cast<double>(plan.num_samples());
     if (compute_metrics_) {
@@ -819,6 +845,7 @@ class Trainer {
   LossFn loss_fn_;
   MetricsFn compute_metrics_;
   torch::Device device_{torch::kCPU};
+  detail::MemoryTracker memory_{!args_.skip_memory_metrics};
 
   CallbackHandler handler_;
   TrainerState state_;
