@@ -102,12 +102,15 @@ TEST_CASE("a run stopped mid-epoch by a callback and resumed ends bit-identical 
 
 TEST_CASE("a run killed with SIGKILL at any moment resumes from its newest complete checkpoint to the same end",
           "[checkpoint][resume][kill]") {
-  const auto run_child = [](const fs::path& dir, bool resume, std::optional<int64_t> kill_after_checkpoint) {
+  // `mode`: "" trains from scratch, "resume" resumes from the last checkpoint, "die-saving" dies within a save.
+  const auto run_child = [](const fs::path& dir, const std::string& mode, std::optional<int64_t> kill_after_checkpoint,
+                            const std::string& die_at = "") {
     const pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
       const std::string out = dir.string();
-      execl(TORCHFIT_RESUME_CHILD, TORCHFIT_RESUME_CHILD, out.c_str(), resume ? "resume" : nullptr, nullptr);
+      execl(TORCHFIT_RESUME_CHILD, TORCHFIT_RESUME_CHILD, out.c_str(), mode.empty() ? nullptr : mode.c_str(),
+            die_at.empty() ? nullptr : die_at.c_str(), nullptr);
       _exit(127);
     }
     int status = 0;
@@ -123,19 +126,41 @@ TEST_CASE("a run killed with SIGKILL at any moment resumes from its newest compl
     return status;
   };
   test::TempDir reference_dir;
-  REQUIRE(run_child(reference_dir.path(), false, std::nullopt) == 0);
+  REQUIRE(run_child(reference_dir.path(), "", std::nullopt) == 0);
   const auto reference = test::read_file(reference_dir / "final/model.safetensors");
   const auto reference_state = TrainerState::load_from_json(reference_dir / "final/trainer_state.json");
 
   for (int64_t kill_at : {4, 10}) {
     test::TempDir dir;
-    const int status = run_child(dir.path(), false, kill_at);
+    const int status = run_child(dir.path(), "", kill_at);
     REQUIRE(WIFSIGNALED(status));
     CHECK(!fs::exists(dir / "final"));
-    REQUIRE(run_child(dir.path(), true, std::nullopt) == 0);
+    REQUIRE(run_child(dir.path(), "resume", std::nullopt) == 0);
     CHECK(test::read_file(dir / "final/model.safetensors") == reference);
     const auto state = TrainerState::load_from_json(dir / "final/trainer_state.json");
     CHECK(comparable_history(state).dump() == comparable_history(reference_state).dump());
+  }
+
+  SECTION("killed in the middle of writing checkpoint-6") {
+    test::TempDir dir;
+    const int status = run_child(dir.path(), "die-saving", std::nullopt, "6");
+    REQUIRE(WIFSIGNALED(status));
+    REQUIRE(WTERMSIG(status) == SIGKILL);
+    // The half-written checkpoint is a hidden temporary with the weights but no trainer_state.json.
+    std::vector<fs::path> temporaries;
+    for (const auto& entry : fs::directory_iterator(dir.path()))
+      if (entry.path().filename().string().rfind(".checkpoint-6.tmp-", 0) == 0) temporaries.push_back(entry.path());
+    REQUIRE(temporaries.size() == 1);
+    CHECK(fs::exists(temporaries[0] / "model.safetensors"));
+    CHECK(fs::exists(temporaries[0] / "optimizer.pt"));
+    CHECK(!fs::exists(temporaries[0] / "trainer_state.json"));
+    CHECK(!fs::exists(dir / "checkpoint-6"));
+    CHECK(checkpoint::last(dir.path()) == checkpoint::dir_for(dir.path(), 4));
+
+    REQUIRE(run_child(dir.path(), "resume", std::nullopt) == 0);
+    CHECK(test::read_file(dir / "final/model.safetensors") == reference);
+    CHECK(!fs::exists(temporaries[0]));  // cleared by the next save
+    CHECK(checkpoint::is_complete(dir / "checkpoint-6"));
   }
 }
 
