@@ -195,18 +195,29 @@ inline std::vector<std::pair<const std::string*, const json*>> object_items(cons
   throw Error(fmt::format("a JSON {} value has no Python equivalent", value.type_name()));
 }
 
-inline void append_python_json(std::string& out, const json& value, int indent, bool sort_keys, int level) {
-  // Python: indent=None puts everything on one line with ", "; an integer indent breaks lines and uses ",".
+/// How a Python value is spelt: by json.dumps or by repr(). Both share the layout of lists and dicts.
+struct PythonSyntax {
+  const char* null_word;
+  const char* true_word;
+  const char* false_word;
+  std::string (*float_text)(double);
+  void (*append_string)(std::string&, std::string_view);
+  int indent;  // < 0: one line with ", " between items (Python's indent=None)
+  bool sort_keys;
+};
+
+inline void append_python_value(std::string& out, const json& value, const PythonSyntax& syntax, int level) {
+  // An integer indent breaks lines and separates items with ","; no indent keeps one line with ", ".
   const auto newline = [&](int depth) {
-    if (indent >= 0) out.append("\n").append(static_cast<size_t>(indent * depth), ' ');
+    if (syntax.indent >= 0) out.append("\n").append(static_cast<size_t>(syntax.indent * depth), ' ');
   };
-  const char* separator = indent >= 0 ? "," : ", ";
+  const char* separator = syntax.indent >= 0 ? "," : ", ";
   switch (value.type()) {
     case json::value_t::null:
-      out += "null";
+      out += syntax.null_word;
       break;
     case json::value_t::boolean:
-      out += value.get<bool>() ? "true" : "false";
+      out += value.get<bool>() ? syntax.true_word : syntax.false_word;
       break;
     case json::value_t::number_integer:
       out += std::to_string(value.get<int64_t>());
@@ -215,10 +226,10 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
       out += std::to_string(value.get<uint64_t>());
       break;
     case json::value_t::number_float:
-      out += python_json_float(value.get<double>());
+      out += syntax.float_text(value.get<double>());
       break;
     case json::value_t::string:
-      append_json_string(out, value.get_ref<const std::string&>());
+      syntax.append_string(out, value.get_ref<const std::string&>());
       break;
     case json::value_t::array: {
       if (value.empty()) {
@@ -229,7 +240,7 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
       for (size_t i = 0; i < value.size(); ++i) {
         if (i > 0) out += separator;
         newline(level + 1);
-        append_python_json(out, value[i], indent, sort_keys, level + 1);
+        append_python_value(out, value[i], syntax, level + 1);
       }
       newline(level);
       out += ']';
@@ -242,13 +253,13 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
       }
       out += '{';
       bool first = true;
-      for (const auto& [key, member] : object_items(value, sort_keys)) {
+      for (const auto& [key, member] : object_items(value, syntax.sort_keys)) {
         if (!first) out += separator;
         first = false;
         newline(level + 1);
-        append_json_string(out, *key);
+        syntax.append_string(out, *key);
         out += ": ";
-        append_python_json(out, *member, indent, sort_keys, level + 1);
+        append_python_value(out, *member, syntax, level + 1);
       }
       newline(level);
       out += '}';
@@ -264,63 +275,18 @@ inline void append_python_json(std::string& out, const json& value, int indent, 
 /// A negative indent stands for Python's `indent=None` (one line, `", "` between items).
 inline std::string python_json_dumps(const json& value, int indent = 2, bool sort_keys = true) {
   std::string out;
-  append_python_json(out, value, indent, sort_keys, 0);
+  append_python_value(out, value,
+                      PythonSyntax{"null", "true", "false", python_json_float, append_json_string, indent, sort_keys},
+                      0);
   return out;
-}
-
-inline void append_python_repr(std::string& out, const json& value) {
-  switch (value.type()) {
-    case json::value_t::null:
-      out += "None";
-      break;
-    case json::value_t::boolean:
-      out += value.get<bool>() ? "True" : "False";
-      break;
-    case json::value_t::number_integer:
-      out += std::to_string(value.get<int64_t>());
-      break;
-    case json::value_t::number_unsigned:
-      out += std::to_string(value.get<uint64_t>());
-      break;
-    case json::value_t::number_float:
-      out += python_float_repr(value.get<double>());
-      break;
-    case json::value_t::string:
-      append_python_str_repr(out, value.get_ref<const std::string&>());
-      break;
-    case json::value_t::array: {
-      out += '[';
-      for (size_t i = 0; i < value.size(); ++i) {
-        if (i > 0) out += ", ";
-        append_python_repr(out, value[i]);
-      }
-      out += ']';
-      break;
-    }
-    case json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (const auto& [key, member] : object_items(value, false)) {
-        if (!first) out += ", ";
-        first = false;
-        append_python_str_repr(out, *key);
-        out += ": ";
-        append_python_repr(out, *member);
-      }
-      out += '}';
-      break;
-    }
-    case json::value_t::binary:
-    case json::value_t::discarded:
-      throw_no_python_equivalent(value);
-  }
 }
 
 /// Python's `repr()` of the equivalent dict / list / str / number / bool / None, keys in insertion order:
 /// `{'loss': 0.5824, 'learning_rate': 0.0005, 'epoch': 19.5}` (how HF prints logs).
 inline std::string python_repr(const json& value) {
   std::string out;
-  append_python_repr(out, value);
+  append_python_value(out, value,
+                      PythonSyntax{"None", "True", "False", python_float_repr, append_python_str_repr, -1, false}, 0);
   return out;
 }
 
