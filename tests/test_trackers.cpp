@@ -39,6 +39,19 @@ using torchfit::test::simulate;
 
 namespace {
 
+// Two steps logged through a tracker that cannot write: training goes on and one warning, starting with
+// `warning_start`, says why.
+void check_disabled_with_one_warning(Run& run, const std::string& warning_start) {
+  auto recorder = run.handler.add_callback<Recorder>();
+  CaptureLog log;
+  simulate(run, 0, 2);
+  CHECK(recorder->logs_seen == 4);
+  CHECK(recorder->ended);
+  const std::string text = log.text();
+  CHECK(text.rfind(warning_start, 0) == 0);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+}
+
 // A TSV reader: rows of tab-separated cells (no quoting needed by these tests).
 std::vector<std::vector<std::string>> read_tsv(const fs::path& path) {
   std::vector<std::vector<std::string>> rows;
@@ -183,18 +196,9 @@ TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warnin
   write_file(tmp / "blocker", "a file");
   Run run(tmp / "out");
   run.handler.add_callback<DVCLiveCallback>(tmp / "blocker" / "dvclive");
-  auto recorder = run.handler.add_callback<Recorder>();
-  CaptureLog log;
-  simulate(run, 0, 2);
-  CHECK(recorder->logs_seen == 4);
-  CHECK(recorder->ended);
-  CHECK(
-      log.text().rfind("[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of this run: "
-                       "cannot create the DVCLive directory " +
-                           (tmp / "blocker" / "dvclive").string() + ": ",
-                       0) == 0);
-  const std::string text = log.text();
-  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  check_disabled_with_one_warning(run, "[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of "
+                                       "this run: cannot create the DVCLive directory " +
+                                           (tmp / "blocker" / "dvclive").string() + ": ");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -346,17 +350,8 @@ TEST_CASE("Trackio: the directory follows TRACKIO_DIR, else HF_HOME; an unusable
   ScopedEnv dir("TRACKIO_DIR", (tmp / "blocker" / "trackio").string());
   Run run(tmp / "out");
   run.handler.add_callback<TrackioCallback>();
-  auto recorder = run.handler.add_callback<Recorder>();
-  CaptureLog log;
-  simulate(run, 0, 2);
-  CHECK(recorder->logs_seen == 4);
-  CHECK(recorder->ended);
-  CHECK(
-      log.text().rfind("[torchfit] warning: TrackioCallback failed and is disabled for the rest of this run: "
-                       "cannot create the Trackio directory ",
-                       0) == 0);
-  const std::string text = log.text();
-  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  check_disabled_with_one_warning(run, "[torchfit] warning: TrackioCallback failed and is disabled for the rest of "
+                                       "this run: cannot create the Trackio directory ");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
