@@ -40,21 +40,9 @@ class ProtoMessage {
     return *this;
   }
   /// A `double` field (wire type fixed64).
-  ProtoMessage& add_double(std::uint32_t field, double value) {
-    std::uint64_t bits = 0;
-    std::memcpy(&bits, &value, sizeof bits);
-    append_key(field, 1);
-    append_little_endian(bytes_, bits, 8);
-    return *this;
-  }
+  ProtoMessage& add_double(std::uint32_t field, double value) { return add_fixed<std::uint64_t>(field, value, 1); }
   /// A `float` field (wire type fixed32).
-  ProtoMessage& add_float(std::uint32_t field, float value) {
-    std::uint32_t bits = 0;
-    std::memcpy(&bits, &value, sizeof bits);
-    append_key(field, 5);
-    append_little_endian(bytes_, bits, 4);
-    return *this;
-  }
+  ProtoMessage& add_float(std::uint32_t field, float value) { return add_fixed<std::uint32_t>(field, value, 5); }
   /// A `string` or `bytes` field.
   ProtoMessage& add_bytes(std::uint32_t field, std::string_view value) {
     append_key(field, 2);
@@ -80,6 +68,16 @@ class ProtoMessage {
       value >>= 7;
     }
     bytes_ += static_cast<char>(value);
+  }
+  // IEEE-754 value as its bit pattern, little-endian (`Bits` is the unsigned integer of the same size).
+  template <typename Bits, typename Float>
+  ProtoMessage& add_fixed(std::uint32_t field, Float value, std::uint32_t wire_type) {
+    static_assert(sizeof(Bits) == sizeof(Float));
+    Bits bits = 0;
+    std::memcpy(&bits, &value, sizeof bits);
+    append_key(field, wire_type);
+    append_little_endian(bytes_, bits, sizeof bits);
+    return *this;
   }
 
   std::string bytes_;
