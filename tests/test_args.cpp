@@ -84,7 +84,8 @@ TEST_CASE("defaults are HF v4.57's, except report_to and restore_callback_states
     "seed": 42, "data_seed": null, "full_determinism": false, "dataloader_drop_last": false,
     "dataloader_num_workers": 0,
     "use_cpu": false, "bf16": false, "fp16": false,
-    "disable_tqdm": false, "skip_memory_metrics": true, "report_to": ["none"], "run_name": null
+    "disable_tqdm": false, "skip_memory_metrics": true, "include_num_input_tokens_seen": "no",
+    "include_tokens_per_second": false, "report_to": ["none"], "run_name": null
   })");
   // Same keys, same order (declaration order), same values and JSON types (ints stay ints).
   CHECK(TrainingArguments().to_json().dump() == expected.dump());
@@ -579,4 +580,21 @@ TEST_CASE("strategy names convert both ways; an unknown name lists the valid one
         "IntervalStrategy expects one of \"no\", \"steps\", \"epoch\" (got \"Steps\")");
   CHECK(error_of([] { save_strategy_from_string("always", "--save_strategy"); }) ==
         "--save_strategy expects one of \"no\", \"steps\", \"epoch\", \"best\" (got \"always\")");
+}
+
+TEST_CASE("include_num_input_tokens_seen takes HF's names or a bool, on the command line and in JSON", "[args]") {
+  CHECK(parse({}).include_num_input_tokens_seen == TokenCounting::no);
+  CHECK(parse({"--include_num_input_tokens_seen", "true"}).include_num_input_tokens_seen == TokenCounting::all);
+  CHECK(parse({"--include_num_input_tokens_seen", "False"}).include_num_input_tokens_seen == TokenCounting::no);
+  CHECK(parse({"--include_num_input_tokens_seen", "non_padding"}).include_num_input_tokens_seen ==
+        TokenCounting::non_padding);
+  CHECK(parse_error({"--include_num_input_tokens_seen", "some"}) ==
+        "--include_num_input_tokens_seen expects one of \"no\", \"all\", \"non_padding\" (got \"some\")");
+  CHECK(TrainingArguments::from_json(json::parse(R"({"include_num_input_tokens_seen": true})"))
+            .include_num_input_tokens_seen == TokenCounting::all);
+  CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"include_num_input_tokens_seen": 3})")); }) ==
+        "field \"include_num_input_tokens_seen\" expects one of \"no\", \"all\", \"non_padding\" or a bool (got 3)");
+  // Written as HF writes it after __post_init__: the name, never the bool.
+  auto args = parse({"--include_num_input_tokens_seen", "yes"});
+  CHECK(args.to_json().at("include_num_input_tokens_seen") == "all");
 }

@@ -650,3 +650,60 @@ TEST_CASE("skip_memory_metrics false adds HF's memory metrics; CPU peaks come fr
   skipping.remove_callback<ProgressCallback>();
   CHECK(memory_keys(skipping.train().metrics).empty());
 }
+
+TEST_CASE("num_input_tokens_seen counts input elements (all) or non-padding ones, without a sync per step",
+          "[trainer][tokens]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_steps = 2;
+  args.max_steps = 4;
+  // 8 samples of 4 inputs; a 0 marks padding: every sample ends with one, so any order counts 6 per step.
+  auto data = test::regression_data(8);
+  data.first.select(1, 3).zero_();
+  auto train = [&](TokenCounting counting, bool per_second, std::optional<int64_t> pad) {
+    args.include_num_input_tokens_seen = counting;
+    args.include_tokens_per_second = per_second;
+    torch::manual_seed(0);
+    auto trainer = std::make_unique<MlpTrainer>(Mlp(), args, data, std::nullopt, test::mse_loss);
+    trainer->remove_callback<ProgressCallback>();
+    if (pad) trainer->set_pad_token_id(*pad);
+    torchfit::detail::host_reads() = 0;
+    trainer->train();
+    return trainer;
+  };
+
+  SECTION("all") {
+    const auto trainer = train(TokenCounting::all, false, std::nullopt);
+    CHECK(trainer->state().num_input_tokens_seen == 32);
+    const auto& h = trainer->state().log_history;
+    REQUIRE(h.size() == 3);
+    std::vector<std::string> keys;
+    for (const auto& item : h[0].items()) keys.push_back(item.key());
+    CHECK(keys == std::vector<std::string>{"loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen",
+                                           "train_runtime", "train_tokens_per_second", "step"});
+    CHECK(h[0].at("num_input_tokens_seen") == 16);
+    CHECK(h[1].at("num_input_tokens_seen") == 32);
+    CHECK(h[2].at("num_input_tokens_seen") == 32);
+    CHECK_FALSE(h[2].contains("train_tokens_per_second"));  // the summary has it only with include_tokens_per_second
+    CHECK(torchfit::detail::host_reads() == 5);  // loss and grad_norm at the two logs, the loss for the summary
+  }
+  SECTION("non_padding, read on the logging steps") {
+    const auto trainer = train(TokenCounting::non_padding, true, 0);
+    CHECK(trainer->state().num_input_tokens_seen == 24);
+    const auto& h = trainer->state().log_history;
+    CHECK(h[0].at("num_input_tokens_seen") == 12);
+    CHECK(h[2].contains("train_tokens_per_second"));  // include_tokens_per_second: all elements of this call
+    CHECK(torchfit::detail::host_reads() == 8);       // plus one token count per log
+  }
+  SECTION("non_padding without a padding value counts every element, with a warning") {
+    test::CaptureLog log;
+    const auto trainer = train(TokenCounting::non_padding, false, std::nullopt);
+    CHECK(trainer->state().num_input_tokens_seen == 32);
+    CHECK_THAT(log.text(), Catch::Contains("no padding value was given (Trainer::set_pad_token_id)"));
+  }
+  SECTION("no counting") {
+    const auto trainer = train(TokenCounting::no, false, std::nullopt);
+    CHECK(trainer->state().num_input_tokens_seen == 0);
+    CHECK_FALSE(trainer->state().log_history[0].contains("num_input_tokens_seen"));
+  }
+}

@@ -105,13 +105,18 @@ inline double round_to(double value, int digits) {
   return std::round(value * scale) / scale;
 }
 
-/// HF's speed_metrics: `<split>_runtime` (4 decimals) and, when time passed, samples and steps per second.
-inline void add_speed_metrics(Logs& metrics, const std::string& split, double seconds, int64_t samples,
-                              int64_t steps) {
+/// HF's speed_metrics: `<split>_runtime` (4 decimals) and, when time passed, the rates of what was given.
+inline void add_speed_metrics(Logs& metrics, const std::string& split, double seconds,
+                              std::optional<int64_t> samples, std::optional<int64_t> steps,
+                              std::optional<int64_t> tokens = std::nullopt) {
   metrics[split + "_runtime"] = round_to(seconds, 4);
   if (seconds <= 0) return;
-  metrics[split + "_samples_per_second"] = round_to(static_cast<double>(samples) / seconds, 3);
-  metrics[split + "_steps_per_second"] = round_to(static_cast<double>(steps) / seconds, 3);
+  const auto rate = [&](const char* what, std::optional<int64_t> count) {
+    if (count) metrics[split + "_" + what + "_per_second"] = round_to(static_cast<double>(*count) / seconds, 3);
+  };
+  rate("samples", samples);
+  rate("steps", steps);
+  rate("tokens", tokens);
 }
 
 inline double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -265,7 +270,15 @@ class Trainer {
     session_ = Session{};
     session_.loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
     if (resume_dir) resume_from(*resume_dir, max_steps);
-    const auto start_time = std::chrono::steady_clock::now();
+    session_.start = std::chrono::steady_clock::now();
+    session_.tokens_seen_at_start = state_.num_input_tokens_seen;
+    if (args_.include_num_input_tokens_seen == TokenCounting::non_padding) {
+      if (pad_token_id_)
+        session_.non_padding_tokens = torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device_));
+      else
+        log::warning("--include_num_input_tokens_seen non_padding: no padding value was given "
+                     "(Trainer::set_pad_token_id); counting every input element");
+    }
     const int64_t start_step = state_.global_step;
 
     train_loader_info_ = LoaderInfo{batches_per_epoch, num_samples, batch_size};
@@ -308,11 +321,14 @@ class Trainer {
 
     session_.loss_total += window_loss_sum();
     reset_loss_window();
-    const double runtime = detail::seconds_since(start_time);
+    const double runtime = detail::seconds_since(session_.start);
     const int64_t session_steps = state_.global_step - start_step;
     const double train_loss = session_.loss_total / static_cast<double>(std::max<int64_t>(state_.global_step, 1));
     Logs metrics = Logs::object();
-    detail::add_speed_metrics(metrics, "train", runtime, session_.samples, session_steps);
+    // Rates are over this call's work (HF divides totals since step 0 by this session's time, #40560).
+    detail::add_speed_metrics(metrics, "train", runtime, session_.samples, session_steps,
+                              args_.include_tokens_per_second ? std::optional<int64_t>(session_.tokens)
+                                                              : std::nullopt);
     metrics["total_flos"] = state_.total_flos;
     metrics["train_loss"] = train_loss;
     memory_.stop_and_update_metrics("train", metrics);
@@ -357,16 +373,31 @@ class Trainer {
     checkpoint::save_model_state(*module_, target / checkpoint::model_file);
   }
 
-  /// Appends `logs` (plus epoch) to the log history and fires on_log (HF's Trainer.log).
-  void log(Logs logs) {
+  /// Appends `logs` (plus epoch, and num_input_tokens_seen when counted) to the log history and fires on_log
+  /// (HF's Trainer.log).
+  void log(Logs logs) { log(std::move(logs), false); }
+
+  /// The input value that marks padding, for `--include_num_input_tokens_seen non_padding` (HF reads it from
+  /// the tokenizer).
+  void set_pad_token_id(int64_t id) { pad_token_id_ = id; }
+
+ private:
+  // Training logs also get this session's token rate, as HF's log(logs, start_time).
+  void log(Logs logs, bool with_token_rate) {
     if (state_.epoch) logs["epoch"] = *state_.epoch;
+    if (args_.include_num_input_tokens_seen != TokenCounting::no) {
+      read_token_count();
+      logs["num_input_tokens_seen"] = state_.num_input_tokens_seen;
+      if (with_token_rate)
+        detail::add_speed_metrics(logs, "train", detail::seconds_since(session_.start), std::nullopt, std::nullopt,
+                                  state_.num_input_tokens_seen - session_.tokens_seen_at_start);
+    }
     Logs entry = logs;
     entry["step"] = state_.global_step;
     state_.log_history.push_back(std::move(entry));
     handler_.on_log(args_, state_, control_, logs);
   }
 
- private:
   // Quantities of one train() call; loss_sum and last_logged are restored on resume so that logged losses
   // after a resume equal an uninterrupted run's.
   struct Session {
@@ -382,6 +413,10 @@ class Trainer {
     int64_t samples = 0;         // samples trained on in this call
     torch::Tensor grad_norm;     // pre-clip norm of the last update, on the device
     double learning_rate = 0;    // lr used by the last update
+    std::chrono::steady_clock::time_point start;  // of this train() call
+    int64_t tokens = 0;          // input elements trained on in this call
+    int64_t tokens_seen_at_start = 0;
+    torch::Tensor non_padding_tokens;  // counted on the device since the last read (non_padding mode)
   };
 
   struct Pass {
@@ -460,6 +495,7 @@ class Trainer {
       ctx.loss = &last_loss;
       accumulate_loss(last_loss);
       session_.samples += detail::batch_size_of(batch);
+      count_tokens(batch);
       if constexpr (detail::has_floating_point_ops<Model, Batch>::value)
         state_.total_flos += static_cast<double>(model_->floating_point_ops(batch));
 
@@ -483,6 +519,25 @@ class Trainer {
       if (control_.should_epoch_stop || control_.should_training_stop) break;
     }
     ctx.loss = nullptr;
+  }
+
+  // Element counts are known on the host; non-padding counts are summed on the device and read with the logs.
+  void count_tokens(const Batch& batch) {
+    const TokenCounting counting = args_.include_num_input_tokens_seen;
+    if (counting == TokenCounting::no && !args_.include_tokens_per_second) return;
+    const int64_t elements = batch.data.numel();
+    session_.tokens += elements;
+    if (session_.non_padding_tokens.defined())
+      session_.non_padding_tokens.add_((batch.data != *pad_token_id_).sum());
+    else if (counting != TokenCounting::no)
+      state_.num_input_tokens_seen += elements;
+  }
+
+  void read_token_count() {
+    auto& pending = session_.non_padding_tokens;
+    if (!pending.defined()) return;
+    state_.num_input_tokens_seen += static_cast<int64_t>(detail::to_host(pending));
+    pending.zero_();
   }
 
   // One add on the device per micro-step and nothing read back. HF's logging_nan_inf_filter (a non-finite step
@@ -533,7 +588,7 @@ class Trainer {
       logs["learning_rate"] = session_.learning_rate;
       session_.loss_total += loss_sum;
       session_.last_logged = state_.global_step;
-      log(std::move(logs));
+      log(std::move(logs), true);
     }
     if (control_.should_evaluate) {
       const Logs metrics = evaluate_impl("eval");
@@ -663,6 +718,7 @@ class Trainer {
       if (scaler_) write_text(dir / checkpoint::scaler_file, scaler_->state().dump(2));
     }
     state_.stateful_callbacks = stateful_callback_states();
+    read_token_count();
     state_.save_to_json(dir / checkpoint::state_file);
     write_text(dir / checkpoint::args_file, args_.to_json_string());
     writer.commit();
@@ -846,6 +902,7 @@ class Trainer {
   MetricsFn compute_metrics_;
   torch::Device device_{torch::kCPU};
   detail::MemoryTracker memory_{!args_.skip_memory_metrics};
+  std::optional<int64_t> pad_token_id_;
 
   CallbackHandler handler_;
   TrainerState state_;

@@ -32,6 +32,9 @@ enum class IntervalStrategy { no, steps, epoch };
 /// When to save a checkpoint (HF's SaveStrategy); `best` saves after each evaluation that improves the
 /// metric.
 enum class SaveStrategy { no, steps, epoch, best };
+/// Which input elements num_input_tokens_seen counts (HF's include_num_input_tokens_seen): none, all of them,
+/// or those that are not padding.
+enum class TokenCounting { no, all, non_padding };
 
 namespace detail {
 template <>
@@ -41,6 +44,23 @@ struct EnumNames<IntervalStrategy> {
 template <>
 struct EnumNames<SaveStrategy> {
   static constexpr std::array<const char*, 4> values = {"no", "steps", "epoch", "best"};
+};
+template <>
+struct EnumNames<TokenCounting> {
+  static constexpr std::array<const char*, 3> values = {"no", "all", "non_padding"};
+};
+/// HF also takes a bool for include_num_input_tokens_seen: true means "all", false "no".
+struct TokenCountingCodec : Codec<TokenCounting> {
+  static std::string type() { return Codec<TokenCounting>::type() + "|bool"; }
+  static TokenCounting parse(std::string_view where, const std::string& text) {
+    if (const auto flag = bool_word(text)) return *flag ? TokenCounting::all : TokenCounting::no;
+    return Codec<TokenCounting>::parse(where, text);
+  }
+  static TokenCounting from_json(std::string_view where, const json& j) {
+    if (j.is_boolean()) return j.get<bool>() ? TokenCounting::all : TokenCounting::no;
+    if (!j.is_string()) bad_value(where, "one of " + join_quoted(EnumNames<TokenCounting>::values) + " or a bool", j.dump());
+    return parse(where, j.get<std::string>());
+  }
 };
 /// The lr_scheduler_type values the scheduler factory implements (HF's SchedulerType names).
 inline constexpr std::array<std::string_view, 10> scheduler_names = {"linear",
@@ -145,6 +165,8 @@ struct TrainingArguments {
 
   bool disable_tqdm = false;
   bool skip_memory_metrics = true;
+  TokenCounting include_num_input_tokens_seen = TokenCounting::no;
+  bool include_tokens_per_second = false;
   std::vector<std::string> report_to = {"none"};
   std::optional<std::string> run_name;
 
@@ -331,6 +353,11 @@ inline const FieldTable& training_fields() {
           .section("Reporting")
           .add("disable_tqdm", &A::disable_tqdm, "print log lines instead of a progress bar")
           .add("skip_memory_metrics", &A::skip_memory_metrics, "do not add memory usage to metrics")
+          .add<TokenCountingCodec>("include_num_input_tokens_seen", &A::include_num_input_tokens_seen,
+                                   "count input elements in num_input_tokens_seen (non_padding: "
+                                   "Trainer::set_pad_token_id)")
+          .add("include_tokens_per_second", &A::include_tokens_per_second,
+               "add train_tokens_per_second to the training summary")
           .add("report_to", &A::report_to,
                "trackers, comma-separated: \"all\", \"none\" or integration names")
           .add("run_name", &A::run_name, "run name shown by trackers");
