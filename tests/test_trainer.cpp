@@ -404,6 +404,13 @@ TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
   CHECK(prediction.metrics.contains("test_mae"));
   CHECK(trace->events.back() == "on_predict");
   CHECK(trainer.state().log_history.size() == 1);  // predict does not log (HF)
+
+  // Other datasets and prefixes, as HF's evaluate(eval_dataset, metric_key_prefix=...).
+  const Logs holdout = trainer.evaluate(test::regression_data(3, 4, 12), "eval_holdout");
+  CHECK(holdout.at("eval_holdout_n") == 3);
+  CHECK(holdout.contains("eval_holdout_loss"));
+  CHECK(trainer.state().log_history.back().contains("eval_holdout_mae"));
+  CHECK(trainer.predict(eval, "val").metrics.contains("val_mae"));
 }
 
 TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss scaling", "[trainer][cuda]") {

@@ -295,7 +295,7 @@ class Trainer {
       log::info("Not training further: the checkpoint recorded a stop ({})", recorded_stop);
       control_.stop_training(recorded_stop);
     }
-    if (args_.eval_on_start && !control_.should_training_stop) evaluate_impl("eval");
+    if (args_.eval_on_start && !control_.should_training_stop) evaluate_impl(*eval_data_, "eval");
 
     module_->train();
     const int64_t epochs_trained = state_.global_step / updates_per_epoch;
@@ -332,8 +332,7 @@ class Trainer {
     metrics["total_flos"] = state_.total_flos;
     metrics["train_loss"] = train_loss;
     memory_.stop_and_update_metrics("train", metrics);
-    if (state_.epoch) metrics["epoch"] = *state_.epoch;  // HF's log() adds it to the caller's dict too
-    log(metrics);
+    log_in_place(metrics, false);
     handler_.on_train_end(args_, state_, control_);
     return TrainOutput{state_.global_step, train_loss, metrics};
   }
@@ -342,15 +341,21 @@ class Trainer {
   /// on_log and on_evaluate.
   Logs evaluate() {
     if (!eval_data_) throw Error("evaluate(): the Trainer was built without an eval dataset");
-    return evaluate_impl("eval");
+    return evaluate_impl(*eval_data_, "eval");
   }
 
-  /// Runs the model over `dataset` and returns predictions, labels and "test_" metrics; fires on_predict (no
-  /// on_log, as HF).
-  PredictionOutput predict(const EvalData& dataset) {
+  /// Evaluates on `dataset`, with metrics prefixed `<metric_key_prefix>_` (HF's evaluate(eval_dataset,
+  /// metric_key_prefix=...)).
+  Logs evaluate(const EvalData& dataset, const std::string& metric_key_prefix = "eval") {
+    return evaluate_impl(dataset, metric_key_prefix);
+  }
+
+  /// Runs the model over `dataset` and returns predictions, labels and metrics prefixed `<metric_key_prefix>_`;
+  /// fires on_predict (no on_log, as HF).
+  PredictionOutput predict(const EvalData& dataset, const std::string& metric_key_prefix = "test") {
     memory_.start("test", device_);
     PredictionOutput out;
-    Pass pass = run_prediction_pass(dataset, "test", /*gather=*/true);
+    Pass pass = run_prediction_pass(dataset, metric_key_prefix, /*gather=*/true);
     out.predictions = pass.predictions;
     out.label_ids = pass.labels;
     out.metrics = std::move(pass.metrics);
@@ -375,15 +380,16 @@ class Trainer {
 
   /// Appends `logs` (plus epoch, and num_input_tokens_seen when counted) to the log history and fires on_log
   /// (HF's Trainer.log).
-  void log(Logs logs) { log(std::move(logs), false); }
+  void log(Logs logs) { log_in_place(logs, false); }
 
   /// The input value that marks padding, for `--include_num_input_tokens_seen non_padding` (HF reads it from
   /// the tokenizer).
   void set_pad_token_id(int64_t id) { pad_token_id_ = id; }
 
  private:
-  // Training logs also get this session's token rate, as HF's log(logs, start_time).
-  void log(Logs logs, bool with_token_rate) {
+  // HF's log(logs, start_time): the caller's `logs` get epoch and the token count too; training logs also get
+  // this session's token rate.
+  void log_in_place(Logs& logs, bool with_token_rate) {
     if (state_.epoch) logs["epoch"] = *state_.epoch;
     if (args_.include_num_input_tokens_seen != TokenCounting::no) {
       read_token_count();
@@ -588,10 +594,10 @@ class Trainer {
       logs["learning_rate"] = session_.learning_rate;
       session_.loss_total += loss_sum;
       session_.last_logged = state_.global_step;
-      log(std::move(logs), true);
+      log_in_place(logs, true);
     }
     if (control_.should_evaluate) {
-      const Logs metrics = evaluate_impl("eval");
+      const Logs metrics = evaluate_impl(*eval_data_, "eval");
       if (auto* plateau = dynamic_cast<ReduceLROnPlateau*>(scheduler_.get()))
         plateau->step(metric_value(metrics));
       const bool is_new_best = update_best_metric(metrics);
@@ -634,11 +640,10 @@ class Trainer {
   }
 
   // Memory metrics join the returned metrics after on_evaluate, so they are not in log_history (HF).
-  Logs evaluate_impl(const std::string& prefix) {
+  Logs evaluate_impl(const EvalData& dataset, const std::string& prefix) {
     memory_.start("eval", device_);
-    Pass pass = run_prediction_pass(*eval_data_, prefix, static_cast<bool>(compute_metrics_));
-    log(pass.metrics);
-    if (state_.epoch) pass.metrics["epoch"] = *state_.epoch;
+    Pass pass = run_prediction_pass(dataset, prefix, static_cast<bool>(compute_metrics_));
+    log_in_place(pass.metrics, false);
     handler_.on_evaluate(args_, state_, control_, pass.metrics);
     memory_.stop_and_update_metrics("eval", pass.metrics);
     return pass.metrics;
