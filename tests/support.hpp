@@ -2,6 +2,7 @@
 // Helpers shared by the tests.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <cstdlib>
@@ -131,7 +132,9 @@ struct TraceCallback : TrainerCallback {
   }
   void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
     const auto& logs = *ctx.logs;
-    add(logs.contains("loss") ? "on_log(loss)" : logs.contains("eval_loss") ? "on_log(eval)" : "on_log(summary)");
+    const bool eval = std::any_of(logs.items().begin(), logs.items().end(),
+                                  [](const auto& item) { return item.key().rfind("eval_", 0) == 0; });
+    add(logs.contains("loss") ? "on_log(loss)" : eval ? "on_log(eval)" : "on_log(summary)");
   }
   void on_prediction_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
     add("on_prediction_step");

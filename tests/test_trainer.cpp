@@ -714,3 +714,46 @@ TEST_CASE("num_input_tokens_seen counts input elements (all) or non-padding ones
     CHECK_FALSE(trainer->state().log_history[0].contains("num_input_tokens_seen"));
   }
 }
+
+TEST_CASE("several named eval datasets are evaluated in order, logged apart and tracked together",
+          "[trainer][eval]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.eval_strategy = IntervalStrategy::epoch;
+  args.num_train_epochs = 2;
+  args.metric_for_best_model = "val_loss";
+  using Data = std::pair<torch::Tensor, torch::Tensor>;
+  const NamedDatasets<Data> evals{{"val", test::regression_data(4, 4, 99)}, {"test", test::regression_data(2, 4, 98)}};
+  torch::manual_seed(0);
+  test::CaptureLog log;
+  Trainer trainer(Mlp(), args, test::regression_data(8), evals, test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  auto trace = trainer.add_callback<TraceCallback>();
+  trainer.add_callback<EarlyStoppingCallback>(5);
+  trainer.train();
+  const auto& h = trainer.state().log_history;
+  REQUIRE(h.size() == 6);  // val, test; the last step's loss, val, test; the summary
+  CHECK(h[0].contains("eval_val_loss"));
+  CHECK(h[1].contains("eval_test_loss"));
+  CHECK_FALSE(h[1].contains("eval_val_loss"));
+  CHECK(h[3].contains("eval_val_loss"));
+  CHECK(*trainer.state().best_metric == std::min(h[0].at("eval_val_loss").get<double>(),
+                                                 h[3].at("eval_val_loss").get<double>()));
+  CHECK(log.text().empty());  // EarlyStopping watches eval_val_loss and ignores the test evaluations
+  const auto first_epoch_end =
+      std::find(trace->events.begin(), trace->events.end(), "on_epoch_end") - trace->events.begin();
+  CHECK(Events(trace->events.begin() + first_epoch_end, trace->events.begin() + first_epoch_end + 7) ==
+        Events{"on_epoch_end", "on_prediction_step", "on_prediction_step", "on_log(eval)", "on_evaluate",
+               "on_prediction_step", "on_log(eval)"});
+
+  const Logs merged = trainer.evaluate();
+  CHECK(merged.contains("eval_val_loss"));
+  CHECK(merged.contains("eval_test_runtime"));
+
+  auto build = [&](NamedDatasets<Data> sets) {
+    Trainer t(Mlp(), args, test::regression_data(8), std::move(sets), test::mse_loss);
+  };
+  CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"", evals[1].second}}),
+                    "eval dataset 1 has no name: name every one of several eval datasets");
+  CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"val", evals[1].second}}), "two eval datasets are named \"val\"");
+}

@@ -184,13 +184,17 @@ class CallbackHandler {
   void on_step_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_step_end>(Event::step_end, a, s, c); }
   void on_prediction_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_prediction_step>(Event::prediction_step, a, s, c); }
 
-  void on_evaluate(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics) {
+  void on_evaluate(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics,
+                   const std::string& metric_key_prefix = "eval") {
     c.should_evaluate = false;
     Scoped<const Logs*> set(context_.metrics, &metrics);
+    Scoped<const std::string*> set_prefix(context_.metric_key_prefix, &metric_key_prefix);
     dispatch<&TrainerCallback::on_evaluate>(Event::evaluate, a, s, c);
   }
-  void on_predict(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics) {
+  void on_predict(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics,
+                  const std::string& metric_key_prefix = "test") {
     Scoped<const Logs*> set(context_.metrics, &metrics);
+    Scoped<const std::string*> set_prefix(context_.metric_key_prefix, &metric_key_prefix);
     dispatch<&TrainerCallback::on_predict>(Event::predict, a, s, c);
   }
   void on_save(const Args& a, TrainerState& s, TrainerControl& c, const std::filesystem::path& checkpoint_dir) {

@@ -50,6 +50,11 @@ struct EvalPrediction {
   torch::Tensor label_ids;
 };
 
+/// Several eval datasets, evaluated in this order with metrics prefixed `eval_<name>_` (HF's dict of eval
+/// datasets).
+template <typename Data>
+using NamedDatasets = std::vector<std::pair<std::string, Data>>;
+
 /// Result of train() (HF's TrainOutput).
 struct TrainOutput {
   int64_t global_step = 0;
@@ -145,17 +150,33 @@ class Trainer {
   template <typename LossFunction>
   Trainer(Model model, TrainingArguments args, TrainData train_dataset, std::optional<EvalData> eval_dataset,
           LossFunction loss_fn, MetricsFn compute_metrics = {})
+      : Trainer(std::move(model), std::move(args), std::move(train_dataset),
+                eval_dataset ? NamedDatasets<EvalData>{{"", std::move(*eval_dataset)}} : NamedDatasets<EvalData>{},
+                std::move(loss_fn), std::move(compute_metrics)) {}
+
+  /// With several named eval datasets: each evaluation runs them in order, logs each, and returns (and tracks
+  /// the best metric over) all their metrics together.
+  template <typename LossFunction>
+  Trainer(Model model, TrainingArguments args, TrainData train_dataset, NamedDatasets<EvalData> eval_datasets,
+          LossFunction loss_fn, MetricsFn compute_metrics = {})
       : model_(std::move(model)),
         module_(detail::module_of(model_)),
         args_(std::move(args)),
         train_data_(std::move(train_dataset)),
-        eval_data_(std::move(eval_dataset)),
+        eval_sets_(std::move(eval_datasets)),
         loss_fn_(wrap_loss(std::move(loss_fn))),
         compute_metrics_(std::move(compute_metrics)) {
     args_.validate();
-    if (args_.eval_strategy != IntervalStrategy::no && !eval_data_)
+    if (args_.eval_strategy != IntervalStrategy::no && eval_sets_.empty())
       throw ArgumentError("--eval_strategy \"" + to_string(args_.eval_strategy) +
                           "\" needs an eval dataset; pass one to the Trainer or use --eval_strategy no");
+    for (std::size_t i = 0; i < eval_sets_.size(); ++i) {
+      const std::string& name = eval_sets_[i].first;
+      if (eval_sets_.size() > 1 && name.empty())
+        throw ArgumentError("eval dataset " + std::to_string(i) + " has no name: name every one of several eval datasets");
+      for (std::size_t j = 0; j < i; ++j)
+        if (eval_sets_[j].first == name) throw ArgumentError("two eval datasets are named \"" + name + "\"");
+    }
     torch::manual_seed(static_cast<uint64_t>(args_.seed));
     if (args_.full_determinism) at::globalContext().setDeterministicAlgorithms(true, false);
     device_ = (!args_.use_cpu && torch::cuda::is_available()) ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
@@ -295,7 +316,7 @@ class Trainer {
       log::info("Not training further: the checkpoint recorded a stop ({})", recorded_stop);
       control_.stop_training(recorded_stop);
     }
-    if (args_.eval_on_start && !control_.should_training_stop) evaluate_impl(*eval_data_, "eval");
+    if (args_.eval_on_start && !control_.should_training_stop) evaluate_all();
 
     module_->train();
     const int64_t epochs_trained = state_.global_step / updates_per_epoch;
@@ -340,8 +361,8 @@ class Trainer {
   /// Evaluates on the eval dataset; metrics are prefixed "eval_" (HF). Fires on_prediction_step per batch, then
   /// on_log and on_evaluate.
   Logs evaluate() {
-    if (!eval_data_) throw Error("evaluate(): the Trainer was built without an eval dataset");
-    return evaluate_impl(*eval_data_, "eval");
+    if (eval_sets_.empty()) throw Error("evaluate(): the Trainer was built without an eval dataset");
+    return evaluate_all();
   }
 
   /// Evaluates on `dataset`, with metrics prefixed `<metric_key_prefix>_` (HF's evaluate(eval_dataset,
@@ -359,7 +380,7 @@ class Trainer {
     out.predictions = pass.predictions;
     out.label_ids = pass.labels;
     out.metrics = std::move(pass.metrics);
-    handler_.on_predict(args_, state_, control_, out.metrics);
+    handler_.on_predict(args_, state_, control_, out.metrics, metric_key_prefix);
     memory_.stop_and_update_metrics("test", out.metrics);
     return out;
   }
@@ -597,7 +618,7 @@ class Trainer {
       log_in_place(logs, true);
     }
     if (control_.should_evaluate) {
-      const Logs metrics = evaluate_impl(*eval_data_, "eval");
+      const Logs metrics = evaluate_all();
       if (auto* plateau = dynamic_cast<ReduceLROnPlateau*>(scheduler_.get()))
         plateau->step(metric_value(metrics));
       const bool is_new_best = update_best_metric(metrics);
@@ -639,12 +660,20 @@ class Trainer {
     return true;
   }
 
+  // Every eval dataset in turn; their metrics merged (HF's _evaluate over a dict of datasets).
+  Logs evaluate_all() {
+    Logs merged = Logs::object();
+    for (const auto& [name, dataset] : eval_sets_)
+      merged.update(evaluate_impl(dataset, name.empty() ? "eval" : "eval_" + name));
+    return merged;
+  }
+
   // Memory metrics join the returned metrics after on_evaluate, so they are not in log_history (HF).
   Logs evaluate_impl(const EvalData& dataset, const std::string& prefix) {
     memory_.start("eval", device_);
     Pass pass = run_prediction_pass(dataset, prefix, static_cast<bool>(compute_metrics_));
     log_in_place(pass.metrics, false);
-    handler_.on_evaluate(args_, state_, control_, pass.metrics);
+    handler_.on_evaluate(args_, state_, control_, pass.metrics, prefix);
     memory_.stop_and_update_metrics("eval", pass.metrics);
     return pass.metrics;
   }
@@ -902,7 +931,7 @@ class Trainer {
   std::shared_ptr<torch::nn::Module> module_;
   TrainingArguments args_;
   TrainData train_data_;
-  std::optional<EvalData> eval_data_;
+  NamedDatasets<EvalData> eval_sets_;
   LossFn loss_fn_;
   MetricsFn compute_metrics_;
   torch::Device device_{torch::kCPU};
@@ -928,5 +957,11 @@ Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, MetricsFunc
     -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, LossFunction) -> Trainer<Model, TrainData, TrainData>;
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction)
+    -> Trainer<Model, TrainData, EvalData>;
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
+Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction, MetricsFunction)
+    -> Trainer<Model, TrainData, EvalData>;
 
 }  // namespace torchfit

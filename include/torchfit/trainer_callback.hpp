@@ -39,8 +39,10 @@ struct CallbackContext {
 
   /// on_log: the entry just appended to state.log_history (without "step").
   const Logs* logs = nullptr;
-  /// on_evaluate, on_predict: the metrics returned to the caller.
+  /// on_evaluate, on_predict: the metrics returned to the caller, and the prefix of their keys ("eval",
+  /// "eval_<name>" for a named eval dataset, "test", or the metric_key_prefix given to evaluate/predict).
   const Logs* metrics = nullptr;
+  const std::string* metric_key_prefix = nullptr;
   /// Step events (on_step_begin excluded): the detached loss of the last micro-batch, still on the device.
   /// Reading it (`.item()`) forces a host-device sync: do it only when needed.
   const torch::Tensor* loss = nullptr;

@@ -76,6 +76,8 @@ class EarlyStoppingCallback : public TrainerCallback {
   /// Checks one evaluation's metric and stops training (with a reason) when it says so.
   void on_evaluate(const Args&, TrainerState&, TrainerControl& control, const CallbackContext& ctx) override {
     const Logs& metrics = *ctx.metrics;
+    const std::string* prefix = ctx.metric_key_prefix;
+    if (prefix && key_.rfind(*prefix + "_", 0) != 0) return;  // another eval dataset's evaluation
     if (!metrics.contains(key_) || !metrics.at(key_).is_number()) {
       if (!warned_missing_) warn_missing(metrics);
       return;
