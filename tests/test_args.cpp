@@ -152,7 +152,7 @@ TEST_CASE("eval_steps falls back to logging_steps, also when 0", "[args]") {
   CHECK_FALSE(epoch.eval_steps.has_value());
 }
 
-TEST_CASE("metric_for_best_model defaults to loss for load-best and plateau; greater_is_better follows it",
+TEST_CASE("metric_for_best_model defaults to loss for load-best and plateau, greater_is_better follows it",
           "[args]") {
   TrainingArguments plateau;
   plateau.lr_scheduler_type = "reduce_lr_on_plateau";
@@ -365,7 +365,7 @@ TEST_CASE("from_argv reads --name value, --name=value, bare and valued bool flag
   CHECK(args.do_eval);                  // validated
 }
 
-TEST_CASE("from_argv: a bool flag takes only a bool word after it; --no_NAME clears a bool", "[args]") {
+TEST_CASE("from_argv: a bool flag takes only a bool word after it, --no_NAME clears a bool", "[args]") {
   const auto args = parse({"--load_best_model_at_end", "--eval_strategy", "epoch", "--save_strategy", "epoch",
                            "--no_save_safetensors", "--no_logging_nan_inf_filter", "--use_cpu"});
   CHECK(args.load_best_model_at_end);
@@ -495,7 +495,7 @@ TEST_CASE("help_text has a usage line and one aligned line per field with type, 
   CHECK(std::find(lines.begin(), lines.end(), "Evaluation:") != lines.end());
 }
 
-TEST_CASE("to_json_string is HF's layout with sorted keys; whole step counts are ints, ratios floats",
+TEST_CASE("to_json_string is HF's layout with sorted keys, whole step counts are ints, ratios floats",
           "[args]") {
   TrainingArguments args;
   args.output_dir = "out";
@@ -569,7 +569,7 @@ TEST_CASE("from_json and load_from_json name the key, the value and the file", "
   CHECK_THROWS_AS(TrainingArguments::load_from_json(dir / "missing.json"), FormatError);
 }
 
-TEST_CASE("strategy names convert both ways; an unknown name lists the valid ones", "[args]") {
+TEST_CASE("strategy names convert both ways, an unknown name lists the valid ones", "[args]") {
   for (auto s : {IntervalStrategy::no, IntervalStrategy::steps, IntervalStrategy::epoch})
     CHECK(interval_strategy_from_string(to_string(s)) == s);
   for (auto s : {SaveStrategy::no, SaveStrategy::steps, SaveStrategy::epoch, SaveStrategy::best})

@@ -205,7 +205,7 @@ TEST_CASE("Progress replaces long strings and prints nothing for a standalone ev
                                         "`max_str_len` if needed.]', 'short': 'abc'}"));
 }
 
-TEST_CASE("Progress picks a bar on a terminal and plain lines elsewhere; TORCHFIT_PROGRESS overrides",
+TEST_CASE("Progress picks a bar on a terminal and plain lines elsewhere, TORCHFIT_PROGRESS overrides",
           "[callbacks][progress]") {
   PseudoTerminal tty;
   Pipe pipe;

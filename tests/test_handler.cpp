@@ -239,7 +239,7 @@ TEST_CASE("tail callbacks stay last when more callbacks are added", "[handler]")
   CHECK(handler.callback_list() == "StepEnd\nDerived\nLogOnly");
 }
 
-TEST_CASE("a failing isolated callback is disabled with one warning; others keep running", "[handler]") {
+TEST_CASE("a failing isolated callback is disabled with one warning, others keep running", "[handler]") {
   Trace trace;
   CallbackHandler handler;
   handler.add_callback<Throws>();

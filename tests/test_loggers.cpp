@@ -49,7 +49,7 @@ bool has_temporary_files(const fs::path& dir) {
 // ---------------------------------------------------------------------------------------------------------------
 // CSV
 
-TEST_CASE("CSV: one row per log; a key appearing later widens the header and keeps earlier rows",
+TEST_CASE("CSV: one row per log, a key appearing later widens the header and keeps earlier rows",
           "[loggers]") {
   TempDir tmp;
   Run run(tmp.path());
@@ -82,7 +82,7 @@ TEST_CASE("CSV: one row per log; a key appearing later widens the header and kee
 }
 
 TEST_CASE(
-    "CSV: strings are quoted per RFC 4180; ints, floats, booleans and non-finite values keep their form",
+    "CSV: strings are quoted per RFC 4180, ints, floats, booleans and non-finite values keep their form",
     "[loggers]") {
   TempDir tmp;
   Run run(tmp.path());
@@ -148,7 +148,7 @@ TEST_CASE("CSV: a resumed run drops the rows logged after its checkpoint, and a 
   CHECK_FALSE(has_temporary_files(tmp.path()));
 }
 
-TEST_CASE("CSV: a fresh run starts the file over; an evaluation before training appends", "[loggers]") {
+TEST_CASE("CSV: a fresh run starts the file over, an evaluation before training appends", "[loggers]") {
   TempDir tmp;
   {
     Run first(tmp.path());
@@ -177,7 +177,7 @@ TEST_CASE("CSV: a fresh run starts the file over; an evaluation before training 
   }
 }
 
-TEST_CASE("CSV: a file it did not write is left alone; the tracker is disabled with one warning",
+TEST_CASE("CSV: a file it did not write is left alone, the tracker is disabled with one warning",
           "[loggers]") {
   TempDir tmp;
   write_file(tmp / "logs.csv", "name,score\nalice,3\n");
@@ -293,7 +293,7 @@ TEST_CASE("the file trackers write only on the world process zero", "[loggers]")
   CHECK(fs::is_empty(tmp.path()));
 }
 
-TEST_CASE("report_to names csv and jsonl; they listen to on_train_begin and on_log only", "[loggers]") {
+TEST_CASE("report_to names csv and jsonl, they listen to on_train_begin and on_log only", "[loggers]") {
   const auto names = integrations::available();
   const auto csv = std::find(names.begin(), names.end(), "csv");
   const auto jsonl = std::find(names.begin(), names.end(), "jsonl");

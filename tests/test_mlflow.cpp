@@ -540,7 +540,7 @@ TEST_CASE("MLflow REST: experiment, run, parameters in batches of 100, metrics p
 }
 
 TEST_CASE(
-    "MLflow REST: more than 1000 metrics go in several batches; non-finite values as protobuf JSON strings",
+    "MLflow REST: more than 1000 metrics go in several batches, non-finite values as protobuf JSON strings",
     "[mlflow]") {
   CleanMlflowEnv env;
   MockServer server(mlflow_server);
@@ -642,7 +642,7 @@ TEST_CASE("MLflow REST: an error the server does not retry names the call, the c
   CHECK(with_target(server.requests(), "runs/create").size() == 1);
 }
 
-TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run; basic authentication from the environment",
+TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run, basic authentication from the environment",
           "[mlflow]") {
   CleanMlflowEnv env;
   MockServer server(mlflow_server);

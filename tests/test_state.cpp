@@ -345,7 +345,7 @@ TEST_CASE("python_json_parse reads Python's extensions and keeps ints and floats
         "x.json: malformed JSON at line 1 column 1002: nesting deeper than 1000 levels, found '['");
 }
 
-TEST_CASE("an unknown field is a warning naming it and the file; the rest loads", "[state]") {
+TEST_CASE("an unknown field is a warning naming it and the file, the rest loads", "[state]") {
   test::TempDir dir;
   const auto path = dir / "trainer_state.json";
   test::write_file(path, R"({"global_step": 7, "future_field": [1], "logging_steps": 1.0})");

@@ -598,7 +598,7 @@ TEST_CASE("only the world process zero writes", "[tensorboard]") {
 }
 
 TEST_CASE(
-    "an unwritable logging dir disables the tracker with one warning naming the cause; training goes on",
+    "an unwritable logging dir disables the tracker with one warning naming the cause, training goes on",
     "[tensorboard]") {
   TempDir tmp;
   fs::path dir;

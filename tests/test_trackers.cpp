@@ -129,7 +129,7 @@ TEST_CASE("DVCLive: TSV per metric under DVCLive's names, nested metrics.json, p
         "params:\n- params.yaml\nmetrics:\n- metrics.json\nplots:\n- plots/metrics:\n    x: step\n");
 }
 
-TEST_CASE("DVCLive: a fresh run clears an earlier run's files; a resumed run continues without duplicates",
+TEST_CASE("DVCLive: a fresh run clears an earlier run's files, a resumed run continues without duplicates",
           "[trackers]") {
   TempDir tmp;
   const fs::path dir = tmp / "dvclive";
@@ -190,7 +190,7 @@ TEST_CASE("DVCLive: non-finite values are logged as Python's text, other types d
   CHECK(torchfit::detail::dvclive_metric_name("train_runtime") == "train/runtime");
 }
 
-TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warning; training goes on",
+TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warning, training goes on",
           "[trackers]") {
   TempDir tmp;
   write_file(tmp / "blocker", "a file");
@@ -335,7 +335,7 @@ TEST_CASE("Trackio: a resumed run reuses the run and drops the rows logged after
   CHECK(db.query("SELECT COUNT(*) FROM configs")[0][0] == "1");
 }
 
-TEST_CASE("Trackio: the directory follows TRACKIO_DIR, else HF_HOME; an unusable one disables the tracker",
+TEST_CASE("Trackio: the directory follows TRACKIO_DIR, else HF_HOME, an unusable one disables the tracker",
           "[trackers]") {
   TempDir tmp;
   {
@@ -522,7 +522,7 @@ TEST_CASE("CodeCarbon: without RAPL, CPU power follows CodeCarbon's load model a
   CHECK(row["pue"] == "1.5");
 }
 
-TEST_CASE("CodeCarbon: rows are appended under the same header; another header is backed up first",
+TEST_CASE("CodeCarbon: rows are appended under the same header, another header is backed up first",
           "[trackers]") {
   CleanCodeCarbonEnv env;
   ScopedEnv project("CODECARBON_PROJECT_NAME", "digits");
@@ -564,7 +564,7 @@ TEST_CASE("CodeCarbon: CodeCarbon's RAM model, RAPL wrap-around and load model",
   CHECK(torchfit::detail::codecarbon_cpu_load_power_w(85, 1) == Approx(85));
 }
 
-TEST_CASE("CodeCarbon: no NVIDIA driver means no GPU part and no error; an unwritable output disables it",
+TEST_CASE("CodeCarbon: no NVIDIA driver means no GPU part and no error, an unwritable output disables it",
           "[trackers]") {
   CleanCodeCarbonEnv env;
   TempDir tmp;

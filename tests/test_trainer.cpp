@@ -603,7 +603,7 @@ TEST_CASE("total_flos sums the model's floating_point_ops over micro-batches, an
   CHECK(plain.train().metrics.at("total_flos") == 0.0);
 }
 
-TEST_CASE("skip_memory_metrics false adds HF's memory metrics; CPU peaks come from the kernel's high-water mark",
+TEST_CASE("skip_memory_metrics false adds HF's memory metrics, CPU peaks come from the kernel's high-water mark",
           "[trainer][memory]") {
   test::TempDir dir;
   auto args = quiet_args(dir);
