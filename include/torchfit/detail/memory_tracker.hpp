@@ -10,7 +10,9 @@
 #include <string>
 
 #include <torch/torch.h>
+#ifndef _WIN32
 #include <unistd.h>
+#endif
 
 // The CUDA caching allocator's statistics need its header, which CUDA builds of libtorch ship with the CUDA
 // runtime headers it includes; CPU builds lack both and report CPU memory only.
@@ -28,10 +30,14 @@ namespace torchfit::detail {
 
 /// Resident set size of this process in bytes (psutil's memory_info().rss), from /proc/self/statm.
 inline std::optional<int64_t> resident_bytes() {
+#ifdef _WIN32
+  return std::nullopt;
+#else
   std::ifstream statm("/proc/self/statm");
   int64_t size = 0, resident = 0;
   if (!(statm >> size >> resident)) return std::nullopt;
   return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+#endif
 }
 
 /// Peak resident set size since the last reset_resident_peak(), in bytes (VmHWM of /proc/self/status).
@@ -65,6 +71,12 @@ class MemoryTracker {
 
   void start(const std::string& stage, const torch::Device& device) {
     if (!enabled_ || current_) return;
+    const auto resident = resident_bytes();
+    if (!resident) {
+      enabled_ = false;
+      log::warning("--skip_memory_metrics false: memory metrics need Linux's /proc/self; none are reported");
+      return;
+    }
     current_ = stage;
     device_ = device;
     Usage& u = usage_[stage];
@@ -73,7 +85,7 @@ class MemoryTracker {
       log::warning("--skip_memory_metrics false: /proc/self/clear_refs is not writable, so CPU peaks are not "
                    "reported");
     }
-    u.cpu_begin = resident_bytes().value_or(0);
+    u.cpu_begin = *resident;
     if (auto gpu = cuda_allocated(true)) u.gpu_begin = *gpu;
   }
 
