@@ -546,7 +546,7 @@ TEST_CASE(
   MockServer server(mlflow_server);
   TempDir tmp;
   Run run(tmp / "out");
-  run.handler.add_callback<MLflowCallback>(fast_rest(server.uri()));
+  auto mlflow = run.handler.add_callback<MLflowCallback>(fast_rest(server.uri()));
   run.train_begin();
   Logs logs = json::object();
   for (int i = 0; i < 2500; ++i) logs["m" + std::to_string(i)] = i * 0.5;
@@ -555,6 +555,7 @@ TEST_CASE(
   logs["down"] = -std::numeric_limits<double>::infinity();
   logs["flag"] = true;
   run.log(9, logs);
+  mlflow->flush();
   std::vector<json> metric_batches;
   for (const auto& b : with_target(server.requests(), "runs/log-batch")) {
     const json body = json::parse(b.body);
@@ -609,13 +610,18 @@ TEST_CASE("MLflow REST: a server that keeps failing or never answers disables th
   simulate(run, 0, 4);
   CHECK(recorder->logs_seen == 7);
   CHECK(recorder->ended);
+  // The failure happens in the background and disables the tracker at a later event (here the summary's on_log
+  // or on_train_end, after the summary's dropped-string warning): one warning, whatever the timing.
   const std::string text = log.text();
-  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
-  CHECK(
-      text.rfind("[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " +
-                     server.uri() + "/api/2.0/mlflow/runs/log-batch failed after ",
-                 0) == 0);
-  CHECK(text.find(hang ? "Timeout was reached" : "HTTP 500: oops") != std::string::npos);
+  INFO(text);
+  const std::string failure =
+      "[torchfit] warning: MLflowCallback failed and is disabled for the rest of this run: POST " + server.uri() +
+      "/api/2.0/mlflow/runs/log-batch failed after ";
+  const auto at = text.find(failure);
+  REQUIRE(at != std::string::npos);
+  CHECK(text.find("failed and is disabled", at + failure.size()) == std::string::npos);
+  CHECK(text.find(hang ? "Timeout was reached" : "HTTP 500: oops", at) != std::string::npos);
+  CHECK(std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n') <= 1);
   // Retried within the limits, then given up: no further calls after the failure.
   const auto metric_posts = with_target(server.requests(), "runs/log-batch");
   CHECK(with_target(server.requests(), "runs/update").empty());
@@ -666,4 +672,82 @@ TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run, basic authentication f
   for (const auto& r : all)
     CHECK(r.headers.find("\r\nAuthorization: Basic dXNlcjpwYXNz\r\n") != std::string::npos);
   CHECK(torchfit::detail::base64("ab") == "YWI=");
+}
+
+TEST_CASE("MLflow REST: metric calls run in the background, in order; on_train_end waits for them",
+          "[mlflow]") {
+  CleanMlflowEnv env;
+  // The server holds every metric request until the test opens the gate (or 20 s pass).
+  std::atomic<bool> gate_open{false};
+  std::atomic<int> metric_answers{0};
+  MockServer server([&](const HttpRequest& r) {
+    if (r.target == "/api/2.0/mlflow/runs/log-batch" && r.body.find("\"metrics\":[{") != std::string::npos) {
+      for (int waited = 0; !gate_open && waited < 20000; ++waited)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      ++metric_answers;
+    }
+    return mlflow_server(r);
+  });
+  TempDir tmp;
+  Run run(tmp / "out");
+  auto mlflow = run.handler.add_callback<MLflowCallback>(fast_rest(server.uri(), 30, 60));
+  CaptureLog log;
+  run.train_begin();
+  for (int64_t step = 1; step <= 3; ++step) run.log(step, {{"loss", 1.0 / double(step)}});
+  // Three logging steps went by while the server had answered none of them.
+  CHECK(metric_answers == 0);
+  gate_open = true;
+  run.train_end();
+  CHECK(metric_answers == 3);
+  std::vector<int64_t> steps;
+  for (const auto& b : with_target(server.requests(), "runs/log-batch")) {
+    const json body = json::parse(b.body);
+    for (const auto& m : body["metrics"]) steps.push_back(m["step"].get<int64_t>());
+  }
+  CHECK(steps == std::vector<int64_t>{1, 2, 3});
+  const auto updates = with_target(server.requests(), "runs/update");
+  REQUIRE(updates.size() == 1);
+  CHECK(json::parse(updates[0].body)["status"] == "FINISHED");
+  CHECK(server.requests().back().target == "/api/2.0/mlflow/runs/update");  // after every metric
+  CHECK(log.text().empty());
+}
+
+TEST_CASE("BackgroundQueue runs jobs in order, stops at the first failure and drains when destroyed",
+          "[mlflow][queue]") {
+  std::vector<int> ran;
+  SECTION("order and drain") {
+    torchfit::detail::BackgroundQueue queue;
+    for (int i = 0; i < 100; ++i) queue.submit([&ran, i] { ran.push_back(i); });
+    queue.drain();
+    std::vector<int> expected(100);
+    for (int i = 0; i < 100; ++i) expected[static_cast<std::size_t>(i)] = i;
+    CHECK(ran == expected);
+  }
+  SECTION("the first failure drops later jobs and is rethrown to the owner") {
+    torchfit::detail::BackgroundQueue queue;
+    std::atomic<bool> release{false};
+    queue.submit([&] {
+      while (!release) std::this_thread::yield();
+      ran.push_back(1);
+    });
+    queue.submit([] { throw std::runtime_error("server gone"); });
+    queue.submit([&] { ran.push_back(3); });
+    release = true;
+    CHECK_THROWS_WITH(queue.drain(), "server gone");
+    CHECK(ran == std::vector<int>{1});
+    CHECK_THROWS_WITH(queue.rethrow_if_failed(), "server gone");
+    CHECK_THROWS_WITH(queue.submit([&] { ran.push_back(4); }), "server gone");
+    CHECK(ran == std::vector<int>{1});
+  }
+  SECTION("destruction waits for the submitted jobs") {
+    {
+      torchfit::detail::BackgroundQueue queue;
+      for (int i = 0; i < 3; ++i)
+        queue.submit([&ran, i] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          ran.push_back(i);
+        });
+    }
+    CHECK(ran == std::vector<int>{0, 1, 2});
+  }
 }

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/background_queue.hpp"
 #include "torchfit/detail/http_client.hpp"
 #include "torchfit/detail/mlflow_store.hpp"
 #include "torchfit/detail/py_json.hpp"
@@ -31,14 +32,13 @@ namespace torchfit {
 
 /// Where and how MLflowCallback talks to MLflow. Unset members come from MLflow's environment variables.
 struct MLflowOptions {
-  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI,
-  /// else
+  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI, else
   /// `./mlruns`.
   std::optional<std::string> tracking_uri;
   /// REST: retries of a failed call; else MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
   std::optional<int> max_retries;
-  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else
-  /// 0.5.
+  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+  /// else 0.5.
   std::optional<double> backoff_factor_s;
   /// REST: limit of one attempt in seconds; else MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
   std::optional<double> request_timeout_s;
@@ -73,8 +73,7 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
 }  // namespace detail
 
 /// Logs the run to MLflow like HF's MLflowCallback:
-/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when
-/// missing;
+/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when missing;
 ///   else `MLFLOW_EXPERIMENT_ID`, else Default `0`), starts a run named `args.run_name` with the tags
 ///   `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of `MLFLOW_TAGS`
 ///   (a JSON object), and logs `args.to_json()` as parameters (flattened with `.` when
@@ -83,8 +82,7 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
 /// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys as logged (`loss`,
 ///   `eval_loss`; not rewritten) with characters MLflow rejects replaced by `_`; other values are dropped
 ///   with HF's warning, once per key. At most 1000 metrics per request.
-/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's
-/// artifacts
+/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's artifacts
 ///   under `checkpoint-<step>`.
 /// - on_train_end: the run ends with status FINISHED.
 /// `MLFLOW_RUN_ID` continues that run instead of starting one (its parameters are not logged again, since
@@ -95,7 +93,9 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
 /// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl;
 /// authentication from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on
 /// 408/429/5xx and transport errors with exponential back-off, within `MLflowOptions::total_timeout_s`),
-/// anything else a local file store.
+/// anything else a local file store. A server's metric and end-of-run calls run in order on a background thread,
+/// so a slow server never delays a training step; a call that fails for good disables the tracker at the next
+/// event (one warning), and on_train_end waits for the calls still pending.
 class MLflowCallback : public TrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
@@ -116,8 +116,7 @@ class MLflowCallback : public TrackerCallback {
       if (!v.is_number() && !v.is_boolean()) {
         if (warned_keys_.insert(it.key()).second)
           log::warning(
-              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. "
-              "MLflow's "
+              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. MLflow's "
               "log_metric() only accepts float and int types so we dropped this attribute.",
               detail::python_str(v), detail::python_type_repr(v), it.key());
         continue;
@@ -132,13 +131,15 @@ class MLflowCallback : public TrackerCallback {
       metrics.push_back(
           {key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
     }
-    for (std::size_t i = 0; i < metrics.size(); i += detail::mlflow_max_metrics_per_batch) {
-      const auto end = std::min(metrics.size(), i + detail::mlflow_max_metrics_per_batch);
-      store_->log_batch(run_id_,
-                        {metrics.begin() + static_cast<std::ptrdiff_t>(i),
-                         metrics.begin() + static_cast<std::ptrdiff_t>(end)},
-                        {}, {});
-    }
+    call([store = store_.get(), run_id = run_id_, metrics = std::move(metrics)] {
+      for (std::size_t i = 0; i < metrics.size(); i += detail::mlflow_max_metrics_per_batch) {
+        const auto end = std::min(metrics.size(), i + detail::mlflow_max_metrics_per_batch);
+        store->log_batch(run_id,
+                         {metrics.begin() + static_cast<std::ptrdiff_t>(i),
+                          metrics.begin() + static_cast<std::ptrdiff_t>(end)},
+                         {}, {});
+      }
+    });
   }
 
   void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
@@ -146,14 +147,22 @@ class MLflowCallback : public TrackerCallback {
       return;
     log::info("Logging checkpoint artifacts in {}. This may take time.",
               ctx.checkpoint_dir->filename().string());
+    // In place, as HF does: a later save's rotation could delete the directory under a background upload.
+    flush();
     store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!initialized_ || !state.is_world_process_zero || !run_open_) return;
     run_open_ = false;
-    store_->end_run(run_id_, detail::MlflowRunStatus::finished, detail::unix_time_ms());
+    call([store = store_.get(), run_id = run_id_, end = detail::unix_time_ms()] {
+      store->end_run(run_id, detail::MlflowRunStatus::finished, end);
+    });
+    flush();
   }
+
+  /// Waits until every call made so far has reached the store; rethrows the first failure of a background call.
+  void flush() { queue_.drain(); }
 
   /// The run logged to (empty before setup).
   const std::string& run_id() const { return run_id_; }
@@ -197,9 +206,20 @@ class MLflowCallback : public TrackerCallback {
     return std::make_unique<detail::MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
   }
 
+  // A tracking server is called from a background thread so a slow or retried request never delays a training
+  // step; a local file store is written in place. Set-up stays synchronous: it yields the run id.
+  template <typename Job>
+  void call(Job job) {
+    if (background_)
+      queue_.submit(std::move(job));
+    else
+      job();
+  }
+
   void setup(const Args& args, const TrainerState& state) {
     initialized_ = true;
     store_ = make_store();
+    background_ = dynamic_cast<detail::MlflowRestStore*>(store_.get()) != nullptr;
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
     const auto experiment_name = detail::env_string("MLFLOW_EXPERIMENT_NAME");
     experiment_id_ = experiment_name ? store_->experiment_id(*experiment_name)
@@ -274,6 +294,8 @@ class MLflowCallback : public TrackerCallback {
 
   MLflowOptions options_;
   std::unique_ptr<detail::MlflowStore> store_;
+  detail::BackgroundQueue queue_;  // after store_: its jobs use the store, so it is destroyed (drained) first
+  bool background_ = false;
   bool initialized_ = false;
   bool run_open_ = false;
   bool log_artifacts_ = false;
