@@ -103,20 +103,14 @@ inline bool dvclive_can_log(const json& value) {
 /// Differences from HF: `dvc.yaml` is written inside the DVCLive directory (DVC finds it there) rather than
 /// in the working directory; no DVC experiment is saved (`save_dvc_exp` needs DVC itself);
 /// `HF_DVCLIVE_LOG_MODEL` is not supported.
-class DVCLiveCallback : public TrackerCallback {
+class DVCLiveCallback : public LazyTrackerCallback {
  public:
   /// `dir` is DVCLive's output directory (`dvclive`, relative to the working directory, as DVCLive's
   /// default).
   explicit DVCLiveCallback(std::filesystem::path dir = "dvclive") : dir_(std::move(dir)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
-                      const CallbackContext&) override {
-    if (!initialized_ && state.is_world_process_zero) setup(args, state);
-  }
-
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!state.is_world_process_zero) return;
-    if (!initialized_) setup(args, state);
+    if (!ready(args, state)) return;
     const Logs& logs = *ctx.logs;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       if (!detail::dvclive_can_log(it.value())) {
@@ -134,7 +128,7 @@ class DVCLiveCallback : public TrackerCallback {
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (initialized_ && state.is_world_process_zero) write_summary_file();
+    if (initialized() && state.is_world_process_zero) write_summary_file();
   }
 
   /// The DVCLive directory.
@@ -145,8 +139,7 @@ class DVCLiveCallback : public TrackerCallback {
  private:
   std::filesystem::path plots_dir() const { return dir_ / "plots" / "metrics"; }
 
-  void setup(const Args& args, const TrainerState& state) {
-    initialized_ = true;
+  void setup(const Args& args, const TrainerState& state) override {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec)
@@ -215,7 +208,6 @@ class DVCLiveCallback : public TrackerCallback {
   }
 
   std::filesystem::path dir_;
-  bool initialized_ = false;
   std::int64_t step_ = 0;
   json summary_ = json::object();
   std::set<std::string> warned_keys_;

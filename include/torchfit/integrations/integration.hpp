@@ -23,6 +23,32 @@ class TrackerCallback : public TrainerCallback {
   bool isolate_failures() const override { return true; }
 };
 
+/// A tracker that opens its run once, at on_train_begin or, when logging starts without training (a lone
+/// evaluate()), at the first on_log: HF's `_initialized` / `setup()` pattern.
+class LazyTrackerCallback : public TrackerCallback {
+ public:
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    ready(args, state);
+  }
+
+ protected:
+  /// Sets up on first use; false on processes other than the world process zero, which do not track.
+  bool ready(const Args& args, const TrainerState& state) {
+    if (!state.is_world_process_zero) return false;
+    if (!initialized_) {
+      initialized_ = true;
+      setup(args, state);
+    }
+    return true;
+  }
+  /// Whether setup() ran (the run is open).
+  bool initialized() const { return initialized_; }
+  virtual void setup(const Args& args, const TrainerState& state) = 0;
+
+ private:
+  bool initialized_ = false;
+};
+
 namespace integrations {
 
 /// A tracker that report_to can name.

@@ -96,18 +96,12 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
 /// anything else a local file store. A server's metric and end-of-run calls run in order on a background thread,
 /// so a slow server never delays a training step; a call that fails for good disables the tracker at the next
 /// event (one warning), and on_train_end waits for the calls still pending.
-class MLflowCallback : public TrackerCallback {
+class MLflowCallback : public LazyTrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
-                      const CallbackContext&) override {
-    if (!initialized_ && state.is_world_process_zero) setup(args, state);
-  }
-
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!state.is_world_process_zero) return;
-    if (!initialized_) setup(args, state);
+    if (!ready(args, state)) return;
     const auto now = detail::unix_time_ms();
     std::vector<detail::MlflowMetric> metrics;
     const Logs& logs = *ctx.logs;
@@ -143,7 +137,7 @@ class MLflowCallback : public TrackerCallback {
   }
 
   void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!initialized_ || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr)
+    if (!initialized() || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr)
       return;
     log::info("Logging checkpoint artifacts in {}. This may take time.",
               ctx.checkpoint_dir->filename().string());
@@ -153,7 +147,7 @@ class MLflowCallback : public TrackerCallback {
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (!initialized_ || !state.is_world_process_zero || !run_open_) return;
+    if (!initialized() || !state.is_world_process_zero || !run_open_) return;
     run_open_ = false;
     call([store = store_.get(), run_id = run_id_, end = detail::unix_time_ms()] {
       store->end_run(run_id, detail::MlflowRunStatus::finished, end);
@@ -216,8 +210,7 @@ class MLflowCallback : public TrackerCallback {
       job();
   }
 
-  void setup(const Args& args, const TrainerState& state) {
-    initialized_ = true;
+  void setup(const Args& args, const TrainerState& state) override {
     store_ = make_store();
     background_ = dynamic_cast<detail::MlflowRestStore*>(store_.get()) != nullptr;
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
@@ -296,7 +289,6 @@ class MLflowCallback : public TrackerCallback {
   std::unique_ptr<detail::MlflowStore> store_;
   detail::BackgroundQueue queue_;  // after store_: its jobs use the store, so it is destroyed (drained) first
   bool background_ = false;
-  bool initialized_ = false;
   bool run_open_ = false;
   bool log_artifacts_ = false;
   std::string experiment_id_;
