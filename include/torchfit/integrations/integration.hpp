@@ -11,6 +11,7 @@
 
 #include "torchfit/callback_handler.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
 namespace torchfit {
