@@ -12,13 +12,14 @@
 
 namespace torchfit::detail {
 
-/// Runs submitted jobs one at a time, in submission order, on a thread started by the first submit(). The first
-/// job that throws stops the queue: later jobs are dropped, and the exception reaches the owner through
-/// rethrow_if_failed(), submit() or drain(), on the owner's thread, where a tracker's failure isolation handles
-/// it. The destructor waits for the jobs already submitted.
+/// Runs submitted jobs one at a time, in submission order, on one thread started by the first submit() (an
+/// owner that never submits costs no thread). The first job that throws stops the queue: the jobs after it
+/// are dropped, since they would build on a call that did not happen, and the exception is rethrown on the
+/// owner's thread by rethrow_if_failed(), submit() and drain(), for a tracker's failure isolation to handle.
 class BackgroundQueue {
  public:
   BackgroundQueue() = default;
+  /// Waits for the jobs already submitted (the owner's state they use must outlive them), then joins.
   ~BackgroundQueue() {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -30,6 +31,7 @@ class BackgroundQueue {
   BackgroundQueue(const BackgroundQueue&) = delete;
   BackgroundQueue& operator=(const BackgroundQueue&) = delete;
 
+  /// Queues `job`, which must hold copies of the data it uses. After a failure, throws it instead.
   void submit(std::function<void()> job) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -47,6 +49,7 @@ class BackgroundQueue {
     rethrow_locked();
   }
 
+  /// Throws the first failure of a job, if one failed, without waiting for the jobs still queued.
   void rethrow_if_failed() {
     std::unique_lock<std::mutex> lock(mutex_);
     rethrow_locked();

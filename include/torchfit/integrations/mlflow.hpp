@@ -32,18 +32,17 @@ namespace torchfit {
 
 /// Where and how MLflowCallback talks to MLflow. Unset members come from MLflow's environment variables.
 struct MLflowOptions {
-  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store); else MLFLOW_TRACKING_URI, else
-  /// `./mlruns`.
+  /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store).
+  /// Unset: MLFLOW_TRACKING_URI, else `./mlruns`.
   std::optional<std::string> tracking_uri;
-  /// REST: retries of a failed call; else MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
+  /// REST: retries of a failed call. Unset: MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
   std::optional<int> max_retries;
-  /// REST: back-off before retry n is `backoff_factor_s * 2^n`; else MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
-  /// else 0.5.
+  /// REST: the back-off before retry n is `backoff_factor_s * 2^n` seconds.
+  /// Unset: MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else 0.5.
   std::optional<double> backoff_factor_s;
-  /// REST: limit of one attempt in seconds; else MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
+  /// REST: limit of one attempt in seconds. Unset: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
   std::optional<double> request_timeout_s;
-  /// REST: limit of one call, retries included, in seconds; past it the call fails and the tracker is
-  /// disabled.
+  /// REST: limit of one call in seconds, retries included; a call that takes longer fails.
   double total_timeout_s = 10.0;
 };
 
@@ -70,20 +69,29 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
   }
 }
 
+/// Sends `items` through `send` in slices of at most `limit`, MLflow's limit per request.
+template <typename T, typename Send>
+void mlflow_in_batches(const std::vector<T>& items, std::size_t limit, Send send) {
+  for (std::size_t i = 0; i < items.size(); i += limit) {
+    const auto first = items.begin() + static_cast<std::ptrdiff_t>(i);
+    send(std::vector<T>(first, first + static_cast<std::ptrdiff_t>(std::min(limit, items.size() - i))));
+  }
+}
+
 }  // namespace detail
 
 /// Logs the run to MLflow like HF's MLflowCallback:
-/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when missing;
-///   else `MLFLOW_EXPERIMENT_ID`, else Default `0`), starts a run named `args.run_name` with the tags
-///   `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of `MLFLOW_TAGS`
-///   (a JSON object), and logs `args.to_json()` as parameters (flattened with `.` when
-///   `MLFLOW_FLATTEN_PARAMS` is true, the first `MLFLOW_MAX_LOG_PARAMS` only when set), 100 per request. A
+/// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when
+///   missing; unset: `MLFLOW_EXPERIMENT_ID`, else Default `0`), starts a run named `args.run_name` with the
+///   tags `mlflow.runName`, `mlflow.user`, `mlflow.source.name`, `mlflow.source.type` and those of
+///   `MLFLOW_TAGS` (a JSON object), and logs `args.to_json()` as parameters, 100 per request: flattened with
+///   `.` when `MLFLOW_FLATTEN_PARAMS` is true, only the first `MLFLOW_MAX_LOG_PARAMS` when that is set. A
 ///   value longer than MLflow's 6000 characters is cut to 6000 (one warning names them all); HF drops it.
 /// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys as logged (`loss`,
 ///   `eval_loss`; not rewritten) with characters MLflow rejects replaced by `_`; other values are dropped
 ///   with HF's warning, once per key. At most 1000 metrics per request.
-/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's artifacts
-///   under `checkpoint-<step>`.
+/// - on_save: with `HF_MLFLOW_LOG_ARTIFACTS` true, the checkpoint directory is copied into the run's
+///   artifacts under `checkpoint-<step>`.
 /// - on_train_end: the run ends with status FINISHED.
 /// `MLFLOW_RUN_ID` continues that run instead of starting one (its parameters are not logged again, since
 /// MLflow parameters cannot change); when training resumes from a checkpoint, the file store also drops the
@@ -93,15 +101,23 @@ inline void mlflow_flatten(const json& object, const std::string& prefix, json& 
 /// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl;
 /// authentication from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on
 /// 408/429/5xx and transport errors with exponential back-off, within `MLflowOptions::total_timeout_s`),
-/// anything else a local file store. A server's metric and end-of-run calls run in order on a background thread,
-/// so a slow server never delays a training step; a call that fails for good disables the tracker at the next
-/// event (one warning), and on_train_end waits for the calls still pending.
+/// anything else a local file store, written in place.
+///
+/// A tracking server is called from a background thread, so that a slow or retried request never holds up a
+/// training step: parameters, metrics and the end of the run go there in the order they were logged. The
+/// training thread keeps the calls that yield the run id (experiment and run creation, resuming) and
+/// on_save's artifact upload, which first waits for the pending calls: the next save's checkpoint rotation
+/// could delete a directory that is still being uploaded. A background call that fails for good (after its
+/// retries) drops the calls queued behind it and surfaces at the tracker's next event as an error, which
+/// disables the tracker with one warning. on_train_end waits for the pending calls (`total_timeout_s` each).
 class MLflowCallback : public LazyTrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
 
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
     if (!ready(args, state)) return;
+    // A background failure surfaces here, before this event warns about anything of its own.
+    queue_.rethrow_if_failed();
     const auto now = detail::unix_time_ms();
     std::vector<detail::MlflowMetric> metrics;
     const Logs& logs = *ctx.logs;
@@ -110,8 +126,8 @@ class MLflowCallback : public LazyTrackerCallback {
       if (!v.is_number() && !v.is_boolean()) {
         if (warned_keys_.insert(it.key()).second)
           log::warning(
-              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. MLflow's "
-              "log_metric() only accepts float and int types so we dropped this attribute.",
+              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. "
+              "MLflow's log_metric() only accepts float and int types so we dropped this attribute.",
               detail::python_str(v), detail::python_type_repr(v), it.key());
         continue;
       }
@@ -126,13 +142,9 @@ class MLflowCallback : public LazyTrackerCallback {
           {key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
     }
     call([store = store_.get(), run_id = run_id_, metrics = std::move(metrics)] {
-      for (std::size_t i = 0; i < metrics.size(); i += detail::mlflow_max_metrics_per_batch) {
-        const auto end = std::min(metrics.size(), i + detail::mlflow_max_metrics_per_batch);
-        store->log_batch(run_id,
-                         {metrics.begin() + static_cast<std::ptrdiff_t>(i),
-                          metrics.begin() + static_cast<std::ptrdiff_t>(end)},
-                         {}, {});
-      }
+      detail::mlflow_in_batches(
+          metrics, detail::mlflow_max_metrics_per_batch,
+          [&](const std::vector<detail::MlflowMetric>& batch) { store->log_batch(run_id, batch, {}, {}); });
     });
   }
 
@@ -141,7 +153,8 @@ class MLflowCallback : public LazyTrackerCallback {
       return;
     log::info("Logging checkpoint artifacts in {}. This may take time.",
               ctx.checkpoint_dir->filename().string());
-    // In place, as HF does: a later save's rotation could delete the directory under a background upload.
+    // In place, as HF does, after the pending calls: a later save's rotation could delete the directory
+    // under a background upload.
     flush();
     store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
   }
@@ -155,7 +168,8 @@ class MLflowCallback : public LazyTrackerCallback {
     flush();
   }
 
-  /// Waits until every call made so far has reached the store; rethrows the first failure of a background call.
+  /// Waits until every call made so far has reached the store; rethrows the first failure of a background
+  /// call (it then reaches the caller rather than the tracker's next event).
   void flush() { queue_.drain(); }
 
   /// The run logged to (empty before setup).
@@ -200,8 +214,8 @@ class MLflowCallback : public LazyTrackerCallback {
     return std::make_unique<detail::MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
   }
 
-  // A tracking server is called from a background thread so a slow or retried request never delays a training
-  // step; a local file store is written in place. Set-up stays synchronous: it yields the run id.
+  // Runs a store call whose result nobody waits for: on the background queue for a tracking server, in place
+  // for a file store. `job` holds copies of what it needs, since it may run after the event has returned.
   template <typename Job>
   void call(Job job) {
     if (background_)
@@ -277,12 +291,11 @@ class MLflowCallback : public LazyTrackerCallback {
         items.resize(keep);
       }
     }
-    for (std::size_t i = 0; i < items.size(); i += detail::mlflow_max_params_tags_per_batch)
-      store_->log_batch(run_id_, {},
-                        {items.begin() + static_cast<std::ptrdiff_t>(i),
-                         items.begin() + static_cast<std::ptrdiff_t>(std::min(
-                                             items.size(), i + detail::mlflow_max_params_tags_per_batch))},
-                        {});
+    call([store = store_.get(), run_id = run_id_, items = std::move(items)] {
+      detail::mlflow_in_batches(
+          items, detail::mlflow_max_params_tags_per_batch,
+          [&](const std::vector<detail::MlflowKeyValue>& batch) { store->log_batch(run_id, {}, batch, {}); });
+    });
   }
 
   MLflowOptions options_;
