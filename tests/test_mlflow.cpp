@@ -674,8 +674,9 @@ TEST_CASE("MLflow REST: MLFLOW_RUN_ID continues that run, basic authentication f
   CHECK(torchfit::detail::base64("ab") == "YWI=");
 }
 
-TEST_CASE("MLflow REST: on_log only queues its call, and the calls reach a slow server in order by on_train_end",
-          "[mlflow]") {
+TEST_CASE(
+    "MLflow REST: on_log only queues its call, and the calls reach a slow server in order by on_train_end",
+    "[mlflow]") {
   CleanMlflowEnv env;
   // A slow server: it holds every metric request until the test opens the gate (or 20 s pass).
   std::atomic<bool> gate_open{false};
