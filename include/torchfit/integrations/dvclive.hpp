@@ -110,7 +110,7 @@ class DVCLiveCallback : public LazyTrackerCallback {
   explicit DVCLiveCallback(std::filesystem::path dir = "dvclive") : dir_(std::move(dir)) {}
 
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state)) return;
+    if (!ready(args, state, ctx)) return;
     const Logs& logs = *ctx.logs;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       if (!detail::dvclive_can_log(it.value())) {
@@ -139,7 +139,7 @@ class DVCLiveCallback : public LazyTrackerCallback {
  private:
   std::filesystem::path plots_dir() const { return dir_ / "plots" / "metrics"; }
 
-  void setup(const Args& args, const TrainerState& state) override {
+  void setup(const Args& args, const TrainerState& state, const CallbackContext&) override {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec)

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -28,23 +30,24 @@ class TrackerCallback : public TrainerCallback {
 /// evaluate()), at the first on_log: HF's `_initialized` / `setup()` pattern.
 class LazyTrackerCallback : public TrackerCallback {
  public:
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    ready(args, state);
+  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
+                      const CallbackContext& ctx) override {
+    ready(args, state, ctx);
   }
 
  protected:
   /// Sets up on first use; false on processes other than the world process zero, which do not track.
-  bool ready(const Args& args, const TrainerState& state) {
+  bool ready(const Args& args, const TrainerState& state, const CallbackContext& ctx) {
     if (!state.is_world_process_zero) return false;
     if (!initialized_) {
       initialized_ = true;
-      setup(args, state);
+      setup(args, state, ctx);
     }
     return true;
   }
   /// Whether setup() ran (the run is open).
   bool initialized() const { return initialized_; }
-  virtual void setup(const Args& args, const TrainerState& state) = 0;
+  virtual void setup(const Args& args, const TrainerState& state, const CallbackContext& ctx) = 0;
 
  private:
   bool initialized_ = false;
@@ -108,6 +111,14 @@ inline std::vector<const Integration*> resolve(const std::vector<std::string>& r
 /// Adds the callbacks of the integrations `report_to` selects.
 inline void add_reporting_callbacks(CallbackHandler& handler, const std::vector<std::string>& report_to) {
   for (const Integration* i : resolve(report_to)) i->add(handler);
+}
+
+/// The number of parameters of the model in `ctx` (HF's `model/num_parameters`); nothing without a model.
+inline std::optional<std::int64_t> model_num_parameters(const CallbackContext& ctx) {
+  if (!ctx.model) return std::nullopt;
+  std::int64_t count = 0;
+  for (const auto& p : ctx.model->parameters()) count += p.numel();
+  return count;
 }
 
 /// HF's rewrite_logs: `eval_x` -> `eval/x`, `test_x` -> `test/x`, anything else -> `train/<key>`.

@@ -115,7 +115,7 @@ class MLflowCallback : public LazyTrackerCallback {
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
 
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state)) return;
+    if (!ready(args, state, ctx)) return;
     // A background failure surfaces here, before this event warns about anything of its own.
     queue_.rethrow_if_failed();
     const auto now = detail::unix_time_ms();
@@ -224,7 +224,7 @@ class MLflowCallback : public LazyTrackerCallback {
       job();
   }
 
-  void setup(const Args& args, const TrainerState& state) override {
+  void setup(const Args& args, const TrainerState& state, const CallbackContext&) override {
     store_ = make_store();
     background_ = dynamic_cast<detail::MlflowRestStore*>(store_.get()) != nullptr;
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");

@@ -273,19 +273,13 @@ class TrackioDatabase {
 ///   as the strings Trackio uses).
 /// A run resumed from a checkpoint deletes the rows the interrupted run logged after the checkpoint's global
 /// step before continuing, so no step is duplicated. View with `trackio show --project <project>`.
-class TrackioCallback : public TrackerCallback {
+class TrackioCallback : public LazyTrackerCallback {
  public:
   /// `project` is Trackio's project (HF's `args.project`, default "huggingface").
   explicit TrackioCallback(std::string project = "huggingface") : project_(std::move(project)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
-                      const CallbackContext& ctx) override {
-    if (!db_ && state.is_world_process_zero) setup(args, state, ctx);
-  }
-
   void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!state.is_world_process_zero) return;
-    if (!db_) setup(args, state, ctx);
+    if (!ready(args, state, ctx)) return;
     json metrics = json::object();
     const Logs& logs = *ctx.logs;
     for (auto it = logs.begin(); it != logs.end(); ++it)
@@ -311,16 +305,12 @@ class TrackioCallback : public TrackerCallback {
   const std::string& run_name() const { return run_name_; }
 
  private:
-  void setup(const Args& args, const TrainerState& state, const CallbackContext& ctx) {
+  void setup(const Args& args, const TrainerState& state, const CallbackContext& ctx) override {
     db_ = std::make_unique<detail::TrackioDatabase>(detail::trackio_dir() /
                                                     (detail::trackio_canonical_project(project_) + ".db"));
     run_name_ = args.run_name.value_or("trackio-run-" + detail::random_hex(8));
     json config = args.to_json();
-    if (ctx.model) {
-      std::int64_t count = 0;
-      for (const auto& p : ctx.model->parameters()) count += p.numel();
-      config["model/num_parameters"] = count;
-    }
+    if (const auto count = integrations::model_num_parameters(ctx)) config["model/num_parameters"] = *count;
     config["_Username"] = nullptr;
     config["_Created"] = detail::iso_utc_now();
     config["_Group"] = nullptr;
