@@ -171,6 +171,8 @@ class ScopedEnv {
 
 }  // namespace torchfit::test
 
+#include <catch2/catch.hpp>
+
 #include "torchfit/callback_handler.hpp"
 #include "torchfit/training_args.hpp"
 
@@ -216,6 +218,20 @@ inline void simulate(TrackerRun& run, int64_t from_step, int64_t to_step) {
   }
   run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
   run.train_end();
+}
+
+/// Two steps logged through a tracker that cannot work: training goes on and one warning, starting with
+/// `warning_start`, says why.
+inline void check_disabled_with_one_warning(TrackerRun& run, const std::string& warning_start) {
+  auto recorder = run.handler.add_callback<Recorder>();
+  CaptureLog log;
+  simulate(run, 0, 2);
+  CHECK(recorder->logs_seen == 4);
+  CHECK(recorder->ended);
+  const std::string text = log.text();
+  INFO(text);
+  CHECK(text.rfind(warning_start, 0) == 0);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
 }
 
 }  // namespace torchfit::test

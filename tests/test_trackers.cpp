@@ -36,21 +36,9 @@ using torchfit::test::ScopedEnv;
 using Run = torchfit::test::TrackerRun;
 using torchfit::test::Recorder;
 using torchfit::test::simulate;
+using torchfit::test::check_disabled_with_one_warning;
 
 namespace {
-
-// Two steps logged through a tracker that cannot write: training goes on and one warning, starting with
-// `warning_start`, says why.
-void check_disabled_with_one_warning(Run& run, const std::string& warning_start) {
-  auto recorder = run.handler.add_callback<Recorder>();
-  CaptureLog log;
-  simulate(run, 0, 2);
-  CHECK(recorder->logs_seen == 4);
-  CHECK(recorder->ended);
-  const std::string text = log.text();
-  CHECK(text.rfind(warning_start, 0) == 0);
-  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
-}
 
 // A TSV reader: rows of tab-separated cells (no quoting needed by these tests).
 std::vector<std::vector<std::string>> read_tsv(const fs::path& path) {

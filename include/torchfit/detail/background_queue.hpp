@@ -2,6 +2,7 @@
 // A worker thread that runs a tracker's slow calls (network requests) in order, off the training thread.
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -55,6 +56,24 @@ class BackgroundQueue {
     rethrow_locked();
   }
 
+  /// Whether a job has failed (the queue then runs nothing more).
+  bool failed() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return failure_ != nullptr;
+  }
+
+  /// From now on, runs `job` whenever the queue has been idle for `interval` (a keep-alive for a server that
+  /// takes silence for a dead client); it fails like a submitted job. Starts the thread.
+  void set_idle_job(std::chrono::duration<double> interval, std::function<void()> job) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      idle_interval_ = std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval);
+      idle_job_ = std::move(job);
+      if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
+    }
+    work_.notify_one();
+  }
+
  private:
   void rethrow_locked() {
     if (failure_) std::rethrow_exception(failure_);
@@ -63,26 +82,40 @@ class BackgroundQueue {
   void run() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (true) {
-      work_.wait(lock, [this] { return !jobs_.empty() || stopping_; });
+      const auto ready = [this] { return !jobs_.empty() || stopping_; };
+      if (idle_job_ && !failure_) {
+        if (!work_.wait_for(lock, idle_interval_, ready)) {
+          const auto keep_alive = idle_job_;  // a copy: set_idle_job may replace it while it runs
+          execute(lock, keep_alive);
+          continue;
+        }
+      } else {
+        work_.wait(lock, ready);
+      }
       if (jobs_.empty()) return;  // stopping, and everything submitted has run
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
-      busy_ = true;
-      lock.unlock();
-      std::exception_ptr error;
-      try {
-        job();
-      } catch (...) {
-        error = std::current_exception();
-      }
-      lock.lock();
-      busy_ = false;
-      if (error && !failure_) {
-        failure_ = error;
-        jobs_.clear();
-      }
-      idle_.notify_all();
+      execute(lock, job);
     }
+  }
+
+  // Runs `job` without the lock; its failure becomes the queue's and drops the jobs queued behind it.
+  void execute(std::unique_lock<std::mutex>& lock, const std::function<void()>& job) {
+    busy_ = true;
+    lock.unlock();
+    std::exception_ptr error;
+    try {
+      job();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    lock.lock();
+    busy_ = false;
+    if (error && !failure_) {
+      failure_ = error;
+      jobs_.clear();
+    }
+    idle_.notify_all();
   }
 
   std::mutex mutex_;
@@ -92,6 +125,8 @@ class BackgroundQueue {
   bool busy_ = false;
   bool stopping_ = false;
   std::exception_ptr failure_;
+  std::function<void()> idle_job_;
+  std::chrono::steady_clock::duration idle_interval_{};
   std::thread worker_;
 };
 

@@ -1,0 +1,246 @@
+// SPDX-License-Identifier: MIT
+// The part of Weights & Biases' server API a run needs: GraphQL UpsertBucket and RunResumeStatus, and the
+// file_stream endpoint that receives history, summary and the end of the run (what wandb's own client sends).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/json.hpp"
+
+namespace torchfit::detail {
+
+/// wandb-core's UpsertBucket mutation: creates the run, or updates the fields sent non-null.
+inline constexpr const char* wandb_upsert_bucket_mutation =
+    "mutation UpsertBucket($id: String, $name: String, $project: String, $entity: String, $groupName: "
+    "String, "
+    "$description: String, $displayName: String, $notes: String, $commit: String, $config: JSONString, "
+    "$host: String, $debug: Boolean, $program: String, $repo: String, $jobType: String, $state: String, "
+    "$sweep: String, $tags: [String!], $summaryMetrics: JSONString) { upsertBucket(input: { id: $id, name: "
+    "$name, groupName: $groupName, modelName: $project, entityName: $entity, description: $description, "
+    "displayName: $displayName, notes: $notes, config: $config, commit: $commit, host: $host, debug: $debug, "
+    "jobProgram: $program, jobRepo: $repo, jobType: $jobType, state: $state, sweep: $sweep, tags: $tags, "
+    "summaryMetrics: $summaryMetrics }) { bucket { id name displayName description config sweepName project "
+    "{ id name entity { id name } } historyLineCount } inserted } }";
+
+/// wandb-core's RunResumeStatus query: what a resumed run continues from.
+inline constexpr const char* wandb_resume_status_query =
+    "query RunResumeStatus($project: String, $entity: String, $name: String!) { model(name: $project, "
+    "entityName: $entity) { id name entity { id name } bucket(name: $name, missingOk: true) { id name "
+    "summaryMetrics displayName logLineCount historyLineCount eventsLineCount historyTail eventsTail config "
+    "tags notes wandbConfig(keys: [\"t\"]) } } }";
+
+/// Where a run lives on the server, as its UpsertBucket answer resolved it.
+struct WandbRunRef {
+  std::string entity;
+  std::string project;
+  std::string run_id;
+  std::string display_name;
+  std::int64_t history_line_count = 0;
+};
+
+/// What a run that already exists leaves to the run that resumes it.
+struct WandbResumeStatus {
+  std::int64_t history_line_count = 0;  // the next history line's offset
+  std::int64_t next_step = 0;           // the next `_step`
+  double runtime_s = 0;                 // `_runtime` reached so far
+  json summary = json::object();
+  json config = json::object();  // {"key": {"value": v}}, as stored
+};
+
+/// The variables of UpsertBucket, every one null (unchanged on the server) unless set.
+inline json wandb_upsert_variables() {
+  json vars = json::object();
+  for (const char* name :
+       {"id", "name", "project", "entity", "groupName", "description", "displayName", "notes", "commit",
+        "config", "host", "debug", "program", "repo", "jobType", "state", "sweep", "tags", "summaryMetrics"})
+    vars[name] = nullptr;
+  return vars;
+}
+
+/// Parses a JSON value the server sends as a string (JSONString fields): Python's json, so bare NaN is read.
+inline json wandb_json_string(const json& field, const char* what) {
+  if (field.is_null()) return json();
+  if (!field.is_string()) return field;
+  const auto& text = field.get_ref<const std::string&>();
+  return text.empty() ? json() : python_json_parse(text, fmt::format("the W&B run's {}", what));
+}
+
+/// The API key stored for `host` (`host[:port]`) in a netrc file, as `wandb login` writes it; nothing when
+/// the file or the entry is missing.
+inline std::optional<std::string> netrc_password(const std::string& path, const std::string& host) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::vector<std::string> tokens;
+  for (std::string token; in >> token;) tokens.push_back(token);
+  bool in_entry = false;
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] == "machine" && i + 1 < tokens.size())
+      in_entry = tokens[++i] == host;
+    else if (tokens[i] == "default")
+      in_entry = true;
+    else if (in_entry && tokens[i] == "password" && i + 1 < tokens.size())
+      return tokens[i + 1];
+  }
+  return std::nullopt;
+}
+
+/// The `host[:port]` part of a URL.
+inline std::string url_authority(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  const auto start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
+  return url.substr(start, url.find('/', start) - start);
+}
+
+/// Calls a W&B server (`base_url`, e.g. https://api.wandb.ai) with HTTP Basic authentication `api:<key>`.
+/// Every failure throws torchfit::Error naming the call, the URL and what the server said.
+class WandbApi {
+ public:
+  WandbApi(std::string base_url, const std::string& api_key, HttpRetryPolicy policy)
+      : base_url_(std::move(base_url)), http_(policy, auth_options(api_key)) {
+    while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
+  }
+
+  const std::string& base_url() const { return base_url_; }
+
+  /// Creates or updates a run (variables from wandb_upsert_variables()); returns where the server put it.
+  WandbRunRef upsert_run(const json& variables) const {
+    const json data = graphql("UpsertBucket", wandb_upsert_bucket_mutation, variables);
+    const json* bucket = find_object(data, {"upsertBucket", "bucket"});
+    const json* project = bucket ? find_object(*bucket, {"project"}) : nullptr;
+    const json* entity = project ? find_object(*project, {"entity"}) : nullptr;
+    const auto run_id = string_member(bucket, "name");
+    const auto project_name = string_member(project, "name");
+    const auto entity_name = string_member(entity, "name");
+    if (!run_id || !project_name || !entity_name)
+      throw Error(fmt::format(
+          "W&B UpsertBucket at {}: the answer has no bucket with its name, project and entity: {}",
+          graphql_url(), data.dump().substr(0, 300)));
+    WandbRunRef ref;
+    ref.run_id = *run_id;
+    ref.project = *project_name;
+    ref.entity = *entity_name;
+    ref.display_name = string_member(bucket, "displayName").value_or("");
+    ref.history_line_count = integer_member(*bucket, "historyLineCount");
+    return ref;
+  }
+
+  /// The state of run `run_id` in `entity`/`project` (an empty entity: the key's default one); nothing when
+  /// the project has no such run. A run counts as existing once a client has opened it (wandb's rule: its
+  /// internal config has telemetry `t`), not when it was only declared (a sweep's placeholder).
+  std::optional<WandbResumeStatus> resume_status(const std::string& project, const std::string& entity,
+                                                 const std::string& run_id) const {
+    json vars = {{"project", project}, {"entity", entity.empty() ? json() : json(entity)}, {"name", run_id}};
+    const json data = graphql("RunResumeStatus", wandb_resume_status_query, vars);
+    const json* bucket = find_object(data, {"model", "bucket"});
+    if (bucket == nullptr) return std::nullopt;
+    const json wandb_config = wandb_json_string(bucket->value("wandbConfig", json()), "wandbConfig");
+    if (!wandb_config.is_object() || !wandb_config.contains("t")) return std::nullopt;
+    WandbResumeStatus status;
+    status.history_line_count = integer_member(*bucket, "historyLineCount");
+    if (json summary = wandb_json_string(bucket->value("summaryMetrics", json()), "summaryMetrics");
+        summary.is_object())
+      status.summary = std::move(summary);
+    if (json config = wandb_json_string(bucket->value("config", json()), "config"); config.is_object())
+      status.config = std::move(config);
+    // The step and runtime to go on from: the summary's, else the last history line's.
+    json last = status.summary;
+    const json tail = wandb_json_string(bucket->value("historyTail", json()), "historyTail");
+    if (tail.is_array() && !tail.empty() && tail.back().is_string())
+      if (json line = wandb_json_string(tail.back(), "historyTail"); line.is_object()) last.update(line);
+    if (const auto step = last.find("_step"); step != last.end() && step->is_number())
+      status.next_step = step->get<std::int64_t>() + 1;
+    if (const auto runtime = last.find("_runtime"); runtime != last.end() && runtime->is_number())
+      status.runtime_s = runtime->get<double>();
+    if (const json* internal = find_object(status.summary, {"_wandb"}))
+      if (const auto runtime = internal->find("runtime"); runtime != internal->end() && runtime->is_number())
+        status.runtime_s = std::max(status.runtime_s, runtime->get<double>());
+    return status;
+  }
+
+  /// Posts one file_stream request (`body` as JSON text) for `run`; returns the server's answer.
+  json file_stream(const WandbRunRef& run, const std::string& body) const {
+    const std::string url = fmt::format("{}/files/{}/{}/{}/file_stream", base_url_, url_encode(run.entity),
+                                        url_encode(run.project), url_encode(run.run_id));
+    const HttpResponse response = http_.request("POST", url, body);
+    if (response.status != 200) throw http_error("file_stream", url, response);
+    const json answer = json::parse(response.body, nullptr, false);
+    return answer.is_discarded() ? json::object() : answer;
+  }
+
+ private:
+  static HttpOptions auth_options(const std::string& api_key) {
+    HttpOptions options;
+    options.headers.push_back("Authorization: Basic " + base64("api:" + api_key));
+    options.headers.push_back("User-Agent: torchfit");
+    return options;
+  }
+
+  std::string graphql_url() const { return base_url_ + "/graphql"; }
+
+  static Error http_error(const char* call, const std::string& url, const HttpResponse& response) {
+    const char* hint = response.status == 401 || response.status == 403 ? " (check the API key)" : "";
+    return Error(fmt::format("W&B {} at {}: HTTP {}{}: {}", call, url, response.status, hint,
+                             response.body.substr(0, 300)));
+  }
+
+  static std::optional<std::string> string_member(const json* object, const char* key) {
+    if (object == nullptr) return std::nullopt;
+    const auto it = object->find(key);
+    if (it == object->end() || !it->is_string()) return std::nullopt;
+    return it->get<std::string>();
+  }
+
+  static std::int64_t integer_member(const json& object, const char* key) {
+    const auto it = object.find(key);
+    return it != object.end() && it->is_number_integer() ? it->get<std::int64_t>() : 0;
+  }
+
+  // The object at `path` inside `value`, or null when a step is missing or not an object.
+  static const json* find_object(const json& value, std::initializer_list<const char*> path) {
+    const json* at = &value;
+    for (const char* key : path) {
+      if (!at->is_object()) return nullptr;
+      const auto it = at->find(key);
+      if (it == at->end() || !it->is_object()) return nullptr;
+      at = &*it;
+    }
+    return at;
+  }
+
+  // Sends one GraphQL operation; returns its `data`, or throws with the server's error messages.
+  json graphql(const char* operation, const char* query, const json& variables) const {
+    const json request = {{"operationName", operation}, {"query", query}, {"variables", variables}};
+    const HttpResponse response = http_.request("POST", graphql_url(), request.dump());
+    if (response.status != 200) throw http_error(operation, graphql_url(), response);
+    const json answer = json::parse(response.body, nullptr, false);
+    if (answer.is_discarded() || !answer.is_object())
+      throw Error(fmt::format("W&B {} at {}: the answer is not JSON: {}", operation, graphql_url(),
+                              response.body.substr(0, 300)));
+    if (const auto errors = answer.find("errors"); errors != answer.end() && !errors->empty()) {
+      std::string messages;
+      for (const json& e : *errors) {
+        const auto message = string_member(&e, "message");
+        messages += (messages.empty() ? "" : "; ") + message.value_or(e.dump());
+      }
+      throw Error(fmt::format("W&B {} at {}: {}", operation, graphql_url(), messages));
+    }
+    return answer.value("data", json::object());
+  }
+
+  std::string base_url_;
+  HttpClient http_;
+};
+
+}  // namespace torchfit::detail

@@ -1,0 +1,694 @@
+// SPDX-License-Identifier: MIT
+// The W&B tracker against a mock W&B server on 127.0.0.1 that keeps a run as the real one does (GraphQL
+// UpsertBucket and RunResumeStatus, file_stream lines placed by offset): requests, history rows, summary,
+// config and metric definitions, batching, resume, heartbeats, the end of the run, the Stop button and
+// failure isolation.
+#include <algorithm>
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "mock_http_server.hpp"
+#include "support.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/integrations/wandb.hpp"
+#include "torchfit/trainer.hpp"
+
+namespace fs = std::filesystem;
+using namespace torchfit;
+using torchfit::test::CaptureLog;
+using torchfit::test::check_disabled_with_one_warning;
+using torchfit::test::HttpRequest;
+using torchfit::test::MockServer;
+using torchfit::test::Recorder;
+using torchfit::test::ScopedEnv;
+using torchfit::test::simulate;
+using torchfit::test::TempDir;
+using Run = torchfit::test::TrackerRun;
+
+namespace {
+
+// Clears every W&B variable the callback reads and sets an API key, so the machine's environment cannot leak
+// into a test.
+struct CleanWandbEnv {
+  ScopedEnv vars[16] = {
+      {"WANDB_API_KEY", "test-key"},    {"WANDB_BASE_URL", std::nullopt},
+      {"WANDB_PROJECT", std::nullopt},  {"WANDB_ENTITY", std::nullopt},
+      {"WANDB_MODE", std::nullopt},     {"WANDB_DISABLED", std::nullopt},
+      {"WANDB_RUN_ID", std::nullopt},   {"WANDB_RESUME", std::nullopt},
+      {"WANDB_NAME", std::nullopt},     {"WANDB_RUN_GROUP", std::nullopt},
+      {"WANDB_TAGS", std::nullopt},     {"WANDB_NOTES", std::nullopt},
+      {"WANDB_JOB_TYPE", std::nullopt}, {"WANDB_LOG_MODEL", std::nullopt},
+      {"WANDB_WATCH", std::nullopt},    {"WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL", std::nullopt}};
+};
+
+json parse_line(const std::string& text) {
+  return torchfit::detail::python_json_parse(text, "a line sent to W&B");
+}
+
+// A W&B server holding runs the way the real one does: UpsertBucket creates or updates a run (the entity
+// defaults to the key's, "team"), file_stream writes each content line at offset + i, the summary's last line
+// is the summary, and `complete` ends the run.
+class FakeWandb {
+ public:
+  struct StoredRun {
+    json config = json::object();  // as sent: {"key": {"value": v}}
+    json variables;                // the first UpsertBucket's
+    std::vector<std::string> history;
+    json summary = json::object();
+    std::optional<int> exit_code;
+    int heartbeats = 0;
+  };
+
+  /// Answers file_stream requests with `answer`, or with `status` when it is not 200.
+  int file_stream_status = 200;
+  std::string file_stream_answer = "{}";
+  int graphql_status = 200;
+
+  std::pair<int, std::string> handle(const HttpRequest& r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (r.method != "POST") return {405, "{}"};
+    if (r.target == "/graphql") return graphql(json::parse(r.body));
+    const std::string prefix = "/files/";
+    const std::string suffix = "/file_stream";
+    if (r.target.rfind(prefix, 0) != 0 || r.target.size() < suffix.size() ||
+        r.target.compare(r.target.size() - suffix.size(), suffix.size(), suffix) != 0)
+      return {404, R"({"error":"not found"})"};
+    if (file_stream_status != 200) return {file_stream_status, R"({"error":"unavailable"})"};
+    // /files/<entity>/<project>/<run>/file_stream
+    const std::string path = r.target.substr(prefix.size(), r.target.size() - prefix.size() - suffix.size());
+    const auto first = path.find('/'), second = path.find('/', first + 1);
+    const std::string key = path.substr(0, first) + "/" + path.substr(first + 1, second - first - 1) + "/" +
+                            path.substr(second + 1);
+    const auto it = runs_.find(key);
+    if (it == runs_.end()) return {404, R"({"error":"run not found"})"};
+    StoredRun& run = it->second;
+    const json body = parse_line(r.body);
+    if (body.empty()) ++run.heartbeats;
+    if (body.contains("files")) {
+      for (const auto& [file, chunk] : body["files"].items()) {
+        const auto offset = chunk["offset"].get<std::size_t>();
+        if (file == "wandb-history.jsonl") {
+          if (run.history.size() < offset + chunk["content"].size())
+            run.history.resize(offset + chunk["content"].size());
+          for (std::size_t i = 0; i < chunk["content"].size(); ++i)
+            run.history[offset + i] = chunk["content"][i];
+        } else if (file == "wandb-summary.json") {
+          run.summary = parse_line(chunk["content"].back().get<std::string>());
+        }
+      }
+    }
+    if (body.value("complete", false)) run.exit_code = body["exitcode"].get<int>();
+    return {200, file_stream_answer};
+  }
+
+  /// Adds a run that an earlier client opened and logged `lines` history lines to.
+  void add_run(const std::string& id, const json& config, const std::vector<std::string>& lines,
+               const json& summary) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    StoredRun run;
+    run.config = config;
+    run.history = lines;
+    run.summary = summary;
+    runs_["team/huggingface/" + id] = run;
+  }
+
+  StoredRun run(const std::string& entity_project_id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = runs_.find(entity_project_id);
+    if (it == runs_.end()) throw std::runtime_error("the fake server has no run " + entity_project_id);
+    return it->second;
+  }
+  std::size_t run_count() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return runs_.size();
+  }
+  std::vector<json> upserts() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return upserts_;
+  }
+
+ private:
+  std::pair<int, std::string> graphql(const json& request) {
+    if (graphql_status != 200) return {graphql_status, R"({"errors":[{"message":"denied"}]})"};
+    const json& vars = request["variables"];
+    const std::string entity = vars["entity"].is_string() ? vars["entity"].get<std::string>() : "team";
+    const std::string project =
+        vars["project"].is_string() ? vars["project"].get<std::string>() : "uncategorized";
+    const std::string key = entity + "/" + project + "/" + vars["name"].get<std::string>();
+    if (request["operationName"] == "RunResumeStatus") {
+      const auto it = runs_.find(key);
+      if (it == runs_.end())
+        return {200, R"({"data":{"model":{"id":"p","name":"huggingface","bucket":null}}})"};
+      const StoredRun& run = it->second;
+      json tail = json::array();
+      if (!run.history.empty()) tail.push_back(run.history.back());
+      json bucket = {{"id", "b"},
+                     {"name", vars["name"]},
+                     {"historyLineCount", run.history.size()},
+                     {"historyTail", tail.dump()},
+                     {"summaryMetrics", run.summary.dump()},
+                     {"config", run.config.dump()},
+                     {"wandbConfig", run.config.contains("_wandb") ? R"({"t":{}})" : "{}"}};
+      return {200, json{{"data", {{"model", {{"id", "p"}, {"name", project}, {"bucket", bucket}}}}}}.dump()};
+    }
+    if (request["operationName"] != "UpsertBucket" ||
+        request["query"].get<std::string>().rfind("mutation UpsertBucket(", 0) != 0)
+      return {200, R"({"errors":[{"message":"unknown operation"}]})"};
+    upserts_.push_back(request);
+    StoredRun& run = runs_[key];
+    if (run.variables.is_null()) run.variables = vars;
+    if (vars["config"].is_string()) run.config = json::parse(vars["config"].get<std::string>());
+    const std::string display =
+        vars["displayName"].is_string() ? vars["displayName"].get<std::string>() : "generated-name-1";
+    return {200, json{{"data",
+                       {{"upsertBucket",
+                         {{"bucket",
+                           {{"id", "b"},
+                            {"name", vars["name"]},
+                            {"displayName", display},
+                            {"historyLineCount", run.history.size()},
+                            {"project",
+                             {{"id", "p"}, {"name", project}, {"entity", {{"id", "e"}, {"name", entity}}}}}}},
+                          {"inserted", true}}}}}}
+                     .dump()};
+  }
+
+  std::mutex mutex_;
+  std::map<std::string, StoredRun> runs_;
+  std::vector<json> upserts_;
+};
+
+// Options for the fake server: no batching delay unless a test sets one, short back-off, generous limits (a
+// loaded machine must pass healthy calls).
+WandbOptions fast_options(const std::string& uri, double transmit_interval_s = 0) {
+  WandbOptions o;
+  o.base_url = uri;
+  o.transmit_interval_s = transmit_interval_s;
+  o.max_retries = 2;
+  o.backoff_factor_s = 0.01;
+  o.request_timeout_s = 5;
+  o.total_timeout_s = 10;
+  return o;
+}
+
+std::vector<json> history_of(const FakeWandb::StoredRun& run) {
+  std::vector<json> rows;
+  for (const auto& line : run.history) rows.push_back(parse_line(line));
+  return rows;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "W&B: HF's config and metric definitions, one history row per log, the summary, and the end of the run",
+    "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+  CaptureLog log;
+  simulate(run, 0, 4);
+  callback->finish();
+  CHECK(log.text().empty());
+
+  const auto requests = server.requests();
+  REQUIRE(!requests.empty());
+  CHECK(requests[0].target == "/graphql");
+  for (const auto& r : requests)  // HTTP Basic with the user "api"
+    CHECK(r.headers.find("\r\nAuthorization: Basic " + torchfit::detail::base64("api:test-key") + "\r\n") !=
+          std::string::npos);
+
+  // The run: a random 8-character id in HF's default project of the key's entity, named after run_name.
+  const std::string id = callback->run_id();
+  CHECK(id.size() == 8);
+  CHECK(callback->entity() == "team");
+  CHECK(callback->project() == "huggingface");
+  CHECK(callback->run_url() == server.uri() + "/team/huggingface/runs/" + id);
+  const auto stored = wandb.run("team/huggingface/" + id);
+  CHECK(stored.variables["displayName"] == "unit-run");
+  CHECK(stored.variables["entity"].is_null());
+  CHECK(stored.variables["host"] == torchfit::detail::host_name());
+  CHECK(stored.variables["state"].is_null());
+
+  // Config: the arguments wrapped as W&B stores them, and HF's define_metric calls expanded per key.
+  CHECK(stored.config["learning_rate"] == json{{"value", 5e-05}});
+  CHECK(stored.config["output_dir"] == json{{"value", tmp.path().string()}});
+  CHECK(stored.config["report_to"] == json{{"value", {"none"}}});
+  const json& m = stored.config["_wandb"]["value"]["m"];
+  REQUIRE(m.size() >= 1);
+  CHECK(m[0] == json::parse(R"({"1":"train/global_step","6":[3],"7":[]})"));
+  std::vector<std::string> defined;
+  for (std::size_t i = 1; i < m.size(); ++i) {
+    CHECK(m[i]["5"] == 1);
+    CHECK(m[i]["6"] == json::array({1, 3}));
+    defined.push_back(m[i]["1"]);
+  }
+  CHECK(defined == std::vector<std::string>{"eval/acc@1", "eval/loss", "train/epoch", "train/learning_rate",
+                                            "train/loss", "train/note"});
+  CHECK(stored.config["_wandb"]["value"]["t"] == json::object());
+
+  // History: rewritten keys, train/global_step, and wandb's _step, _runtime and _timestamp per row.
+  const auto rows = history_of(stored);
+  REQUIRE(rows.size() == 7);  // 4 training logs, 2 evaluations, the final one
+  const std::vector<std::int64_t> global_steps{1, 2, 2, 3, 4, 4, 4};
+  const double now = static_cast<double>(torchfit::detail::unix_time_ms()) / 1000;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    INFO(rows[i].dump());
+    CHECK(rows[i]["_step"] == static_cast<std::int64_t>(i));
+    CHECK(rows[i]["train/global_step"] == global_steps[i]);
+    CHECK(rows[i]["_runtime"].get<double>() >= (i == 0 ? 0.0 : rows[i - 1]["_runtime"].get<double>()));
+    CHECK(std::abs(rows[i]["_timestamp"].get<double>() - now) < 600);
+  }
+  CHECK(rows[0]["train/loss"] == 1.0);
+  CHECK(rows[0]["train/learning_rate"] == 5e-05);
+  CHECK(rows[0]["train/epoch"] == 0.25);
+  CHECK(rows[0].size() == 7);
+  CHECK(rows[2]["eval/loss"] == 0.5);
+  CHECK(rows[2]["eval/acc@1"] == 0.75);
+  CHECK(!rows[2].contains("train/loss"));
+  // The final log: single values go to the summary only (HF), the string stays in the history.
+  CHECK(rows[6]["train/note"] == "done");
+  CHECK(!rows[6].contains("train/train_runtime"));
+  CHECK(!rows[6].contains("train_runtime"));
+
+  // Summary: the last value of every history key, the single values under their own names, the runtime.
+  CHECK(stored.summary["train/loss"] == 0.25);
+  CHECK(stored.summary["eval/loss"] == 0.5);
+  CHECK(stored.summary["_step"] == 6);
+  CHECK(stored.summary["train_runtime"] == 1.5);
+  CHECK(stored.summary["train_loss"] == 0.3);
+  CHECK(stored.summary["total_flos"] == 0);
+  CHECK(stored.summary["_wandb"]["runtime"].is_number_integer());
+
+  // The run ends once, with exit code 0, in the last request.
+  CHECK(stored.exit_code == 0);
+  const json last = parse_line(requests.back().body);
+  CHECK(last["complete"] == true);
+  CHECK(last["exitcode"] == 0);
+  CHECK(requests.back().target == "/files/team/huggingface/" + id + "/file_stream");
+  CHECK(callback->step() == 7);
+}
+
+TEST_CASE(
+    "W&B: logs within the transmit interval go in one request, on_train_end sends them, destruction ends the "
+    "run",
+    "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  std::string id;
+  std::size_t requests_at_train_end = 0;
+  {
+    Run run(tmp.path());
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri(), 3600));
+    run.train_begin();
+    for (std::int64_t step = 1; step <= 5; ++step) run.log(step, {{"loss", 1.0 / double(step)}});
+    callback->flush();  // what on_train_end does
+    id = callback->run_id();
+    const auto requests = server.requests();
+    std::vector<json> streams;
+    for (const auto& r : requests)
+      if (r.target != "/graphql") streams.push_back(parse_line(r.body));
+    REQUIRE(streams.size() == 1);  // nothing before the interval was up, then everything at once
+    CHECK(streams[0]["files"]["wandb-history.jsonl"]["offset"] == 0);
+    CHECK(streams[0]["files"]["wandb-history.jsonl"]["content"].size() == 5);
+    CHECK(!streams[0].contains("complete"));
+    CHECK(!wandb.run("team/huggingface/" + id).exit_code);
+    requests_at_train_end = requests.size();
+    run.log(6, {{"loss", 0.1}});  // logged after on_train_end (an evaluate() after train(), say)
+  }                               // the callback goes away with its handler: the run is finished
+  const auto requests = server.requests();
+  REQUIRE(requests.size() == requests_at_train_end + 1);
+  const json last = parse_line(requests.back().body);
+  CHECK(last["files"]["wandb-history.jsonl"]["offset"] == 5);
+  CHECK(last["complete"] == true);
+  CHECK(last["exitcode"] == 0);
+  const auto stored = wandb.run("team/huggingface/" + id);
+  CHECK(stored.exit_code == 0);
+  CHECK(stored.history.size() == 6);
+}
+
+TEST_CASE("W&B: destroyed while an exception unwinds, the run finishes with exit code 1", "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  std::string id;
+  try {
+    Run run(tmp.path());
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    run.train_begin();
+    run.log(1, {{"loss", 0.5}});
+    id = callback->run_id();
+    callback.reset();
+    throw std::runtime_error("out of memory");
+  } catch (const std::runtime_error&) {
+  }
+  const auto stored = wandb.run("team/huggingface/" + id);
+  CHECK(stored.exit_code == 1);
+  CHECK(stored.history.size() == 1);
+}
+
+TEST_CASE("W&B: project, entity, id, name, group, tags, notes and job type come from wandb's variables",
+          "[wandb]") {
+  CleanWandbEnv env;
+  ScopedEnv project("WANDB_PROJECT", "digits"), entity("WANDB_ENTITY", "me"), id("WANDB_RUN_ID", "run42"),
+      name("WANDB_NAME", "first try"), group("WANDB_RUN_GROUP", "sweep-a"),
+      tags("WANDB_TAGS", "cpu, small,,mlp "), notes("WANDB_NOTES", "a note"), job("WANDB_JOB_TYPE", "train");
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+  simulate(run, 0, 2);
+  callback->finish();
+  CHECK(callback->run_id() == "run42");
+  CHECK(callback->run_url() == server.uri() + "/me/digits/runs/run42");
+  const auto stored = wandb.run("me/digits/run42");
+  CHECK(stored.variables["name"] == "run42");
+  CHECK(stored.variables["project"] == "digits");
+  CHECK(stored.variables["entity"] == "me");
+  CHECK(stored.variables["displayName"] == "first try");
+  CHECK(stored.variables["groupName"] == "sweep-a");
+  CHECK(stored.variables["tags"] == json::array({"cpu", "small", "mlp"}));
+  CHECK(stored.variables["notes"] == "a note");
+  CHECK(stored.variables["jobType"] == "train");
+  CHECK(stored.exit_code == 0);
+  // Later config updates (new metric keys) name the run and send nothing else.
+  const auto upserts = wandb.upserts();
+  REQUIRE(upserts.size() >= 2);
+  for (std::size_t i = 1; i < upserts.size(); ++i) {
+    const json& vars = upserts[i]["variables"];
+    CHECK(vars["name"] == "run42");
+    CHECK(vars["displayName"].is_null());
+    CHECK(vars["tags"].is_null());
+    CHECK(vars["config"].is_string());
+  }
+  CHECK(torchfit::detail::wandb_split_tags(" , a ,b") == std::vector<std::string>{"a", "b"});
+  CHECK(torchfit::detail::wandb_split_tags("").empty());
+}
+
+TEST_CASE(
+    "W&B: WANDB_RESUME with WANDB_RUN_ID continues the run's history, _step, runtime, summary and config",
+    "[wandb]") {
+  CleanWandbEnv env;
+  ScopedEnv id("WANDB_RUN_ID", "resumed1");
+  FakeWandb wandb;
+  const json old_config = json::parse(
+      R"({"old_key": {"value": 1}, "learning_rate": {"value": 0.1},
+          "_wandb": {"value": {"t": {}, "m": [{"1": "train/global_step", "6": [3], "7": []},
+                                               {"1": "train/old", "5": 1, "6": [1, 3], "7": []}]}}})");
+  wandb.add_run(
+      "resumed1", old_config,
+      {R"({"train/loss": 0.9, "train/global_step": 1, "_step": 0, "_runtime": 50.0})",
+       R"({"train/loss": 0.8, "train/global_step": 2, "_step": 1, "_runtime": 100.5})"},
+      json::parse(R"({"train/loss": 0.8, "only_before": 7, "_step": 1, "_wandb": {"runtime": 100}})"));
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+
+  SECTION("allow, and the run exists") {
+    ScopedEnv resume("WANDB_RESUME", "allow");
+    Run run(tmp.path(), 2);
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    CaptureLog log;
+    simulate(run, 2, 3);
+    callback->finish();
+    CHECK(log.text().empty());
+    CHECK(wandb.run_count() == 1);
+    const auto stored = wandb.run("team/huggingface/resumed1");
+    const auto rows = history_of(stored);
+    REQUIRE(rows.size() == 4);  // two old lines, the training log of step 3, the final log
+    CHECK(rows[1]["_step"] == 1);
+    CHECK(rows[2]["_step"] == 2);
+    CHECK(rows[2]["train/global_step"] == 3);
+    CHECK(rows[2]["_runtime"].get<double>() >= 100.5);
+    CHECK(rows[3]["_step"] == 3);
+    CHECK(stored.summary["only_before"] == 7);
+    CHECK(stored.summary["train/loss"] == 1.0 / 3);
+    CHECK(stored.config["old_key"] == json{{"value", 1}});
+    CHECK(stored.config["learning_rate"] == json{{"value", 5e-05}});  // this run's arguments win
+    std::vector<std::string> defined;
+    for (const auto& def : stored.config["_wandb"]["value"]["m"]) defined.push_back(def["1"]);
+    CHECK(std::find(defined.begin(), defined.end(), "train/old") != defined.end());
+    CHECK(std::find(defined.begin(), defined.end(), "train/loss") != defined.end());
+  }
+  SECTION("allow, and there is no such run: a new run with that id") {
+    ScopedEnv resume("WANDB_RESUME", "allow"), other("WANDB_RUN_ID", "fresh1");
+    Run run(tmp.path());
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    simulate(run, 0, 1);
+    callback->finish();
+    const auto rows = history_of(wandb.run("team/huggingface/fresh1"));
+    REQUIRE(!rows.empty());
+    CHECK(rows[0]["_step"] == 0);
+  }
+  SECTION("must, and there is no such run") {
+    ScopedEnv resume("WANDB_RESUME", "must"), other("WANDB_RUN_ID", "missing1");
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run,
+        "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: "
+        "WANDB_RESUME=must, "
+        "but project \"huggingface\" has no run \"missing1\" to resume (WANDB_RUN_ID)");
+  }
+  SECTION("never, and the run exists") {
+    ScopedEnv resume("WANDB_RESUME", "never");
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run,
+        "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: "
+        "WANDB_RESUME=never, "
+        "but project \"huggingface\" already has a run \"resumed1\" (WANDB_RUN_ID): choose another id");
+  }
+  SECTION("an unknown value") {
+    ScopedEnv resume("WANDB_RESUME", "sometimes");
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run,
+        "[torchfit] warning: WandbCallback failed and is disabled for the rest of this "
+        "run: WANDB_RESUME must be allow, must, never or auto (got \"sometimes\")");
+  }
+}
+
+TEST_CASE(
+    "W&B: the API key comes from WANDB_API_KEY or netrc, and a missing or refused key disables the tracker",
+    "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  const std::string warning =
+      "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: ";
+  ScopedEnv no_key("WANDB_API_KEY", std::nullopt);
+  const std::string netrc = (tmp.path() / "netrc").string();
+  ScopedEnv netrc_path("NETRC", netrc);
+
+  SECTION("netrc, the entry of the server's host and port") {
+    test::write_file(netrc, "machine api.wandb.ai login user password wrong-key\nmachine " +
+                                torchfit::detail::url_authority(server.uri()) +
+                                "\n  login user\n  password netrc-key\n");
+    Run run(tmp.path());
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    simulate(run, 0, 1);
+    callback->finish();
+    const auto requests = server.requests();
+    REQUIRE(!requests.empty());
+    CHECK(requests[0].headers.find("Authorization: Basic " + torchfit::detail::base64("api:netrc-key")) !=
+          std::string::npos);
+  }
+  SECTION("no key anywhere") {
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(run,
+                                    warning + "no W&B API key for " + server.uri() +
+                                        ": set WANDB_API_KEY, or log in with `wandb login` (which stores it "
+                                        "in " +
+                                        netrc + ")");
+    CHECK(server.requests().empty());
+  }
+  SECTION("a key the server refuses: the status is named, nothing is retried") {
+    ScopedEnv key("WANDB_API_KEY", "bad-key");
+    wandb.graphql_status = 401;
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run, warning + "W&B UpsertBucket at " + server.uri() + "/graphql: HTTP 401 (check the API key): ");
+    CHECK(server.requests().size() == 1);
+  }
+}
+
+TEST_CASE("W&B: WANDB_MODE disabled turns the tracker off, offline and unknown modes are refused by name",
+          "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  const std::string warning =
+      "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: ";
+  SECTION("disabled") {
+    ScopedEnv mode("WANDB_MODE", "disabled");
+    Run run(tmp.path());
+    auto recorder = run.handler.add_callback<Recorder>();
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    CaptureLog log;
+    simulate(run, 0, 2);
+    callback->finish();
+    CHECK(log.text().empty());
+    CHECK(recorder->logs_seen == 4);
+    CHECK(callback->run_id().empty());
+  }
+  SECTION("HF's WANDB_DISABLED") {
+    ScopedEnv disabled("WANDB_DISABLED", "true");
+    Run run(tmp.path());
+    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    CaptureLog log;
+    simulate(run, 0, 2);
+    CHECK(log.text().empty());
+  }
+  SECTION("offline") {
+    ScopedEnv mode("WANDB_MODE", "offline");
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run, warning +
+                 "WANDB_MODE=offline: offline W&B runs are not supported (torchfit talks to the W&B server "
+                 "directly); log offline with --report_to tensorboard or csv, or unset WANDB_MODE");
+  }
+  SECTION("unknown") {
+    ScopedEnv mode("WANDB_MODE", "sideways");
+    Run run(tmp.path());
+    run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+    check_disabled_with_one_warning(
+        run, warning + "WANDB_MODE must be online, offline or disabled (got \"sideways\")");
+  }
+  CHECK(server.requests().empty());
+}
+
+TEST_CASE(
+    "W&B: a failing file_stream disables the tracker at its next event with one warning, training goes on",
+    "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  wandb.file_stream_status = 503;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto recorder = run.handler.add_callback<Recorder>();
+  auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+  CaptureLog log;
+  simulate(run, 0, 4);
+  CHECK(recorder->logs_seen == 7);
+  CHECK(recorder->ended);
+  const std::string text = log.text();
+  INFO(text);
+  const std::string failure =
+      "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: POST " +
+      server.uri() + "/files/team/huggingface/" + callback->run_id() + "/file_stream failed after 3 attempts";
+  CHECK(text.rfind(failure, 0) == 0);
+  CHECK(text.find("HTTP 503") != std::string::npos);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 1);
+  callback.reset();  // a failed run is not finished again (no second warning)
+  CHECK(log.text() == text);
+}
+
+TEST_CASE("W&B: the Stop button on the run's page stops training at the next log", "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  wandb.file_stream_answer = R"({"stopped": true})";
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
+  run.train_begin();
+  run.log(1, {{"loss", 0.5}});
+  CHECK(!run.control.should_training_stop);
+  callback->flush();  // the answer has arrived
+  run.log(2, {{"loss", 0.4}});
+  CHECK(run.control.should_training_stop);
+  CHECK(run.control.stop_reason == "the W&B run was stopped from its page (W&B's Stop button)");
+}
+
+TEST_CASE("W&B: an idle run sends heartbeats", "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  WandbOptions options = fast_options(server.uri());
+  options.heartbeat_interval_s = 0.02;
+  auto callback = run.handler.add_callback<WandbCallback>(options);
+  run.train_begin();
+  const std::string key = "team/huggingface/" + callback->run_id();
+  // However slow the machine, heartbeats come while nothing else is sent (up to a minute allowed).
+  for (int i = 0; i < 3000 && wandb.run(key).heartbeats < 3; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK(wandb.run(key).heartbeats >= 3);
+  for (const auto& r : server.requests())
+    if (r.target != "/graphql") CHECK((r.body == "{}" || parse_line(r.body).contains("complete")));
+}
+
+TEST_CASE("W&B: run_url, netrc entries and a Trainer reporting to wandb", "[wandb]") {
+  CleanWandbEnv env;
+  TempDir tmp;
+  SECTION("netrc") {
+    const auto path = (tmp.path() / "netrc").string();
+    test::write_file(path, "machine a.example login x password pa\ndefault login y password pd\n");
+    CHECK(torchfit::detail::netrc_password(path, "a.example") == "pa");
+    CHECK(torchfit::detail::netrc_password(path, "b.example") == "pd");
+    CHECK(!torchfit::detail::netrc_password((tmp.path() / "missing").string(), "a.example"));
+    CHECK(torchfit::detail::url_authority("https://api.wandb.ai/") == "api.wandb.ai");
+    CHECK(torchfit::detail::url_authority("http://127.0.0.1:8080") == "127.0.0.1:8080");
+  }
+  SECTION("--report_to wandb: the Trainer's logs, step by step") {
+    FakeWandb wandb;
+    MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+    ScopedEnv url("WANDB_BASE_URL", server.uri()), interval("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL", "0");
+    TrainingArguments args;
+    args.output_dir = (tmp.path() / "out").string();
+    args.max_steps = 6;
+    args.logging_steps = 2;
+    args.per_device_train_batch_size = 4;
+    args.report_to = {"wandb"};
+    args.save_strategy = SaveStrategy::no;
+    std::string key;
+    std::vector<json> log_history;
+    {
+      Trainer trainer(test::Mlp(), args, test::regression_data(16), test::mse_loss);
+      trainer.remove_callback<ProgressCallback>();
+      std::shared_ptr<WandbCallback> callback;
+      for (const auto& c : trainer.callback_handler().callbacks())
+        if (auto typed = std::dynamic_pointer_cast<WandbCallback>(c)) callback = typed;
+      REQUIRE(callback != nullptr);
+      trainer.train();
+      log_history = trainer.state().log_history;
+      key = "team/huggingface/" + callback->run_id();
+      // model/num_parameters: 4*16+16 + 16*1+1
+      CHECK(wandb.run(key).config["model/num_parameters"] == json{{"value", 97}});
+    }
+    const auto stored = wandb.run(key);
+    CHECK(stored.exit_code == 0);
+    const auto rows = history_of(stored);
+    REQUIRE(rows.size() == log_history.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      CHECK(rows[i]["train/global_step"] == log_history[i]["step"]);
+      if (log_history[i].contains("loss")) CHECK(rows[i]["train/loss"] == log_history[i]["loss"]);
+    }
+    CHECK(stored.summary["train_runtime"] == log_history.back()["train_runtime"]);
+  }
+}
