@@ -624,7 +624,7 @@ TEST_CASE("W&B: the Stop button on the run's page stops training at the next log
   CHECK(run.control.stop_reason == "the W&B run was stopped from its page (W&B's Stop button)");
 }
 
-TEST_CASE("W&B: an idle run sends heartbeats", "[wandb]") {
+TEST_CASE("W&B: an idle run sends heartbeats until it is finished", "[wandb]") {
   CleanWandbEnv env;
   FakeWandb wandb;
   MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
@@ -639,6 +639,10 @@ TEST_CASE("W&B: an idle run sends heartbeats", "[wandb]") {
   for (int i = 0; i < 3000 && wandb.run(key).heartbeats < 3; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   CHECK(wandb.run(key).heartbeats >= 3);
+  callback->finish();
+  const int heartbeats = wandb.run(key).heartbeats;
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(wandb.run(key).heartbeats == heartbeats);  // none after the end
   for (const auto& r : server.requests())
     if (r.target != "/graphql") CHECK((r.body == "{}" || parse_line(r.body).contains("complete")));
 }

@@ -63,7 +63,8 @@ class BackgroundQueue {
   }
 
   /// From now on, runs `job` whenever the queue has been idle for `interval` (a keep-alive for a server that
-  /// takes silence for a dead client); it fails like a submitted job. Starts the thread.
+  /// takes silence for a dead client); it fails like a submitted job. Starts the thread. An empty `job`
+  /// stops the keep-alive.
   void set_idle_job(std::chrono::duration<double> interval, std::function<void()> job) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -85,8 +86,10 @@ class BackgroundQueue {
       const auto ready = [this] { return !jobs_.empty() || stopping_; };
       if (idle_job_ && !failure_) {
         if (!work_.wait_for(lock, idle_interval_, ready)) {
-          const auto keep_alive = idle_job_;  // a copy: set_idle_job may replace it while it runs
-          execute(lock, keep_alive);
+          if (idle_job_ && !failure_) {  // not stopped while waiting
+            const auto keep_alive = idle_job_;  // a copy: set_idle_job may replace it while it runs
+            execute(lock, keep_alive);
+          }
           continue;
         }
       } else {

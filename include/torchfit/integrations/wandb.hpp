@@ -194,6 +194,7 @@ class WandbCallback : public LazyTrackerCallback {
   void finish(int exit_code = 0) {
     if (!run_open_) return;
     run_open_ = false;
+    queue_.set_idle_job({}, {});  // no heartbeats for a finished run
     send(true, exit_code);
     queue_.drain();
   }
