@@ -86,7 +86,7 @@ class BackgroundQueue {
       const auto ready = [this] { return !jobs_.empty() || stopping_; };
       if (idle_job_ && !failure_) {
         if (!work_.wait_for(lock, idle_interval_, ready)) {
-          if (idle_job_ && !failure_) {  // not stopped while waiting
+          if (idle_job_ && !failure_) {         // not stopped while waiting
             const auto keep_alive = idle_job_;  // a copy: set_idle_job may replace it while it runs
             execute(lock, keep_alive);
           }
