@@ -293,6 +293,29 @@ TEST_CASE("the file trackers write only on the world process zero", "[loggers]")
   CHECK(fs::is_empty(tmp.path()));
 }
 
+TEST_CASE("report_to refuses a name it does not know, saying what is available", "[loggers]") {
+  std::string available;
+  for (const auto& name : integrations::available()) available += (available.empty() ? "" : ", ") + name;
+  CallbackHandler handler;
+  const auto error_of = [&](const std::string& name) {
+    try {
+      integrations::add_reporting_callbacks(handler, {"csv", name});
+    } catch (const ArgumentError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(error_of("tensorbord") == "--report_to: \"tensorbord\" is not available; available: " + available +
+                                      " (\"all\", \"none\"; include <torchfit/integrations/<name>.hpp> to make a "
+                                      "tracker available)");
+  CHECK(error_of("neptune") ==
+        "--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; available: " + available);
+  CHECK(error_of("comet_ml") ==
+        "--report_to: \"comet_ml\" is a Hugging Face integration torchfit does not have; available: " +
+            available);
+  CHECK(handler.callbacks().empty());  // nothing added when a name is refused
+}
+
 TEST_CASE("report_to names csv and jsonl, they listen to on_train_begin and on_log only", "[loggers]") {
   const auto names = integrations::available();
   const auto csv = std::find(names.begin(), names.end(), "csv");

@@ -84,6 +84,13 @@ inline std::vector<std::string> available() {
   return names;
 }
 
+/// Names HF's report_to accepts for trackers torchfit has no header for.
+inline bool is_unimplemented_hf_integration(std::string_view name) {
+  for (const char* hf : {"azure_ml", "clearml", "comet_ml", "dagshub", "flyte", "kubeflow", "swanlab"})
+    if (name == hf) return true;
+  return false;
+}
+
 /// The integrations `report_to` selects, in the order given ("all" = every available one, "none" = none).
 /// An unknown name is an ArgumentError listing what is available.
 inline std::vector<const Integration*> resolve(const std::vector<std::string>& report_to) {
@@ -99,9 +106,16 @@ inline std::vector<const Integration*> resolve(const std::vector<std::string>& r
     if (it == r.end()) {
       std::string names;
       for (const auto& i : r) names += (names.empty() ? "" : ", ") + i.name;
-      throw ArgumentError("--report_to: \"" + name + "\" is not available; available: " +
-                          (names.empty() ? std::string("none") : names) + " (\"all\", \"none\"; include " +
-                          "<torchfit/integrations/<name>.hpp> to make a tracker available)");
+      const std::string available = "available: " + (names.empty() ? std::string("none") : names);
+      if (name == "neptune")
+        throw ArgumentError("--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; " +
+                            available);
+      if (is_unimplemented_hf_integration(name))
+        throw ArgumentError("--report_to: \"" + name +
+                            "\" is a Hugging Face integration torchfit does not have; " + available);
+      throw ArgumentError("--report_to: \"" + name + "\" is not available; " + available +
+                          " (\"all\", \"none\"; include <torchfit/integrations/<name>.hpp> to make a tracker "
+                          "available)");
     }
     if (std::find(selected.begin(), selected.end(), &*it) == selected.end()) selected.push_back(&*it);
   }
