@@ -7,7 +7,11 @@
 // everything, and TensorBoard, logging every 50 steps. Repetitions alternate (hand-written, Trainer, hand-written,
 // ...) in one process after one discarded warm-up of each, which also checks that both computed the same thing.
 //
-//   ./trainer_overhead [--quick] [--workload mlp|gpt|all] [--reps N]
+// Both paths run under the same malloc settings: torchfit::tune_cpu_allocator() unless --default-malloc, since
+// glibc's default re-faults freed tensor buffers depending on heap layout, a per-process swing of up to 60%
+// in either path that has nothing to do with the loop.
+//
+//   ./trainer_overhead [--quick] [--workload mlp|gpt|all] [--reps N] [--default-malloc]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,6 +34,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <torchfit/cpu_allocator.hpp>
 #include <torchfit/integrations/tensorboard.hpp>
 #include <torchfit/torchfit.hpp>
 
@@ -280,6 +285,7 @@ std::string cpu_model() {
 
 struct Options {
   bool quick = false;
+  bool default_malloc = false;
   std::string workload = "all";
   int reps = 7;
 };
@@ -289,7 +295,9 @@ Options parse(int argc, char** argv) {
   bool reps_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--quick") {
+    if (a == "--default-malloc") {
+      o.default_malloc = true;
+    } else if (a == "--quick") {
       o.quick = true;
     } else if (a == "--workload" && i + 1 < argc) {
       o.workload = argv[++i];
@@ -301,7 +309,8 @@ Options parse(int argc, char** argv) {
       reps_given = true;
     } else {
       throw std::invalid_argument("unknown argument \"" + a +
-                                  "\"; usage: trainer_overhead [--quick] [--workload mlp|gpt|all] [--reps N]");
+                                  "\"; usage: trainer_overhead [--quick] [--workload mlp|gpt|all] [--reps N] "
+                                  "[--default-malloc]");
     }
   }
   if (o.quick && !reps_given) o.reps = 1;
@@ -316,8 +325,10 @@ int main(int argc, char** argv) try {
   NullBuffer null_buffer;
   std::ostream progress_out(&null_buffer);
 
-  std::cout << fmt::format("machine: {}, {} hardware threads, {} torch threads, libtorch {}\n", cpu_model(),
-                           std::thread::hardware_concurrency(), torch::get_num_threads(), TORCH_VERSION)
+  const bool tuned = !opt.default_malloc && torchfit::tune_cpu_allocator();
+  std::cout << fmt::format("machine: {}, {} hardware threads, {} torch threads, libtorch {}, malloc {}\n",
+                           cpu_model(), std::thread::hardware_concurrency(), torch::get_num_threads(),
+                           TORCH_VERSION, tuned ? "tuned by torchfit::tune_cpu_allocator()" : "as configured")
             << std::flush;
   std::vector<Row> rows;
   bool same = true;

@@ -1,4 +1,6 @@
 // SPDX-License-Identifier: MIT
+#include <sys/resource.h>
+
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
@@ -756,4 +758,39 @@ TEST_CASE("several named eval datasets are evaluated in order, logged apart and 
   CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"", evals[1].second}}),
                     "eval dataset 1 has no name: name every one of several eval datasets");
   CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"val", evals[1].second}}), "two eval datasets are named \"val\"");
+}
+
+TEST_CASE("tune_cpu_allocator: CPU training steps re-use freed buffers instead of page-faulting them in",
+          "[trainer][allocator]") {
+  SECTION("a malloc the user configured is left alone") {
+    test::ScopedEnv tunables("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000");
+    CHECK_FALSE(tune_cpu_allocator());
+  }
+  SECTION("tuned, a step of an MLP 784-256-256-10 on a batch of 64 faults almost no page in") {
+    test::ScopedEnv tunables("GLIBC_TUNABLES", std::nullopt), mmap("MALLOC_MMAP_THRESHOLD_", std::nullopt),
+        trim("MALLOC_TRIM_THRESHOLD_", std::nullopt);
+    REQUIRE(tune_cpu_allocator());
+    torch::nn::Sequential model(torch::nn::Linear(784, 256), torch::nn::ReLU(), torch::nn::Linear(256, 256),
+                                torch::nn::ReLU(), torch::nn::Linear(256, 10));
+    torch::optim::AdamW optimizer(model->parameters());
+    const auto x = torch::randn({64, 784});
+    const auto y = torch::randint(0, 10, {64});
+    const auto minor_faults = [] {
+      rusage usage{};
+      getrusage(RUSAGE_SELF, &usage);
+      return usage.ru_minflt;
+    };
+    const auto step = [&] {
+      torch::cross_entropy_loss(model->forward(x), y).backward();
+      clip_grad_norm(model->parameters(), 1.0);
+      optimizer.step();
+      optimizer.zero_grad();
+    };
+    for (int i = 0; i < 3; ++i) step();  // the optimizer's state and the heap grow to their size
+    const auto before = minor_faults();
+    for (int i = 0; i < 20; ++i) step();
+    // glibc's default here: about 390 faults a step (the gradient and activation buffers, again and again);
+    // tuned, about 3.
+    CHECK((minor_faults() - before) / 20 < 20);
+  }
 }

@@ -49,6 +49,7 @@ std::string read_text(const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  torchfit::tune_cpu_allocator();  // CPU training: reuse freed tensor buffers instead of re-faulting them
   std::vector<std::string> tokens = {argv[0],
                                      "--output_dir", "char_gpt_output",
                                      "--max_steps", "600",

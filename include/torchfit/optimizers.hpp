@@ -83,7 +83,7 @@ inline std::unique_ptr<torch::optim::Optimizer> create_optimizer(const TrainingA
 
 /// Scales gradients so their global L2 norm is at most `max_norm` and returns the norm before clipping as a
 /// 0-d tensor on the gradients' device. Same arithmetic as torch.nn.utils.clip_grad_norm_, but nothing is read
-/// back to the host (libtorch's C++ version returns a double, which forces a sync every step).
+/// back from an accelerator (libtorch's C++ version returns a double, which forces a sync every step).
 inline torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& parameters, double max_norm) {
   std::vector<torch::Tensor> norms;
   std::vector<torch::Tensor> grads;
@@ -95,6 +95,9 @@ inline torch::Tensor clip_grad_norm(const std::vector<torch::Tensor>& parameters
   if (norms.empty()) return torch::zeros({});
   torch::Tensor total = norms.size() == 1 ? norms[0] : torch::stack(norms).norm(2);
   torch::Tensor coef = torch::clamp_max(max_norm / (total + 1e-6), 1.0);
+  // On the CPU the value is at hand (no device to wait for): skip the multiply by exactly 1, a pass over every
+  // gradient, when nothing needs clipping, as libtorch's clip_grad_norm_ does.
+  if (coef.is_cpu() && coef.item<double>() >= 1.0) return total;
   for (auto& g : grads) g.detach().mul_(coef.to(g.device()));
   return total;
 }

@@ -16,6 +16,7 @@
 #include "torchfit/optimizers.hpp"
 #include "torchfit/schedulers.hpp"
 #include "torchfit/checkpoint.hpp"
+#include "torchfit/cpu_allocator.hpp"
 #include "torchfit/callbacks/default_flow.hpp"
 #include "torchfit/callbacks/printer.hpp"
 #include "torchfit/callbacks/progress.hpp"
