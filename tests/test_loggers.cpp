@@ -305,13 +305,18 @@ TEST_CASE("report_to refuses a name it does not know, saying what is available",
     }
     return std::string("no error");
   };
-  CHECK(error_of("tensorbord") == "--report_to: \"tensorbord\" is not available; available: " + available +
-                                      " (\"all\", \"none\"; include <torchfit/integrations/<name>.hpp> to make a "
-                                      "tracker available)");
+  CHECK(error_of("tensorbord") ==
+        "--report_to: \"tensorbord\" is not a tracker; available: " + available + " (\"all\", \"none\")");
+  CHECK(error_of("comet_ml") == "--report_to: \"comet_ml\" is not available; include "
+                                "<torchfit/integrations/comet.hpp> to make it available (available: " +
+                                    available + ")");
+  CHECK(error_of("tensorboard") == "--report_to: \"tensorboard\" is not available; include "
+                                   "<torchfit/integrations/tensorboard.hpp> to make it available (available: " +
+                                       available + ")");
   CHECK(error_of("neptune") ==
         "--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; available: " + available);
-  CHECK(error_of("comet_ml") ==
-        "--report_to: \"comet_ml\" is a Hugging Face integration torchfit does not have; available: " +
+  CHECK(error_of("clearml") ==
+        "--report_to: \"clearml\" is a Hugging Face integration torchfit does not have; available: " +
             available);
   CHECK(handler.callbacks().empty());  // nothing added when a name is refused
 }

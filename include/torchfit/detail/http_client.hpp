@@ -51,6 +51,11 @@ inline bool http_status_is_retryable(long status) {
   return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
 }
 
+/// What an error message adds for a status that means the server refused the credentials.
+inline const char* http_auth_hint(long status) {
+  return status == 401 || status == 403 ? " (check the API key)" : "";
+}
+
 /// Percent-encodes `text` for a URL query value.
 inline std::string url_encode(const std::string& text) {
   std::string out;

@@ -190,9 +190,8 @@ class WandbApi {
   std::string graphql_url() const { return base_url_ + "/graphql"; }
 
   static Error http_error(const char* call, const std::string& url, const HttpResponse& response) {
-    const char* hint = response.status == 401 || response.status == 403 ? " (check the API key)" : "";
-    return Error(fmt::format("W&B {} at {}: HTTP {}{}: {}", call, url, response.status, hint,
-                             response.body.substr(0, 300)));
+    return Error(fmt::format("W&B {} at {}: HTTP {}{}: {}", call, url, response.status,
+                             http_auth_hint(response.status), response.body.substr(0, 300)));
   }
 
   static std::optional<std::string> string_member(const json* object, const char* key) {

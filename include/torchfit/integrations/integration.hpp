@@ -84,15 +84,18 @@ inline std::vector<std::string> available() {
   return names;
 }
 
-/// Names HF's report_to accepts for trackers torchfit has no header for.
-inline bool is_unimplemented_hf_integration(std::string_view name) {
-  for (const char* hf : {"azure_ml", "clearml", "comet_ml", "dagshub", "flyte", "kubeflow", "swanlab"})
-    if (name == hf) return true;
-  return false;
+/// The header that makes the tracker `name` available (`comet_ml` is in comet.hpp); nothing for a name
+/// torchfit has no tracker for.
+inline std::optional<std::string> integration_header(std::string_view name) {
+  if (name == "comet_ml") return std::string("<torchfit/integrations/comet.hpp>");
+  for (const char* own : {"codecarbon", "csv", "dvclive", "jsonl", "mlflow", "tensorboard", "trackio", "wandb"})
+    if (name == own) return "<torchfit/integrations/" + std::string(name) + ".hpp>";
+  return std::nullopt;
 }
 
 /// The integrations `report_to` selects, in the order given ("all" = every available one, "none" = none).
-/// An unknown name is an ArgumentError listing what is available.
+/// A name that is not available is an ArgumentError saying why (the header to include, a tracker torchfit
+/// lacks, or no tracker at all) and listing what is available.
 inline std::vector<const Integration*> resolve(const std::vector<std::string>& report_to) {
   std::vector<const Integration*> selected;
   const auto& r = registry();
@@ -107,15 +110,18 @@ inline std::vector<const Integration*> resolve(const std::vector<std::string>& r
       std::string names;
       for (const auto& i : r) names += (names.empty() ? "" : ", ") + i.name;
       const std::string available = "available: " + (names.empty() ? std::string("none") : names);
+      if (const auto header = integration_header(name))
+        throw ArgumentError("--report_to: \"" + name + "\" is not available; include " + *header +
+                            " to make it available (" + available + ")");
       if (name == "neptune")
         throw ArgumentError("--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; " +
                             available);
-      if (is_unimplemented_hf_integration(name))
-        throw ArgumentError("--report_to: \"" + name +
-                            "\" is a Hugging Face integration torchfit does not have; " + available);
-      throw ArgumentError("--report_to: \"" + name + "\" is not available; " + available +
-                          " (\"all\", \"none\"; include <torchfit/integrations/<name>.hpp> to make a tracker "
-                          "available)");
+      for (const char* hf : {"azure_ml", "clearml", "dagshub", "flyte", "kubeflow", "swanlab"})
+        if (name == hf)
+          throw ArgumentError("--report_to: \"" + name +
+                              "\" is a Hugging Face integration torchfit does not have; " + available);
+      throw ArgumentError("--report_to: \"" + name + "\" is not a tracker; " + available +
+                          " (\"all\", \"none\")");
     }
     if (std::find(selected.begin(), selected.end(), &*it) == selected.end()) selected.push_back(&*it);
   }

@@ -1,0 +1,130 @@
+// SPDX-License-Identifier: MIT
+// The part of Comet's public REST API (v2) an experiment needs: create it, log parameters, metrics, others
+// and the model graph, keep it alive, and record its start and end.
+#pragma once
+
+#include <cstdint>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/json.hpp"
+
+namespace torchfit::detail {
+
+/// The value of `key` in section `[section]` of an INI file (Comet's `~/.comet.config`); nothing when the
+/// file, the section or the key is missing.
+inline std::optional<std::string> ini_value(const std::string& path, const std::string& section,
+                                            const std::string& key) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  const auto trim = [](const std::string& s) {
+    const auto first = s.find_first_not_of(" \t\r");
+    return first == std::string::npos ? std::string()
+                                      : s.substr(first, s.find_last_not_of(" \t\r") - first + 1);
+  };
+  std::string current;
+  for (std::string line; std::getline(in, line);) {
+    line = trim(line);
+    if (line.empty() || line[0] == '#' || line[0] == ';') continue;
+    if (line.front() == '[' && line.back() == ']') {
+      current = trim(line.substr(1, line.size() - 2));
+    } else if (current == section) {
+      const auto eq = line.find('=');
+      if (eq != std::string::npos && trim(line.substr(0, eq)) == key) return trim(line.substr(eq + 1));
+    }
+  }
+  return std::nullopt;
+}
+
+/// The scheme and host of a URL: `https://www.comet.com/clientlib/` -> `https://www.comet.com`.
+inline std::string url_root(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  const auto start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
+  return url.substr(0, url.find('/', start));
+}
+
+/// Calls Comet's REST API under `<root>/api/rest/v2/` with the API key as the Authorization header. Every
+/// failure throws torchfit::Error naming the endpoint, the URL and what the server said.
+class CometApi {
+ public:
+  CometApi(const std::string& root, const std::string& api_key, HttpRetryPolicy policy)
+      : base_(root + "/api/rest/v2/"), http_(policy, auth_options(api_key)) {}
+
+  /// The workspaces the key can write to.
+  std::vector<std::string> workspaces() const {
+    const json answer = call("GET", "workspaces", {});
+    std::vector<std::string> names;
+    if (const auto it = answer.find("workspaceNames"); it != answer.end() && it->is_array())
+      for (const json& name : *it)
+        if (name.is_string()) names.push_back(name);
+    return names;
+  }
+
+  /// Creates an experiment; returns its key and the link to its page.
+  std::pair<std::string, std::string> create_experiment(const std::string& workspace,
+                                                        const std::string& project,
+                                                        const std::optional<std::string>& name) const {
+    json body = {{"workspaceName", workspace}, {"projectName", project}};
+    if (name) body["experimentName"] = *name;
+    const json answer = call("POST", "write/experiment/create", body);
+    const auto key = answer.find("experimentKey");
+    if (key == answer.end() || !key->is_string())
+      throw Error(fmt::format("Comet write/experiment/create at {}: the answer has no experimentKey: {}",
+                              base_, answer.dump().substr(0, 300)));
+    const auto link = answer.find("link");
+    return {key->get<std::string>(),
+            link != answer.end() && link->is_string() ? link->get<std::string>() : ""};
+  }
+
+  /// Posts `body` (with the experiment's key added) to `write/experiment/<endpoint>`.
+  void write(const std::string& endpoint, const std::string& experiment_key, json body) const {
+    body["experimentKey"] = experiment_key;
+    call("POST", "write/experiment/" + endpoint, body);
+  }
+
+  /// Tells Comet the experiment is alive; returns the interval it wants between two such calls, in seconds.
+  std::optional<double> keep_alive(const std::string& experiment_key) const {
+    const json answer =
+        call("GET", "write/experiment/set-status?experimentKey=" + url_encode(experiment_key), {});
+    const auto beat = answer.find("isAliveBeatDurationMillis");
+    if (beat == answer.end() || !beat->is_number() || beat->get<double>() <= 0) return std::nullopt;
+    return beat->get<double>() / 1000.0;
+  }
+
+ private:
+  static HttpOptions auth_options(const std::string& api_key) {
+    HttpOptions options;
+    options.headers.push_back("Authorization: " + api_key);
+    options.headers.push_back("Accept: application/json");
+    return options;
+  }
+
+  json call(const std::string& method, const std::string& endpoint, const json& body) const {
+    const std::string url = base_ + endpoint;
+    const HttpResponse response = http_.request(method, url, method == "GET" ? std::string() : body.dump());
+    const json answer = json::parse(response.body, nullptr, false);
+    if (response.status != 200) {
+      std::string detail = response.body.substr(0, 300);
+      if (answer.is_object() && answer.contains("msg") && answer["msg"].is_string()) {
+        detail = answer["msg"].get<std::string>();
+        if (answer.contains("sdk_error_code"))
+          detail += fmt::format(" (sdk_error_code {})", answer["sdk_error_code"].dump());
+      }
+      throw Error(fmt::format("Comet {} at {}: HTTP {}{}: {}", endpoint.substr(0, endpoint.find('?')), url,
+                              response.status, http_auth_hint(response.status), detail));
+    }
+    return answer.is_object() ? answer : json::object();
+  }
+
+  std::string base_;
+  HttpClient http_;
+};
+
+}  // namespace torchfit::detail

@@ -1,0 +1,252 @@
+// SPDX-License-Identifier: MIT
+// Comet tracker: HF's CometCallback, logging an experiment to Comet (comet.com or a self-hosted server)
+// through Comet's public REST API. Link torchfit::comet (libcurl).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/background_queue.hpp"
+#include "torchfit/detail/comet_api.hpp"
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/integrations/integration.hpp"
+#include "torchfit/log.hpp"
+#include "torchfit/trainer_state.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit {
+
+/// Where and how CometCallback talks to Comet. Unset members come from Comet's environment variables, then
+/// from its configuration file (`$COMET_CONFIG`, else `~/.comet.config`, section `[comet]`).
+struct CometOptions {
+  /// The server, as Comet's clients name it (`https://www.comet.com/clientlib/`; only scheme and host count).
+  /// Unset: COMET_URL_OVERRIDE, else `url_override` in the file, else https://www.comet.com.
+  std::optional<std::string> url;
+  /// Unset: COMET_API_KEY, else `api_key` in the file.
+  std::optional<std::string> api_key;
+  /// Unset: COMET_WORKSPACE, else `workspace` in the file, else the key's only workspace.
+  std::optional<std::string> workspace;
+  /// Unset: COMET_PROJECT_NAME, else `project_name` in the file, else "huggingface".
+  std::optional<std::string> project;
+  /// Requests failing with 408, 429, 5xx or a transport error are retried after `backoff_factor_s * 2^n`
+  /// seconds, at most `max_retries` times (Comet's client: 3 times, factor 2); each attempt is cut off after
+  /// `request_timeout_s`, a request that has not succeeded `total_timeout_s` after its first attempt fails.
+  int max_retries = 3;
+  double backoff_factor_s = 2;
+  double request_timeout_s = 10;
+  double total_timeout_s = 60;
+};
+
+/// Logs the run to Comet like HF's CometCallback:
+/// - on_train_begin (or the first on_log): creates an experiment named `args.run_name` in the workspace and
+///   project above (or continues `COMET_EXPERIMENT_KEY`), logs every training argument as the parameter
+///   `args/<name>`, the model's structure as its graph, and the other `Created from` = `torchfit`.
+/// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys rewritten as HF does
+///   (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch; other values are dropped with a
+///   warning, once per key.
+/// - on_predict: the metrics, rewritten, the same way.
+/// - on_train_end: waits until every call has reached the server.
+/// The experiment ends (its end time is recorded and its heartbeat stops) at finish() or when the callback is
+/// destroyed, as Comet's client ends it at process exit.
+///
+/// Every call after the experiment's creation goes from a background thread, in order, so a slow or retried
+/// request never holds up a training step; the heartbeat Comet asks for (`write/experiment/set-status`) goes
+/// at the interval the server gives. A call that fails for good drops the calls behind it and disables the
+/// tracker at its next event with one warning. `COMET_MODE=disabled` turns the tracker off; `offline` is
+/// refused (no offline archive writer).
+class CometCallback : public LazyTrackerCallback {
+ public:
+  explicit CometCallback(CometOptions options = {}) : options_(std::move(options)) {}
+
+  /// Ends the experiment if it is still open; never throws.
+  ~CometCallback() override {
+    if (!open_ || queue_.failed()) return;
+    try {
+      finish();
+    } catch (const std::exception& e) {
+      log::warning("CometCallback could not end the Comet experiment {}: {}", experiment_key_, e.what());
+    }
+  }
+  CometCallback(const CometCallback&) = delete;
+  CometCallback& operator=(const CometCallback&) = delete;
+
+  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!ready(args, state, ctx) || !open_) return;
+    log_metrics(*ctx.logs, state);
+  }
+
+  void on_predict(const Args& args, TrainerState& state, TrainerControl&,
+                  const CallbackContext& ctx) override {
+    if (!ready(args, state, ctx) || !open_ || ctx.metrics == nullptr) return;
+    log_metrics(*ctx.metrics, state);
+  }
+
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (open_ && state.is_world_process_zero) flush();
+  }
+
+  /// Waits until every call made so far has reached Comet; rethrows the first failure of a background call.
+  void flush() { queue_.drain(); }
+
+  /// Records the end time, stops the heartbeat and waits for the pending calls. Later events are ignored.
+  void finish() {
+    if (!open_) return;
+    open_ = false;
+    queue_.set_idle_job({}, {});
+    call("set-start-end-time", {{"endTimeMillis", detail::unix_time_ms()}});
+    queue_.drain();
+  }
+
+  /// The experiment's key and page (empty before setup).
+  const std::string& experiment_key() const { return experiment_key_; }
+  const std::string& link() const { return link_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  // A setting: the option, else the environment variable, else the configuration file's key.
+  std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
+                                     const char* file_key) const {
+    if (option) return option;
+    if (auto value = detail::env_string(variable)) return value;
+    const std::string file = detail::env_string("COMET_CONFIG")
+                                 .value_or(detail::env_string("HOME").value_or("") + "/.comet.config");
+    return detail::ini_value(file, "comet", file_key);
+  }
+
+  void setup(const Args& args, const TrainerState&, const CallbackContext& ctx) override {
+    const std::string mode = detail::lower(detail::env_string("COMET_MODE").value_or("online"));
+    if (mode == "disabled") return;
+    if (mode == "offline")
+      throw ArgumentError(
+          "COMET_MODE=offline: offline Comet experiments are not supported (torchfit talks to the Comet "
+          "server directly); log offline with --report_to tensorboard or csv, or unset COMET_MODE");
+    if (mode != "online" && mode != "get" && mode != "get_or_create" && mode != "create")
+      throw ArgumentError(fmt::format(
+          "COMET_MODE must be online, offline, disabled, get, get_or_create or create (got \"{}\")", mode));
+    if (detail::env_true("COMET_LOG_ASSETS"))
+      log::warning("CometCallback: COMET_LOG_ASSETS is not supported (the output folder is not uploaded)");
+
+    const auto key = setting(options_.api_key, "COMET_API_KEY", "api_key");
+    if (!key)
+      throw ArgumentError(
+          "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of ~/.comet.config");
+    const std::string root = detail::url_root(
+        setting(options_.url, "COMET_URL_OVERRIDE", "url_override").value_or("https://www.comet.com"));
+    detail::HttpRetryPolicy policy;
+    policy.max_retries = options_.max_retries;
+    policy.backoff_factor_s = options_.backoff_factor_s;
+    policy.request_timeout_s = options_.request_timeout_s;
+    policy.total_timeout_s = options_.total_timeout_s;
+    api_ = std::make_unique<detail::CometApi>(root, *key, policy);
+
+    const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
+    if (existing && mode != "create") {
+      experiment_key_ = *existing;
+    } else {
+      if (mode == "get")
+        throw ArgumentError(
+            "COMET_MODE=get needs COMET_EXPERIMENT_KEY: the key of the experiment to continue");
+      const std::string project =
+          setting(options_.project, "COMET_PROJECT_NAME", "project_name").value_or("huggingface");
+      std::tie(experiment_key_, link_) = api_->create_experiment(workspace(), project, args.run_name);
+      log::info("Comet experiment {}: {}", experiment_key_, link_);
+    }
+    open_ = true;
+    // Comet names the heartbeat interval in its answer to the first one.
+    const double beat_s = std::max(1e-3, api_->keep_alive(experiment_key_).value_or(10.0));
+    heartbeat_interval_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(beat_s));
+    last_beat_ = Clock::now();
+    queue_.set_idle_job(heartbeat_interval_, heartbeat());
+
+    call("set-start-end-time", {{"startTimeMillis", detail::unix_time_ms()}});
+    call("log-other", {{"key", "Created from"}, {"value", "torchfit"}});
+    if (ctx.model) {
+      std::ostringstream graph;
+      graph << *ctx.model;
+      call("graph", {{"graph", graph.str()}});
+    }
+    const json params = args.to_json();
+    for (auto it = params.begin(); it != params.end(); ++it)
+      call("parameter",
+           {{"parameterName", "args/" + it.key()},
+            {"parameterValue", it.value().is_string() ? it.value() : json(detail::python_str(it.value()))}});
+  }
+
+  // The workspace setting, else the key's only workspace.
+  std::string workspace() const {
+    if (auto name = setting(options_.workspace, "COMET_WORKSPACE", "workspace")) return *name;
+    const auto names = api_->workspaces();
+    if (names.size() == 1) return names[0];
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw ArgumentError(
+        fmt::format("COMET_WORKSPACE is not set and the API key has {} workspaces{}{}: set it",
+                    names.empty() ? "no" : std::to_string(names.size()), names.empty() ? "" : ": ", list));
+  }
+
+  void log_metrics(const Logs& logs, const TrainerState& state) {
+    queue_.rethrow_if_failed();
+    const auto now = detail::unix_time_ms();
+    for (auto it = logs.begin(); it != logs.end(); ++it) {
+      const json& v = it.value();
+      if (!v.is_number() && !v.is_boolean()) {
+        if (warned_keys_.insert(it.key()).second)
+          log::warning("CometCallback: dropping \"{}\" = {}: Comet metrics are numbers", it.key(),
+                       detail::python_repr(v));
+        continue;
+      }
+      call("metric", {{"metricName", integrations::rewrite_log_key(it.key())},
+                      {"metricValue", v.is_boolean() ? json(v.get<bool>() ? 1 : 0) : v},
+                      {"step", state.global_step},
+                      {"epoch", static_cast<std::int64_t>(state.epoch.value_or(0.0))},
+                      {"timestamp", now}});
+    }
+  }
+
+  // Queues a write to the experiment; a heartbeat goes first when one is due (the server expects them even
+  // while the experiment is busy; the queue's idle job sends them while it is not).
+  void call(const char* endpoint, json body) {
+    if (Clock::now() - last_beat_ >= heartbeat_interval_) {
+      last_beat_ = Clock::now();
+      queue_.submit(heartbeat());
+    }
+    queue_.submit([api = api_.get(), key = experiment_key_, endpoint = std::string(endpoint),
+                   body = std::move(body)] { api->write(endpoint, key, body); });
+  }
+
+  std::function<void()> heartbeat() const {
+    return [api = api_.get(), key = experiment_key_] { api->keep_alive(key); };
+  }
+
+  CometOptions options_;
+  std::unique_ptr<detail::CometApi> api_;
+  std::string experiment_key_;
+  std::string link_;
+  bool open_ = false;
+  std::set<std::string> warned_keys_;
+  Clock::duration heartbeat_interval_{};
+  Clock::time_point last_beat_{};
+  detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
+};
+
+namespace integrations {
+inline const bool comet_registered = register_integration<CometCallback>("comet_ml", 1);
+}  // namespace integrations
+
+}  // namespace torchfit
