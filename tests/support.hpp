@@ -234,4 +234,15 @@ inline void check_disabled_with_one_warning(TrackerRun& run, const std::string& 
   CHECK(std::count(text.begin(), text.end(), '\n') == 1);
 }
 
+/// A tracker, constructed from `options`, whose set-up is refused: training goes on, and one warning says the
+/// tracker is disabled because of `cause`.
+template <typename Tracker, typename Options>
+void check_refused(const std::filesystem::path& dir, const Options& options, const std::string& cause) {
+  TrackerRun run(dir);
+  const auto tracker = run.handler.add_callback<Tracker>(options);
+  check_disabled_with_one_warning(
+      run, "[torchfit] warning: " + tracker->name() + " failed and is disabled for the rest of this run: " +
+               cause);
+}
+
 }  // namespace torchfit::test

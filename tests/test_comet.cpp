@@ -22,6 +22,7 @@ namespace fs = std::filesystem;
 using namespace torchfit;
 using torchfit::test::CaptureLog;
 using torchfit::test::check_disabled_with_one_warning;
+using torchfit::test::check_refused;
 using torchfit::test::HttpRequest;
 using torchfit::test::MockServer;
 using torchfit::test::ScopedEnv;
@@ -122,15 +123,6 @@ CometOptions fast_options(const std::string& uri) {
   o.request_timeout_s = 5;
   o.total_timeout_s = 10;
   return o;
-}
-
-// A tracker whose set-up is refused: training goes on, and one warning says the tracker is disabled because
-// of `cause`.
-void check_refused(const MockServer& server, const fs::path& dir, const std::string& cause) {
-  Run run(dir);
-  run.handler.add_callback<CometCallback>(fast_options(server.uri()));
-  check_disabled_with_one_warning(
-      run, "[torchfit] warning: CometCallback failed and is disabled for the rest of this run: " + cause);
 }
 
 }  // namespace
@@ -274,8 +266,8 @@ TEST_CASE(
   }
   SECTION("no workspace set, and the key has several") {
     comet.workspace_names = {"a", "b"};
-    check_refused(server, tmp.path(),
-                  "COMET_WORKSPACE is not set and the API key has 2 workspaces: a, b: set it");
+    check_refused<CometCallback>(tmp.path(), fast_options(server.uri()),
+                                 "COMET_WORKSPACE is not set and the API key has 2 workspaces: a, b: set it");
     CHECK(comet.creates().empty());
   }
 }
@@ -306,8 +298,9 @@ TEST_CASE("Comet: COMET_EXPERIMENT_KEY continues that experiment, COMET_MODE pic
   }
   SECTION("get without a key") {
     ScopedEnv mode("COMET_MODE", "get");
-    check_refused(server, tmp.path(),
-                  "COMET_MODE=get needs COMET_EXPERIMENT_KEY: the key of the experiment to continue");
+    check_refused<CometCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "COMET_MODE=get needs COMET_EXPERIMENT_KEY: the key of the experiment to continue");
   }
   SECTION("disabled") {
     ScopedEnv mode("COMET_MODE", "DISABLED");
@@ -321,14 +314,14 @@ TEST_CASE("Comet: COMET_EXPERIMENT_KEY continues that experiment, COMET_MODE pic
   }
   SECTION("offline") {
     ScopedEnv mode("COMET_MODE", "offline");
-    check_refused(
-        server, tmp.path(),
+    check_refused<CometCallback>(
+        tmp.path(), fast_options(server.uri()),
         "COMET_MODE=offline: offline Comet experiments are not supported (torchfit talks to the Comet "
         "server directly); log offline with --report_to tensorboard or csv, or unset COMET_MODE");
   }
   SECTION("unknown") {
     ScopedEnv mode("COMET_MODE", "sideways");
-    check_refused(server, tmp.path(), modes + " (got \"sideways\")");
+    check_refused<CometCallback>(tmp.path(), fast_options(server.uri()), modes + " (got \"sideways\")");
   }
 }
 
@@ -340,17 +333,18 @@ TEST_CASE("Comet: a missing or refused key, or a failing server, disables the tr
   TempDir tmp;
   SECTION("no key") {
     ScopedEnv no_key("COMET_API_KEY", std::nullopt);
-    check_refused(server, tmp.path(),
-                  "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of "
-                  "~/.comet.config");
+    check_refused<CometCallback>(tmp.path(), fast_options(server.uri()),
+                                 "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of "
+                                 "~/.comet.config");
     CHECK(server.requests().empty());
   }
   SECTION("a refused key: Comet's message and error code, nothing retried") {
     ScopedEnv key("COMET_API_KEY", "bad-key");
-    check_refused(server, tmp.path(),
-                  "Comet write/experiment/create at " + server.uri() +
-                      "/api/rest/v2/write/experiment/create: HTTP 401 (check the API key): api key invalid "
-                      "(sdk_error_code 90212)");
+    check_refused<CometCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "Comet write/experiment/create at " + server.uri() +
+            "/api/rest/v2/write/experiment/create: HTTP 401 (check the API key): api key invalid "
+            "(sdk_error_code 90212)");
     CHECK(server.requests().size() == 1);
   }
   SECTION("a failing server: reported at the next event, the experiment is not ended") {

@@ -27,6 +27,7 @@ namespace fs = std::filesystem;
 using namespace torchfit;
 using torchfit::test::CaptureLog;
 using torchfit::test::check_disabled_with_one_warning;
+using torchfit::test::check_refused;
 using torchfit::test::HttpRequest;
 using torchfit::test::MockServer;
 using torchfit::test::Recorder;
@@ -199,15 +200,6 @@ WandbOptions fast_options(const std::string& uri, double transmit_interval_s = 0
   o.request_timeout_s = 5;
   o.total_timeout_s = 10;
   return o;
-}
-
-// A tracker whose set-up is refused: training goes on, and one warning says the tracker is disabled because
-// of `cause`.
-void check_refused(const MockServer& server, const fs::path& dir, const std::string& cause) {
-  Run run(dir);
-  run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
-  check_disabled_with_one_warning(
-      run, "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: " + cause);
 }
 
 std::vector<json> history_of(const FakeWandb::StoredRun& run) {
@@ -466,19 +458,22 @@ TEST_CASE(
   }
   SECTION("must, and there is no such run") {
     ScopedEnv resume("WANDB_RESUME", "must"), other("WANDB_RUN_ID", "missing1");
-    check_refused(server, tmp.path(),
-                  "WANDB_RESUME=must, but project \"huggingface\" has no run \"missing1\" to resume "
-                  "(WANDB_RUN_ID)");
+    check_refused<WandbCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "WANDB_RESUME=must, but project \"huggingface\" has no run \"missing1\" to resume "
+        "(WANDB_RUN_ID)");
   }
   SECTION("never, and the run exists") {
     ScopedEnv resume("WANDB_RESUME", "never");
-    check_refused(server, tmp.path(),
-                  "WANDB_RESUME=never, but project \"huggingface\" already has a run \"resumed1\" "
-                  "(WANDB_RUN_ID): choose another id");
+    check_refused<WandbCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "WANDB_RESUME=never, but project \"huggingface\" already has a run \"resumed1\" "
+        "(WANDB_RUN_ID): choose another id");
   }
   SECTION("an unknown value") {
     ScopedEnv resume("WANDB_RESUME", "sometimes");
-    check_refused(server, tmp.path(), "WANDB_RESUME must be allow, must, never or auto (got \"sometimes\")");
+    check_refused<WandbCallback>(tmp.path(), fast_options(server.uri()),
+                                 "WANDB_RESUME must be allow, must, never or auto (got \"sometimes\")");
   }
 }
 
@@ -507,16 +502,18 @@ TEST_CASE(
           std::string::npos);
   }
   SECTION("no key anywhere") {
-    check_refused(server, tmp.path(),
-                  "no W&B API key for " + server.uri() +
-                      ": set WANDB_API_KEY, or log in with `wandb login` (which stores it in " + netrc + ")");
+    check_refused<WandbCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "no W&B API key for " + server.uri() +
+            ": set WANDB_API_KEY, or log in with `wandb login` (which stores it in " + netrc + ")");
     CHECK(server.requests().empty());
   }
   SECTION("a key the server refuses: the status is named, nothing is retried") {
     ScopedEnv key("WANDB_API_KEY", "bad-key");
     wandb.graphql_status = 401;
-    check_refused(server, tmp.path(),
-                  "W&B UpsertBucket at " + server.uri() + "/graphql: HTTP 401 (check the API key): ");
+    check_refused<WandbCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "W&B UpsertBucket at " + server.uri() + "/graphql: HTTP 401 (check the API key): ");
     CHECK(server.requests().size() == 1);
   }
 }
@@ -549,13 +546,15 @@ TEST_CASE("W&B: WANDB_MODE disabled turns the tracker off, offline and unknown m
   }
   SECTION("offline") {
     ScopedEnv mode("WANDB_MODE", "offline");
-    check_refused(server, tmp.path(),
-                  "WANDB_MODE=offline: offline W&B runs are not supported (torchfit talks to the W&B server "
-                  "directly); log offline with --report_to tensorboard or csv, or unset WANDB_MODE");
+    check_refused<WandbCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "WANDB_MODE=offline: offline W&B runs are not supported (torchfit talks to the W&B server "
+        "directly); log offline with --report_to tensorboard or csv, or unset WANDB_MODE");
   }
   SECTION("unknown") {
     ScopedEnv mode("WANDB_MODE", "sideways");
-    check_refused(server, tmp.path(), "WANDB_MODE must be online, offline or disabled (got \"sideways\")");
+    check_refused<WandbCallback>(tmp.path(), fast_options(server.uri()),
+                                 "WANDB_MODE must be online, offline or disabled (got \"sideways\")");
   }
   CHECK(server.requests().empty());
 }
