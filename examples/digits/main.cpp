@@ -16,12 +16,14 @@
 #include <torchfit/torchfit.hpp>
 // Trackers available to --report_to (each header registers one).
 #include <torchfit/integrations/codecarbon.hpp>
+#include <torchfit/integrations/comet.hpp>
 #include <torchfit/integrations/csv.hpp>
 #include <torchfit/integrations/dvclive.hpp>
 #include <torchfit/integrations/jsonl.hpp>
 #include <torchfit/integrations/mlflow.hpp>
 #include <torchfit/integrations/tensorboard.hpp>
 #include <torchfit/integrations/trackio.hpp>
+#include <torchfit/integrations/wandb.hpp>
 
 namespace {
 
