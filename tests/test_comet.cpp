@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -199,6 +201,24 @@ TEST_CASE(
                                            "train/train_runtime@4/0=1.5",
                                            "train/train_loss@4/0=0.3",
                                            "train/total_flos@4/0=0"});
+}
+
+TEST_CASE("Comet: booleans are sent as 1/0, NaN and infinities as text", "[comet]") {
+  CleanCometEnv env;
+  FakeComet comet;
+  MockServer server([&](const HttpRequest& r) { return comet.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback = run.handler.add_callback<CometCallback>(fast_options(server.uri()));
+  run.train_begin();
+  run.log(1, {{"loss", std::nan("")},
+              {"grad_norm", std::numeric_limits<double>::infinity()},
+              {"low", -std::numeric_limits<double>::infinity()},
+              {"flag", true}});
+  callback->finish();
+  std::vector<json> values;
+  for (const auto& m : comet.writes("key1", "metric")) values.push_back(m["metricValue"]);
+  CHECK(values == std::vector<json>{"NaN", "Infinity", "-Infinity", 1});
 }
 
 TEST_CASE("Comet: heartbeats at the interval the server names, while idle and while busy, none after the end",

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -56,7 +57,7 @@ struct CometOptions {
 /// - on_train_begin (or the first on_log): creates an experiment named `args.run_name` in the workspace and
 ///   project above (or continues `COMET_EXPERIMENT_KEY`), logs every training argument as the parameter
 ///   `args/<name>`, the model's structure as its graph, and the other `Created from` = `torchfit`.
-/// - on_log: every number (booleans as 1/0) as a metric at `state.global_step`, keys rewritten as HF does
+/// - on_log: every number (booleans as 1/0, NaN and infinities as text) as a metric at `state.global_step`, keys rewritten as HF does
 ///   (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch; other values are dropped with a
 ///   warning, once per key.
 /// - on_predict: the metrics, rewritten, the same way.
@@ -167,12 +168,12 @@ class CometCallback : public LazyTrackerCallback {
       std::tie(experiment_key_, link_) = api_->create_experiment(workspace(), project, args.run_name);
       log::info("Comet experiment {}: {}", experiment_key_, link_);
     }
-    open_ = true;
     // Comet names the heartbeat interval in its answer to the first one.
     const double beat_s = std::max(1e-3, api_->keep_alive(experiment_key_).value_or(10.0));
     heartbeat_interval_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(beat_s));
     last_beat_ = Clock::now();
     queue_.set_idle_job(heartbeat_interval_, heartbeat());
+    open_ = true;
 
     call("set-start-end-time", {{"startTimeMillis", detail::unix_time_ms()}});
     call("log-other", {{"key", "Created from"}, {"value", "torchfit"}});
@@ -184,8 +185,7 @@ class CometCallback : public LazyTrackerCallback {
     const json params = args.to_json();
     for (auto it = params.begin(); it != params.end(); ++it)
       call("parameter",
-           {{"parameterName", "args/" + it.key()},
-            {"parameterValue", it.value().is_string() ? it.value() : json(detail::python_str(it.value()))}});
+           {{"parameterName", "args/" + it.key()}, {"parameterValue", detail::python_str(it.value())}});
   }
 
   // The workspace setting, else the key's only workspace.
@@ -212,11 +212,20 @@ class CometCallback : public LazyTrackerCallback {
         continue;
       }
       call("metric", {{"metricName", integrations::rewrite_log_key(it.key())},
-                      {"metricValue", v.is_boolean() ? json(v.get<bool>() ? 1 : 0) : v},
+                      {"metricValue", metric_value(v)},
                       {"step", state.global_step},
                       {"epoch", static_cast<std::int64_t>(state.epoch.value_or(0.0))},
                       {"timestamp", now}});
     }
+  }
+
+  // A number as Comet takes it: booleans as 1/0, NaN and infinities as the text Comet's Java client sends for
+  // them (JSON has no such numbers).
+  static json metric_value(const json& v) {
+    if (v.is_boolean()) return v.get<bool>() ? 1 : 0;
+    if (v.is_number_float() && !std::isfinite(v.get<double>()))
+      return detail::python_json_float(v.get<double>());
+    return v;
   }
 
   // Queues a write to the experiment; a heartbeat goes first when one is due (the server expects them even

@@ -254,8 +254,9 @@ class WandbCallback : public LazyTrackerCallback {
     const auto requested_id = detail::env_string("WANDB_RUN_ID");
     const std::string run_id = requested_id.value_or(detail::random_hex(8));
 
-    config_ = args.to_json();
-    if (const auto count = integrations::model_num_parameters(ctx)) config_["model/num_parameters"] = *count;
+    // What HF's config.update sends: the arguments and model/num_parameters.
+    json config = args.to_json();
+    if (const auto count = integrations::model_num_parameters(ctx)) config["model/num_parameters"] = *count;
     json stored_config = json::object();
     if (const auto resumed = resume_status(project, entity, run_id, requested_id.has_value())) {
       history_offset_ = resumed->history_line_count;
@@ -267,7 +268,7 @@ class WandbCallback : public LazyTrackerCallback {
       for (auto& name : detail::wandb_defined_metrics(stored_config)) metric_keys_.insert(std::move(name));
     }
     stored_config.erase("_wandb");
-    stored_config.update(detail::wandb_wrap_config(config_));
+    stored_config.update(detail::wandb_wrap_config(config));
     stored_config_ = std::move(stored_config);
 
     json vars = detail::wandb_upsert_variables();
@@ -312,9 +313,11 @@ class WandbCallback : public LazyTrackerCallback {
   std::optional<detail::WandbResumeStatus> resume_status(const std::string& project,
                                                          const std::string& entity, const std::string& run_id,
                                                          bool id_given) const {
-    std::string resume = detail::lower(detail::env_string("WANDB_RESUME").value_or("never_asked"));
+    const auto requested = detail::env_string("WANDB_RESUME");
+    if (!requested) return std::nullopt;
+    std::string resume = detail::lower(*requested);
     if (resume == "true" || resume == "1") resume = "auto";
-    if (resume == "never_asked" || resume == "false" || resume == "0") return std::nullopt;
+    if (resume == "false" || resume == "0") return std::nullopt;
     if (resume != "allow" && resume != "must" && resume != "never" && resume != "auto")
       throw ArgumentError(
           fmt::format("WANDB_RESUME must be allow, must, never or auto (got \"{}\")", resume));
@@ -392,9 +395,10 @@ class WandbCallback : public LazyTrackerCallback {
     }
     last_sent_ = Clock::now();
     if (body.empty()) return;
-    queue_.submit([this, api = api_.get(), run = run_, text = detail::python_json_dumps(body, -1, false)] {
+    queue_.submit([stopped = &stop_requested_, api = api_.get(), run = run_,
+                   text = detail::python_json_dumps(body, -1, false)] {
       const json answer = api->file_stream(run, text);
-      if (answer.is_object() && answer.value("stopped", false) == true) stop_requested_ = true;
+      if (const auto it = answer.find("stopped"); it != answer.end() && *it == true) *stopped = true;
     });
   }
 
@@ -402,8 +406,7 @@ class WandbCallback : public LazyTrackerCallback {
   std::unique_ptr<detail::WandbApi> api_;
   detail::WandbRunRef run_;
   bool run_open_ = false;
-  json config_;         // the values HF sends: the arguments and model/num_parameters
-  json stored_config_;  // the run's config as stored: a resumed run's, updated with config_, wrapped
+  json stored_config_;  // the run's config as stored: a resumed run's, updated with this run's, wrapped
   std::set<std::string> metric_keys_;
   json summary_ = json::object();
   bool summary_changed_ = false;
