@@ -57,9 +57,9 @@ struct CometOptions {
 /// - on_train_begin (or the first on_log): creates an experiment named `args.run_name` in the workspace and
 ///   project above (or continues `COMET_EXPERIMENT_KEY`), logs every training argument as the parameter
 ///   `args/<name>`, the model's structure as its graph, and the other `Created from` = `torchfit`.
-/// - on_log: every number (booleans as 1/0, NaN and infinities as text) as a metric at `state.global_step`, keys rewritten as HF does
-///   (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch; other values are dropped with a
-///   warning, once per key.
+/// - on_log: every number (booleans as 1/0, NaN and infinities as text) as a metric at `state.global_step`,
+///   keys rewritten as HF does (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch; other
+///   values are dropped with a warning, once per key.
 /// - on_predict: the metrics, rewritten, the same way.
 /// - on_train_end: waits until every call has reached the server.
 /// The experiment ends (its end time is recorded and its heartbeat stops) at finish() or when the callback is
