@@ -15,6 +15,7 @@
 
 #include <torchfit/torchfit.hpp>
 // Trackers available to --report_to (each header registers one).
+#include <torchfit/integrations/clearml.hpp>
 #include <torchfit/integrations/codecarbon.hpp>
 #include <torchfit/integrations/comet.hpp>
 #include <torchfit/integrations/csv.hpp>

@@ -88,7 +88,8 @@ inline std::vector<std::string> available() {
 /// torchfit has no tracker for.
 inline std::optional<std::string> integration_header(std::string_view name) {
   if (name == "comet_ml") return std::string("<torchfit/integrations/comet.hpp>");
-  for (const char* own : {"codecarbon", "csv", "dvclive", "jsonl", "mlflow", "tensorboard", "trackio", "wandb"})
+  for (const char* own :
+       {"clearml", "codecarbon", "csv", "dvclive", "jsonl", "mlflow", "tensorboard", "trackio", "wandb"})
     if (name == own) return "<torchfit/integrations/" + std::string(name) + ".hpp>";
   return std::nullopt;
 }
@@ -116,7 +117,7 @@ inline std::vector<const Integration*> resolve(const std::vector<std::string>& r
       if (name == "neptune")
         throw ArgumentError("--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; " +
                             available);
-      for (const char* hf : {"azure_ml", "clearml", "dagshub", "flyte", "kubeflow", "swanlab"})
+      for (const char* hf : {"azure_ml", "dagshub", "flyte", "kubeflow", "swanlab"})
         if (name == hf)
           throw ArgumentError("--report_to: \"" + name +
                               "\" is a Hugging Face integration torchfit does not have; " + available);

@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: MIT
+// The part of ClearML's API server a training task needs: log in, find or create the project, create, start,
+// edit, ping and end the task, and add scalar events; and a reader for the settings in clearml.conf.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/arg_parse.hpp"
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/json.hpp"
+#include "torchfit/version.hpp"
+
+namespace torchfit::detail {
+
+/// The value at the dotted `path` (`api.credentials.access_key`) of a HOCON file such as clearml.conf:
+/// nested `name { ... }` blocks and dotted keys, `:` or `=`, quoted or bare values, entries on their own
+/// lines or separated by commas, `#` and `//` comments. Nothing when the file or the key is missing.
+inline std::optional<std::string> hocon_value(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::vector<std::string> scope;  // the names of the blocks we are in
+  const auto trim = [](std::string s) {
+    const auto first = s.find_first_not_of(" \t\r");
+    if (first == std::string::npos) return std::string();
+    return s.substr(first, s.find_last_not_of(" \t\r") - first + 1);
+  };
+  const auto joined = [&](const std::string& last) {
+    std::string full;
+    for (const auto& part : scope) full += part + ".";
+    return full + last;
+  };
+  for (std::string line; std::getline(in, line);) {
+    // A comment starts at # or at a // that does not follow a character (`api_server: https://...` is a
+    // value, as clearml-init writes it), outside quotes.
+    bool quoted = false;
+    for (std::size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '"') quoted = !quoted;
+      const bool slashes =
+          line.compare(i, 2, "//") == 0 && (i == 0 || line[i - 1] == ' ' || line[i - 1] == '\t');
+      if (!quoted && (line[i] == '#' || slashes)) {
+        line.resize(i);
+        break;
+      }
+    }
+    for (std::string rest = trim(line); !rest.empty();) {
+      if (rest[0] == '}') {
+        if (!scope.empty()) scope.pop_back();
+        rest = trim(rest.substr(1));
+        continue;
+      }
+      const auto separator = rest.find_first_of(":={");
+      if (separator == std::string::npos) break;
+      std::string name = trim(rest.substr(0, separator));
+      if (name.size() >= 2 && name.front() == '"' && name.back() == '"')
+        name = name.substr(1, name.size() - 2);
+      std::string value = trim(rest.substr(separator + (rest[separator] == '{' ? 0 : 1)));
+      if (!value.empty() && value[0] == '{') {
+        scope.push_back(name);
+        rest = trim(value.substr(1));
+        continue;
+      }
+      // A scalar: quoted up to its closing quote, else up to a comma, a closing brace or the line's end.
+      std::size_t end = 0;
+      std::string scalar;
+      if (!value.empty() && value[0] == '"') {
+        end = value.find('"', 1);
+        scalar = value.substr(1, end == std::string::npos ? std::string::npos : end - 1);
+        end = end == std::string::npos ? value.size() : end + 1;
+      } else {
+        end = std::min(value.find_first_of(",}"), value.size());
+        scalar = trim(value.substr(0, end));
+      }
+      if (joined(name) == key) return scalar;
+      rest = trim(value.substr(end));
+      if (!rest.empty() && rest[0] == ',') rest = trim(rest.substr(1));
+    }
+  }
+  return std::nullopt;
+}
+
+/// The payload of a JSON Web Token as JSON (its signature is not checked); an empty object when unreadable.
+inline json jwt_payload(const std::string& token) {
+  const auto first = token.find('.');
+  const auto second = token.find('.', first == std::string::npos ? first : first + 1);
+  if (first == std::string::npos || second == std::string::npos) return json::object();
+  std::string bytes;
+  std::uint32_t buffer = 0;
+  int bits = 0;
+  for (const char c : token.substr(first + 1, second - first - 1)) {
+    int v = -1;
+    if (c >= 'A' && c <= 'Z') v = c - 'A';
+    if (c >= 'a' && c <= 'z') v = c - 'a' + 26;
+    if (c >= '0' && c <= '9') v = c - '0' + 52;
+    if (c == '-' || c == '+') v = 62;
+    if (c == '_' || c == '/') v = 63;
+    if (v < 0) continue;  // padding
+    buffer = (buffer << 6) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      bytes += static_cast<char>((buffer >> bits) & 0xFF);
+    }
+  }
+  const json payload = json::parse(bytes, nullptr, false);
+  return payload.is_object() ? payload : json::object();
+}
+
+/// Calls a ClearML API server (`https://api.clear.ml`, or a self-hosted `http://host:8008`): logs in with the
+/// access key and secret (HTTP Basic), then sends each call with the session token, logging in again once
+/// when the server refuses the token. Every failure throws torchfit::Error naming the call, the URL and the
+/// server's result message.
+class ClearMLApi {
+ public:
+  ClearMLApi(std::string host, std::string access_key, std::string secret_key, HttpRetryPolicy policy)
+      : host_(std::move(host)),
+        access_key_(std::move(access_key)),
+        secret_key_(std::move(secret_key)),
+        policy_(policy) {
+    while (!host_.empty() && host_.back() == '/') host_.pop_back();
+    token_ = login();
+    const json payload = jwt_payload(token_);
+    if (payload.contains("api_version") && payload["api_version"].is_string())
+      server_api_version_ = payload["api_version"].get<std::string>();
+  }
+
+  const std::string& host() const { return host_; }
+  /// The API version the server reports in its token ("2.34"); empty when it does not say.
+  const std::string& server_api_version() const { return server_api_version_; }
+
+  /// Calls `<service>.<action>` with a JSON body; returns the answer's `data`.
+  json call(const std::string& endpoint, const json& body) const {
+    return send(endpoint, body.dump(), "application/json");
+  }
+
+  /// Sends scalar events (JSON objects), one per line, to events.add_batch; throws when the server refuses
+  /// any.
+  void add_events(const std::vector<json>& events) const {
+    std::string lines;
+    for (const auto& e : events) lines += (lines.empty() ? "" : "\n") + e.dump();
+    const json data = send("events.add_batch", lines, "application/json-lines");
+    if (data.value("errors", 0) != 0)
+      throw Error(fmt::format("ClearML events.add_batch at {}: {} of {} events refused: {}", host_,
+                              data.value("errors", 0), events.size(),
+                              data.value("errors_info", json::object()).dump()));
+  }
+
+ private:
+  HttpOptions options(const std::string& authorization) const {
+    HttpOptions o;
+    o.headers = {"Authorization: " + authorization, "X-ClearML-Worker: " + host_name(),
+                 fmt::format("X-ClearML-Client: torchfit-{}.{}.{}", TORCHFIT_VERSION_MAJOR,
+                             TORCHFIT_VERSION_MINOR, TORCHFIT_VERSION_PATCH)};
+    return o;
+  }
+
+  // A new session token.
+  std::string login() const {
+    const std::string url = host_ + "/auth.login";
+    const HttpResponse response =
+        HttpClient(policy_, options("Basic " + base64(access_key_ + ":" + secret_key_)))
+            .request("POST", url, "{}");
+    const json data = checked("auth.login", url, response);
+    if (!data.contains("token") || !data["token"].is_string())
+      throw Error(fmt::format("ClearML auth.login at {}: the answer has no token", url));
+    return data["token"].get<std::string>();
+  }
+
+  json send(const std::string& endpoint, const std::string& body, const std::string& content_type) const {
+    const std::string url = host_ + "/" + endpoint;
+    for (int attempt = 0;; ++attempt) {
+      std::string token;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        token = token_;
+      }
+      const HttpResponse response =
+          HttpClient(policy_, options("Bearer " + token)).request("POST", url, body, content_type);
+      if (response.status == 401 && attempt == 0) {  // the token expired or was revoked: log in again, once
+        const std::string fresh = login();
+        std::lock_guard<std::mutex> lock(mutex_);
+        token_ = fresh;
+        continue;
+      }
+      return checked(endpoint, url, response);
+    }
+  }
+
+  // The answer's `data`, or an error with the server's result code and message.
+  static json checked(const std::string& endpoint, const std::string& url, const HttpResponse& response) {
+    const json answer = json::parse(response.body, nullptr, false);
+    const json* meta = answer.is_object() && answer.contains("meta") && answer["meta"].is_object()
+                           ? &answer["meta"]
+                           : nullptr;
+    if (response.status != 200 || meta == nullptr) {
+      std::string detail = response.body.substr(0, 300);
+      if (meta && meta->contains("result_msg") && (*meta)["result_msg"].is_string())
+        detail = fmt::format("{} (subcode {})", (*meta)["result_msg"].get<std::string>(),
+                             meta->value("result_subcode", 0));
+      throw Error(fmt::format("ClearML {} at {}: HTTP {}{}: {}", endpoint, url, response.status,
+                              http_auth_hint(response.status), detail));
+    }
+    return answer.contains("data") && answer["data"].is_object() ? answer["data"] : json::object();
+  }
+
+  std::string host_;
+  std::string access_key_;
+  std::string secret_key_;
+  HttpRetryPolicy policy_;
+  std::string server_api_version_;
+  mutable std::mutex mutex_;  // guards token_, which a call on either thread may renew
+  mutable std::string token_;
+};
+
+}  // namespace torchfit::detail

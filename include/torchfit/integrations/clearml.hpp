@@ -1,0 +1,363 @@
+// SPDX-License-Identifier: MIT
+// ClearML tracker: HF's ClearMLCallback, logging a training task to a ClearML server (app.clear.ml or a
+// self-hosted one) through its API, as ClearML's own client does. Link torchfit::clearml (libcurl).
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/detail/background_queue.hpp"
+#include "torchfit/detail/clearml_api.hpp"
+#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/error.hpp"
+#include "torchfit/integrations/integration.hpp"
+#include "torchfit/log.hpp"
+#include "torchfit/trainer_state.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit {
+
+/// Where and how ClearMLCallback talks to ClearML. Unset members come from ClearML's environment variables,
+/// then from its configuration file (`$CLEARML_CONFIG_FILE`, else `~/clearml.conf`).
+struct ClearMLOptions {
+  /// The API server. Unset: CLEARML_API_HOST, else `api.api_server`, else https://api.clear.ml.
+  std::optional<std::string> api_host;
+  /// The web app, for the task's link. Unset: CLEARML_WEB_HOST, else `api.web_server`, else derived from the
+  /// API server as ClearML does (`api.` -> `app.`, port 8008 -> 8080).
+  std::optional<std::string> web_host;
+  /// Unset: CLEARML_API_ACCESS_KEY / CLEARML_API_SECRET_KEY, else `api.credentials.access_key` /
+  /// `secret_key`.
+  std::optional<std::string> access_key;
+  std::optional<std::string> secret_key;
+  /// Unset: CLEARML_PROJECT, else "HuggingFace Transformers" (HF's defaults).
+  std::optional<std::string> project;
+  /// Unset: CLEARML_TASK, else "Trainer".
+  std::optional<std::string> task_name;
+  /// Seconds between two `tasks.ping` keep-alives (ClearML's client: 30).
+  double ping_interval_s = 30;
+  /// Requests failing with 408, 429, 5xx or a transport error are retried after `backoff_factor_s * 2^n`
+  /// seconds, at most `max_retries` times; each attempt is cut off after `request_timeout_s`, and a request
+  /// that has not succeeded `total_timeout_s` after its first attempt fails.
+  int max_retries = 8;
+  double backoff_factor_s = 1;
+  double request_timeout_s = 30;
+  double total_timeout_s = 60;
+};
+
+namespace detail {
+
+/// ClearML's hyperparameter value text: Python's str() of the value, None as "", lists and dicts as
+/// json.dumps.
+inline std::string clearml_value_text(const json& value) {
+  if (value.is_null()) return "";
+  if (value.is_structured()) return python_json_dumps(value, -1, false);
+  return python_str(value);
+}
+
+/// ClearML's hyperparameter type name (its get_basic_type): int, float, bool, str, NoneType, list/<first
+/// item's type>, dict.
+inline std::string clearml_value_type(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null:
+      return "NoneType";
+    case json::value_t::boolean:
+      return "bool";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+      return "int";
+    case json::value_t::number_float:
+      return "float";
+    case json::value_t::array:
+      return value.empty() ? "list" : "list/" + clearml_value_type(value[0]);
+    case json::value_t::object:
+      return "dict";
+    default:
+      return "str";
+  }
+}
+
+/// HF's hyperparameter section: each argument (those ending in `_token` left out), nested objects flattened
+/// with `/`, as ClearML's `{name: {section, name, value, type, description}}` items.
+inline void clearml_add_hyperparams(json& section, const std::string& section_name, const json& values,
+                                    const std::string& prefix = "") {
+  for (auto it = values.begin(); it != values.end(); ++it) {
+    const std::string name = prefix + it.key();
+    if (name.size() >= 6 && name.compare(name.size() - 6, 6, "_token") == 0) continue;
+    if (it.value().is_object() && !it.value().empty()) {
+      clearml_add_hyperparams(section, section_name, it.value(), name + "/");
+      continue;
+    }
+    section[name] = {{"section", section_name},
+                     {"name", name},
+                     {"value", clearml_value_text(it.value())},
+                     {"type", clearml_value_type(it.value())},
+                     {"description", ""}};
+  }
+}
+
+/// The web app ClearML derives from an API server: `https://api.clear.ml` -> `https://app.clear.ml`,
+/// `://api.` -> `://app.`, port 8008 -> 8080.
+inline std::string clearml_web_host(std::string api_host) {
+  if (const auto at = api_host.find("://api."); at != std::string::npos)
+    return api_host.replace(at, 7, "://app.");
+  if (const auto at = api_host.rfind(":8008"); at != std::string::npos && at + 5 == api_host.size())
+    return api_host.replace(at, 5, ":8080");
+  return api_host;
+}
+
+/// A project name as the exact-match pattern projects.get_all takes (Python's `"^%s$" % re.escape(name)`).
+inline std::string clearml_name_pattern(const std::string& name) {
+  std::string out = "^";
+  for (const char c : name) {
+    const bool word = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      c == '_' || static_cast<unsigned char>(c) >= 0x80;
+    if (!word) out += '\\';
+    out += c;
+  }
+  return out + "$";
+}
+
+}  // namespace detail
+
+/// Logs the run as a ClearML task like HF's ClearMLCallback:
+/// - on_train_begin (or the first on_log): logs in, finds or creates the project `CLEARML_PROJECT` (default
+///   "HuggingFace Transformers"), creates the training task `CLEARML_TASK` (default "Trainer") and starts it
+///   (Running in the web app); the training arguments become the hyperparameter section `Transformers`, with
+///   HF's `_ignore_hparams_ui_overrides_`.
+/// - on_log: each number (booleans as 1/0) is a scalar at iteration `state.global_step`: `eval_x` is series
+///   `x` of plot `eval`, `test_x` of `test`, anything else of `train`; the end-of-training values
+///   (`train_runtime`, ..., `total_flos`) and `epoch` go to the single-values table (HF's
+///   report_single_value). Other values, and NaN or infinities (which ClearML cannot store), are dropped with
+///   a warning, once per key.
+/// - on_train_end: waits until every call has reached the server.
+/// The task is completed at finish() or when the callback is destroyed; destroyed while an exception
+/// unwinds (training failed), it is marked failed.
+///
+/// Every call after the task's creation goes from a background thread, in order, so a slow or retried
+/// request never holds up a training step; `tasks.ping` keeps the task alive every `ping_interval_s`. A call
+/// that fails for good drops the calls behind it and disables the tracker at its next event with one warning.
+/// `CLEARML_OFFLINE_MODE` is refused (no offline session writer).
+class ClearMLCallback : public LazyTrackerCallback {
+ public:
+  explicit ClearMLCallback(ClearMLOptions options = {}) : options_(std::move(options)) {}
+
+  /// Ends the task if it is still open (failed when destroyed by a failure); never throws.
+  ~ClearMLCallback() override {
+    if (!open_ || queue_.failed()) return;
+    try {
+      if (std::uncaught_exceptions() > 0)
+        end("tasks.failed", {{"status_reason", "training failed: the program ended with an exception"}});
+      else
+        finish();
+    } catch (const std::exception& e) {
+      log::warning("ClearMLCallback could not end the ClearML task {}: {}", task_id_, e.what());
+    }
+  }
+  ClearMLCallback(const ClearMLCallback&) = delete;
+  ClearMLCallback& operator=(const ClearMLCallback&) = delete;
+
+  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!ready(args, state, ctx) || !open_) return;
+    queue_.rethrow_if_failed();
+    const auto now = detail::unix_time_ms();
+    std::vector<json> events;
+    const Logs& logs = *ctx.logs;
+    for (auto it = logs.begin(); it != logs.end(); ++it) {
+      const std::string& key = it.key();
+      const json& v = it.value();
+      const bool finite_number = v.is_boolean() || (v.is_number() && std::isfinite(v.get<double>()));
+      if (!finite_number) {
+        if (warned_keys_.insert(key).second)
+          log::warning("ClearMLCallback: dropping \"{}\" = {}: ClearML scalars are finite numbers", key,
+                       detail::python_repr(v));
+        continue;
+      }
+      json event = {{"task", task_id_}, {"type", "training_stats_scalar"}, {"timestamp", now}};
+      if (integrations::is_single_value_scalar(key) || key == "epoch") {
+        event["iter"] = single_value_iteration;
+        event["metric"] = "Summary";
+        event["variant"] = key;
+      } else {
+        const bool eval = key.rfind("eval_", 0) == 0;
+        const bool test = key.rfind("test_", 0) == 0;
+        event["iter"] = state.global_step;
+        event["metric"] = eval ? "eval" : test ? "test" : "train";
+        event["variant"] = eval || test ? key.substr(5) : key;
+      }
+      event["value"] = v.is_boolean() ? json(v.get<bool>() ? 1 : 0) : v;
+      event["model_event"] = false;
+      events.push_back(std::move(event));
+    }
+    if (!events.empty()) call([api = api_.get(), events = std::move(events)] { api->add_events(events); });
+  }
+
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (open_ && state.is_world_process_zero) flush();
+  }
+
+  /// Waits until every call made so far has reached ClearML; rethrows the first failure of a background call.
+  void flush() { queue_.drain(); }
+
+  /// Marks the task completed, stops the keep-alive and waits for the pending calls. Later events are
+  /// ignored.
+  void finish() { end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}}); }
+
+  /// The task and its project (empty before setup), and the task's page in the web app.
+  const std::string& task_id() const { return task_id_; }
+  const std::string& project_id() const { return project_id_; }
+  std::string link() const {
+    if (task_id_.empty()) return {};
+    // The web app names tasks "tasks" from API 2.31 on, "experiments" before.
+    const std::string& v = api_->server_api_version();
+    const auto dot = v.find('.');
+    const bool tasks_route =
+        dot != std::string::npos &&
+        std::make_pair(std::atoi(v.c_str()), std::atoi(v.c_str() + dot + 1)) >= std::make_pair(2, 31);
+    return fmt::format("{}/projects/{}/{}/{}/output/log", web_host_, project_id_,
+                       tasks_route ? "tasks" : "experiments", task_id_);
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  static constexpr std::int64_t single_value_iteration = -2147483648LL;  // ClearML's single-values table
+
+  // A setting: the option, else the environment variable, else the configuration file's key.
+  std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
+                                     const char* file_key) const {
+    if (option) return option;
+    if (auto value = detail::env_string(variable)) return value;
+    const std::string file = detail::env_string("CLEARML_CONFIG_FILE")
+                                 .value_or(detail::env_string("HOME").value_or("") + "/clearml.conf");
+    return detail::hocon_value(file, file_key);
+  }
+
+  void setup(const Args& args, const TrainerState&, const CallbackContext&) override {
+    if (detail::env_true("CLEARML_OFFLINE_MODE"))
+      throw ArgumentError(
+          "CLEARML_OFFLINE_MODE: offline ClearML sessions are not supported (torchfit talks to the ClearML "
+          "server directly); log offline with --report_to tensorboard or csv, or unset CLEARML_OFFLINE_MODE");
+    if (detail::env_true("CLEARML_LOG_MODEL"))
+      log::warning("ClearMLCallback: CLEARML_LOG_MODEL is not supported (checkpoints are not uploaded)");
+    const auto access_key =
+        setting(options_.access_key, "CLEARML_API_ACCESS_KEY", "api.credentials.access_key");
+    const auto secret_key =
+        setting(options_.secret_key, "CLEARML_API_SECRET_KEY", "api.credentials.secret_key");
+    if (!access_key || !secret_key)
+      throw ArgumentError(
+          "no ClearML credentials: set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or "
+          "api.credentials in ~/clearml.conf (`clearml-init` writes it)");
+    const std::string host =
+        setting(options_.api_host, "CLEARML_API_HOST", "api.api_server").value_or("https://api.clear.ml");
+    web_host_ = setting(options_.web_host, "CLEARML_WEB_HOST", "api.web_server")
+                    .value_or(detail::clearml_web_host(host));
+    while (!web_host_.empty() && web_host_.back() == '/') web_host_.pop_back();
+    detail::HttpRetryPolicy policy;
+    policy.max_retries = options_.max_retries;
+    policy.backoff_factor_s = options_.backoff_factor_s;
+    policy.request_timeout_s = options_.request_timeout_s;
+    policy.total_timeout_s = options_.total_timeout_s;
+    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key, policy);
+
+    const std::string project =
+        options_.project.value_or(detail::env_string("CLEARML_PROJECT").value_or("HuggingFace Transformers"));
+    const json found = api_->call(
+        "projects.get_all",
+        {{"name", detail::clearml_name_pattern(project)}, {"only_fields", {"id"}}, {"search_hidden", true}});
+    const json projects = found.value("projects", json::array());
+    project_id_ = !projects.empty() && projects[0].contains("id")
+                      ? projects[0]["id"].get<std::string>()
+                      : api_->call("projects.create", {{"name", project}, {"description", ""}})
+                            .value("id", std::string());
+    const std::string name =
+        options_.task_name.value_or(detail::env_string("CLEARML_TASK").value_or("Trainer"));
+    task_id_ = api_->call("tasks.create",
+                          {{"name", name},
+                           {"type", "training"},
+                           {"project", project_id_},
+                           {"system_tags", {"development"}},
+                           {"comment", fmt::format("Created by torchfit on {}", detail::host_name())}})
+                   .value("id", std::string());
+    if (project_id_.empty() || task_id_.empty())
+      throw Error(fmt::format("ClearML at {}: no project or task id in the answers", host));
+    api_->call("tasks.started", {{"task", task_id_}, {"force", false}});
+    log::info("ClearML task {}: {}", task_id_, link());
+
+    ping_interval_ =
+        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.ping_interval_s));
+    last_ping_ = Clock::now();
+    queue_.set_idle_job(ping_interval_, ping());
+    open_ = true;
+
+    json section = json::object();
+    detail::clearml_add_hyperparams(section, "Transformers", args.to_json());
+    section["_ignore_hparams_ui_overrides_"] = {
+        {"section", "Transformers"},
+        {"name", "_ignore_hparams_ui_overrides_"},
+        {"value", "True"},
+        {"type", "bool"},
+        {"description",
+         "If True, ignore Transformers hyperparameters overrides done in the UI/backend when running "
+         "remotely. "
+         "Otherwise, the overrides will be applied when running remotely"}};
+    call([api = api_.get(),
+          body = json{{"task", task_id_}, {"force", true}, {"hyperparams", {{"Transformers", section}}}}] {
+      api->call("tasks.edit", body);
+    });
+  }
+
+  // Queues a call; a keep-alive goes first when one is due (the queue's idle job sends them while idle).
+  void call(std::function<void()> job) {
+    if (Clock::now() - last_ping_ >= ping_interval_) {
+      last_ping_ = Clock::now();
+      queue_.submit(ping());
+    }
+    queue_.submit(std::move(job));
+  }
+
+  std::function<void()> ping() const {
+    return [api = api_.get(), body = json{{"task", task_id_}}] { api->call("tasks.ping", body); };
+  }
+
+  // Ends the task with `endpoint` (tasks.completed or tasks.failed) after the pending calls.
+  void end(const char* endpoint, json body) {
+    if (!open_) return;
+    open_ = false;
+    queue_.set_idle_job({}, {});
+    body["task"] = task_id_;
+    body["force"] = false;
+    call([api = api_.get(), endpoint = std::string(endpoint), body = std::move(body)] {
+      api->call(endpoint, body);
+    });
+    queue_.drain();
+  }
+
+  ClearMLOptions options_;
+  std::unique_ptr<detail::ClearMLApi> api_;
+  std::string web_host_;
+  std::string project_id_;
+  std::string task_id_;
+  bool open_ = false;
+  std::set<std::string> warned_keys_;
+  Clock::duration ping_interval_{};
+  Clock::time_point last_ping_{};
+  detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
+};
+
+namespace integrations {
+inline const bool clearml_registered = register_integration<ClearMLCallback>("clearml", 9);
+}  // namespace integrations
+
+}  // namespace torchfit
