@@ -172,6 +172,8 @@ class ScopedEnv {
 }  // namespace torchfit::test
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include "torchfit/callback_handler.hpp"
 #include "torchfit/training_args.hpp"
@@ -243,6 +245,69 @@ void check_refused(const std::filesystem::path& dir, const Options& options, con
   check_disabled_with_one_warning(
       run, "[torchfit] warning: " + tracker->name() + " failed and is disabled for the rest of this run: " +
                cause);
+}
+
+/// Waits until `condition()` holds, however slow the machine (up to a minute); returns whether it held.
+template <typename Condition>
+bool eventually(Condition condition) {
+  for (int i = 0; i < 3000; ++i) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+/// A tracker whose background call fails with `failure` (the start of its message) after `before(run)`:
+/// flush() rethrows it, the next event disables the tracker with one warning naming it, and destroying the
+/// tracker ends nothing and warns no more.
+template <typename Tracker, typename Options, typename Before>
+void check_background_failure(const std::filesystem::path& dir, const Options& options, const std::string& failure,
+                              Before before) {
+  CaptureLog log;
+  {
+    TrackerRun run(dir);
+    const auto tracker = run.handler.add_callback<Tracker>(options);
+    run.train_begin();
+    before(run);
+    CHECK_THROWS_WITH(tracker->flush(), Catch::StartsWith(failure));
+    check_disabled_with_one_warning(
+        run, "[torchfit] warning: " + tracker->name() + " failed and is disabled for the rest of this run: " +
+                 failure);
+  }
+  CHECK(log.text().empty());
+}
+
+}  // namespace torchfit::test
+
+#include "torchfit/trainer.hpp"
+
+namespace torchfit::test {
+
+/// Trains the test MLP for 6 steps of 4 samples, logging every 2, through a Trainer that reports to `tracker`;
+/// `during(trainer)` runs after train(), before the trainer (and its trackers, which end their runs then) is
+/// destroyed. Returns the log history.
+template <typename During>
+std::vector<json> train_reporting_to(const std::string& tracker, const std::filesystem::path& dir, During during) {
+  TrainingArguments args;
+  args.output_dir = (dir / "out").string();
+  args.max_steps = 6;
+  args.logging_steps = 2;
+  args.per_device_train_batch_size = 4;
+  args.report_to = {tracker};
+  args.save_strategy = SaveStrategy::no;
+  Trainer trainer(Mlp(), args, regression_data(16), mse_loss);
+  trainer.template remove_callback<ProgressCallback>();
+  trainer.train();
+  during(trainer);
+  return trainer.state().log_history;
+}
+
+/// The (step, loss) of each training log in `log_history`.
+inline std::vector<json> losses_of(const std::vector<json>& log_history) {
+  std::vector<json> out;
+  for (const auto& entry : log_history)
+    if (entry.contains("loss")) out.push_back({entry["step"], entry["loss"]});
+  return out;
 }
 
 }  // namespace torchfit::test

@@ -19,7 +19,6 @@
 #include "mock_http_server.hpp"
 #include "support.hpp"
 #include "torchfit/integrations/clearml.hpp"
-#include "torchfit/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace torchfit;
@@ -364,10 +363,8 @@ TEST_CASE("ClearML: keep-alives while idle and before calls once due, none after
   options.ping_interval_s = 0.02;
   auto callback = run.handler.add_callback<ClearMLCallback>(options);
   run.train_begin();
-  // However slow the machine, keep-alives come while nothing else is sent (up to a minute allowed).
-  for (int i = 0; i < 3000 && clearml.task("t1").pings < 3; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(clearml.task("t1").pings >= 3);
+  // Keep-alives come while nothing else is sent.
+  CHECK(test::eventually([&] { return clearml.task("t1").pings >= 3; }));
   callback->finish();
   const int at_end = clearml.task("t1").pings;
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -406,19 +403,11 @@ TEST_CASE("ClearML: missing or refused credentials, offline mode or a failing se
   }
   SECTION("a failing server: reported at the next event, the task is not ended") {
     clearml.events_status = 503;
-    const std::string failure = "POST " + server.uri() + "/events.add_batch failed after 3 attempts";
-    CaptureLog log;
-    {
-      Run run(tmp.path());
-      auto callback = run.handler.add_callback<ClearMLCallback>(fast_options(server.uri()));
-      run.train_begin();
-      run.log(1, {{"loss", 0.5}});
-      CHECK_THROWS_WITH(callback->flush(), Catch::StartsWith(failure));
-      check_disabled_with_one_warning(
-          run,
-          "[torchfit] warning: ClearMLCallback failed and is disabled for the rest of this run: " + failure);
-    }
-    CHECK(log.text().empty());  // destroyed, the failed tracker neither ends the task nor warns again
+    test::check_background_failure<ClearMLCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "POST " + server.uri() + "/events.add_batch failed after 3 attempts", [](Run& run) {
+          run.log(1, {{"loss", 0.5}});
+        });
     CHECK(clearml.task("t1").status == "in_progress");
   }
 }
@@ -429,27 +418,12 @@ TEST_CASE("ClearML: a Trainer reporting to clearml logs every loss at its step",
   MockServer server([&](const HttpRequest& r) { return clearml.handle(r); });
   ScopedEnv host("CLEARML_API_HOST", server.uri());
   TempDir tmp;
-  TrainingArguments args;
-  args.output_dir = (tmp.path() / "out").string();
-  args.max_steps = 6;
-  args.logging_steps = 2;
-  args.per_device_train_batch_size = 4;
-  args.report_to = {"clearml"};
-  args.save_strategy = SaveStrategy::no;
-  std::vector<json> log_history;
-  {
-    Trainer trainer(test::Mlp(), args, test::regression_data(16), test::mse_loss);
-    trainer.remove_callback<ProgressCallback>();
-    trainer.train();
-    log_history = trainer.state().log_history;
-  }
-  std::vector<json> logged, losses;
-  for (const auto& entry : log_history)
-    if (entry.contains("loss")) logged.push_back({entry["step"], entry["loss"]});
+  const auto log_history = test::train_reporting_to("clearml", tmp.path(), [](auto&) {});
   const auto task = clearml.task("t1");
+  std::vector<json> losses;
   for (const auto& e : task.events)
     if (e["metric"] == "train" && e["variant"] == "loss") losses.push_back({e["iter"], e["value"]});
-  CHECK(losses == logged);
-  CHECK(logged.size() == 3);
+  CHECK(losses == test::losses_of(log_history));
+  CHECK(losses.size() == 3);
   CHECK(task.status == "completed");
 }

@@ -18,7 +18,6 @@
 #include "mock_http_server.hpp"
 #include "support.hpp"
 #include "torchfit/integrations/comet.hpp"
-#include "torchfit/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace torchfit;
@@ -231,10 +230,8 @@ TEST_CASE("Comet: heartbeats at the interval the server names, while idle and wh
   Run run(tmp.path());
   auto callback = run.handler.add_callback<CometCallback>(fast_options(server.uri()));
   run.train_begin();
-  // However slow the machine, heartbeats come while nothing else is sent (up to a minute allowed).
-  for (int i = 0; i < 3000 && comet.beats("key1") < 4; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(comet.beats("key1") >= 4);
+  // Heartbeats come while nothing else is sent.
+  CHECK(test::eventually([&] { return comet.beats("key1") >= 4; }));
   // Busy: a log at least one interval after the last heartbeat sends one before its metrics.
   std::this_thread::sleep_for(std::chrono::milliseconds(30));
   const int before_log = comet.beats("key1");
@@ -369,21 +366,11 @@ TEST_CASE("Comet: a missing or refused key, or a failing server, disables the tr
   }
   SECTION("a failing server: reported at the next event, the experiment is not ended") {
     comet.write_status = 503;
-    const std::string failure =
-        "POST " + server.uri() + "/api/rest/v2/write/experiment/set-start-end-time failed after 3 attempts";
-    CaptureLog log;
-    {
-      Run run(tmp.path());
-      auto callback = run.handler.add_callback<CometCallback>(fast_options(server.uri()));
-      run.train_begin();
-      // The start time's write fails on the background thread; flush() waits for it, so the failure is there
-      // before the next event, whatever the timing.
-      CHECK_THROWS_WITH(callback->flush(), Catch::StartsWith(failure));
-      check_disabled_with_one_warning(
-          run,
-          "[torchfit] warning: CometCallback failed and is disabled for the rest of this run: " + failure);
-    }
-    CHECK(log.text().empty());  // destroyed, the failed tracker neither ends the experiment nor warns again
+    // The start time's write fails on the background thread.
+    test::check_background_failure<CometCallback>(
+        tmp.path(), fast_options(server.uri()),
+        "POST " + server.uri() + "/api/rest/v2/write/experiment/set-start-end-time failed after 3 attempts",
+        [](Run&) {});
   }
 }
 
@@ -393,30 +380,15 @@ TEST_CASE("Comet: a Trainer reporting to comet_ml logs its graph and every loss 
   MockServer server([&](const HttpRequest& r) { return comet.handle(r); });
   ScopedEnv url("COMET_URL_OVERRIDE", server.uri() + "/clientlib/");
   TempDir tmp;
-  TrainingArguments args;
-  args.output_dir = (tmp.path() / "out").string();
-  args.max_steps = 6;
-  args.logging_steps = 2;
-  args.per_device_train_batch_size = 4;
-  args.report_to = {"comet_ml"};
-  args.save_strategy = SaveStrategy::no;
-  std::vector<json> log_history;
-  {
-    Trainer trainer(test::Mlp(), args, test::regression_data(16), test::mse_loss);
-    trainer.remove_callback<ProgressCallback>();
-    trainer.train();
-    log_history = trainer.state().log_history;
-  }
+  const auto log_history = test::train_reporting_to("comet_ml", tmp.path(), [](auto&) {});
   const auto graphs = comet.writes("key1", "graph");
   REQUIRE(graphs.size() == 1);
   CHECK(graphs[0]["graph"].get<std::string>().find("torch::nn::Linear(in_features=4, out_features=16") !=
         std::string::npos);
-  std::vector<json> logged, losses;
-  for (const auto& entry : log_history)
-    if (entry.contains("loss")) logged.push_back({entry["step"], entry["loss"]});
+  std::vector<json> losses;
   for (const auto& m : comet.writes("key1", "metric"))
     if (m["metricName"] == "train/loss") losses.push_back({m["step"], m["metricValue"]});
-  CHECK(losses == logged);
-  CHECK(logged.size() == 3);
+  CHECK(losses == test::losses_of(log_history));
+  CHECK(losses.size() == 3);
   CHECK(comet.writes("key1").back().body.contains("endTimeMillis"));
 }

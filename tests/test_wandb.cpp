@@ -21,7 +21,6 @@
 #include "support.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/wandb.hpp"
-#include "torchfit/trainer.hpp"
 
 namespace fs = std::filesystem;
 using namespace torchfit;
@@ -567,20 +566,14 @@ TEST_CASE(
   wandb.file_stream_status = 503;
   MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
   TempDir tmp;
-  CaptureLog log;
-  std::string id;
-  {
-    Run run(tmp.path());
-    auto callback = run.handler.add_callback<WandbCallback>(fast_options(server.uri()));
-    run.train_begin();  // the run is created: the failure names its file_stream
-    id = callback->run_id();
-    check_disabled_with_one_warning(
-        run, "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: POST " +
-                 server.uri() + "/files/team/huggingface/" + id + "/file_stream failed after 3 attempts");
-  }
-  // Destroyed, the failed tracker neither finishes the run nor warns again.
-  CHECK(log.text().empty());
-  CHECK(!wandb.run("team/huggingface/" + id).exit_code);
+  ScopedEnv id("WANDB_RUN_ID", "failing1");
+  test::check_background_failure<WandbCallback>(
+      tmp.path(), fast_options(server.uri()),
+      "POST " + server.uri() + "/files/team/huggingface/failing1/file_stream failed after 3 attempts",
+      [](Run& run) {
+        run.log(1, {{"loss", 0.5}});
+      });
+  CHECK(!wandb.run("team/huggingface/failing1").exit_code);  // a failed run is not finished
 }
 
 TEST_CASE("W&B: the Stop button on the run's page stops training at the next log", "[wandb]") {
@@ -611,10 +604,8 @@ TEST_CASE("W&B: an idle run sends heartbeats until it is finished", "[wandb]") {
   auto callback = run.handler.add_callback<WandbCallback>(options);
   run.train_begin();
   const std::string key = "team/huggingface/" + callback->run_id();
-  // However slow the machine, heartbeats come while nothing else is sent (up to a minute allowed).
-  for (int i = 0; i < 3000 && wandb.run(key).heartbeats < 3; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  CHECK(wandb.run(key).heartbeats >= 3);
+  // Heartbeats come while nothing else is sent.
+  CHECK(test::eventually([&] { return wandb.run(key).heartbeats >= 3; }));
   callback->finish();
   const int heartbeats = wandb.run(key).heartbeats;
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -639,28 +630,16 @@ TEST_CASE("W&B: run_url, netrc entries and a Trainer reporting to wandb", "[wand
     FakeWandb wandb;
     MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
     ScopedEnv url("WANDB_BASE_URL", server.uri()), interval("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL", "0");
-    TrainingArguments args;
-    args.output_dir = (tmp.path() / "out").string();
-    args.max_steps = 6;
-    args.logging_steps = 2;
-    args.per_device_train_batch_size = 4;
-    args.report_to = {"wandb"};
-    args.save_strategy = SaveStrategy::no;
     std::string key;
-    std::vector<json> log_history;
-    {
-      Trainer trainer(test::Mlp(), args, test::regression_data(16), test::mse_loss);
-      trainer.remove_callback<ProgressCallback>();
+    const auto log_history = test::train_reporting_to("wandb", tmp.path(), [&](auto& trainer) {
       std::shared_ptr<WandbCallback> callback;
       for (const auto& c : trainer.callback_handler().callbacks())
         if (auto typed = std::dynamic_pointer_cast<WandbCallback>(c)) callback = typed;
       REQUIRE(callback != nullptr);
-      trainer.train();
-      log_history = trainer.state().log_history;
       key = "team/huggingface/" + callback->run_id();
       // model/num_parameters: 4*16+16 + 16*1+1
       CHECK(wandb.run(key).config["model/num_parameters"] == json{{"value", 97}});
-    }
+    });
     const auto stored = wandb.run(key);
     CHECK(stored.exit_code == 0);
     const auto rows = history_of(stored);

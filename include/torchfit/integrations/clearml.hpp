@@ -67,26 +67,13 @@ inline std::string clearml_value_text(const json& value) {
   return python_str(value);
 }
 
-/// ClearML's hyperparameter type name (its get_basic_type): int, float, bool, str, NoneType, list/<first
-/// item's type>, dict.
+/// ClearML's hyperparameter type name (its get_basic_type): the Python type's name (int, float, bool, str,
+/// NoneType, dict), for a list `list/<its first item's type>`.
 inline std::string clearml_value_type(const json& value) {
-  switch (value.type()) {
-    case json::value_t::null:
-      return "NoneType";
-    case json::value_t::boolean:
-      return "bool";
-    case json::value_t::number_integer:
-    case json::value_t::number_unsigned:
-      return "int";
-    case json::value_t::number_float:
-      return "float";
-    case json::value_t::array:
-      return value.empty() ? "list" : "list/" + clearml_value_type(value[0]);
-    case json::value_t::object:
-      return "dict";
-    default:
-      return "str";
-  }
+  const std::string repr = python_type_repr(value);  // <class 'int'>
+  std::string name = repr.substr(8, repr.size() - 10);
+  if (value.is_array() && !value.empty()) name += "/" + clearml_value_type(value[0]);
+  return name;
 }
 
 /// HF's hyperparameter section: each argument (those ending in `_token` left out), nested objects flattened
