@@ -32,6 +32,18 @@ struct HttpRetryPolicy {
   double total_timeout_s = 10.0;
 };
 
+/// The retry policy a tracker's options give (their members max_retries, backoff_factor_s, request_timeout_s
+/// and total_timeout_s).
+template <typename Options>
+HttpRetryPolicy retry_policy_of(const Options& options) {
+  HttpRetryPolicy policy;
+  policy.max_retries = options.max_retries;
+  policy.backoff_factor_s = options.backoff_factor_s;
+  policy.request_timeout_s = options.request_timeout_s;
+  policy.total_timeout_s = options.total_timeout_s;
+  return policy;
+}
+
 /// Transport options: extra headers (authentication) and TLS verification.
 struct HttpOptions {
   std::vector<std::string> headers;  // "Name: value"

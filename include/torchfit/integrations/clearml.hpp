@@ -251,12 +251,8 @@ class ClearMLCallback : public LazyTrackerCallback {
     web_host_ = setting(options_.web_host, "CLEARML_WEB_HOST", "api.web_server")
                     .value_or(detail::clearml_web_host(host));
     while (!web_host_.empty() && web_host_.back() == '/') web_host_.pop_back();
-    detail::HttpRetryPolicy policy;
-    policy.max_retries = options_.max_retries;
-    policy.backoff_factor_s = options_.backoff_factor_s;
-    policy.request_timeout_s = options_.request_timeout_s;
-    policy.total_timeout_s = options_.total_timeout_s;
-    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key, policy);
+    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key,
+                                                detail::retry_policy_of(options_));
 
     const std::string project =
         options_.project.value_or(detail::env_string("CLEARML_PROJECT").value_or("HuggingFace Transformers"));

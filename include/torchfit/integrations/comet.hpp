@@ -149,12 +149,7 @@ class CometCallback : public LazyTrackerCallback {
           "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of ~/.comet.config");
     const std::string root = detail::url_root(
         setting(options_.url, "COMET_URL_OVERRIDE", "url_override").value_or("https://www.comet.com"));
-    detail::HttpRetryPolicy policy;
-    policy.max_retries = options_.max_retries;
-    policy.backoff_factor_s = options_.backoff_factor_s;
-    policy.request_timeout_s = options_.request_timeout_s;
-    policy.total_timeout_s = options_.total_timeout_s;
-    api_ = std::make_unique<detail::CometApi>(root, *key, policy);
+    api_ = std::make_unique<detail::CometApi>(root, *key, detail::retry_policy_of(options_));
 
     const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
     if (existing && mode != "create") {

@@ -238,12 +238,7 @@ class WandbCallback : public LazyTrackerCallback {
 
     const std::string base_url =
         options_.base_url.value_or(detail::env_string("WANDB_BASE_URL").value_or("https://api.wandb.ai"));
-    detail::HttpRetryPolicy policy;
-    policy.max_retries = options_.max_retries;
-    policy.backoff_factor_s = options_.backoff_factor_s;
-    policy.request_timeout_s = options_.request_timeout_s;
-    policy.total_timeout_s = options_.total_timeout_s;
-    api_ = std::make_unique<detail::WandbApi>(base_url, api_key(base_url), policy);
+    api_ = std::make_unique<detail::WandbApi>(base_url, api_key(base_url), detail::retry_policy_of(options_));
     transmit_interval_ = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(options_.transmit_interval_s.value_or(
             detail::env_number("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL").value_or(15))));
