@@ -273,6 +273,7 @@ TEST_CASE(
   FakeClearML clearml;
   MockServer server([&](const HttpRequest& r) { return clearml.handle(r); });
   TempDir tmp;
+  CaptureLog quiet;  // the dropped-string warning of simulate()'s summary
   SECTION("the project exists (its name has characters a pattern must escape)") {
     clearml.projects = {{"digits (v2.1)", "p7"}, {"digits", "p8"}};
     ScopedEnv project("CLEARML_PROJECT", "digits (v2.1)"), task("CLEARML_TASK", "mlp run");
