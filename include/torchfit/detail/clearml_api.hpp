@@ -30,11 +30,6 @@ inline std::optional<std::string> hocon_value(const std::string& path, const std
   std::ifstream in(path);
   if (!in) return std::nullopt;
   std::vector<std::string> scope;  // the names of the blocks we are in
-  const auto trim = [](std::string s) {
-    const auto first = s.find_first_not_of(" \t\r");
-    if (first == std::string::npos) return std::string();
-    return s.substr(first, s.find_last_not_of(" \t\r") - first + 1);
-  };
   const auto joined = [&](const std::string& last) {
     std::string full;
     for (const auto& part : scope) full += part + ".";

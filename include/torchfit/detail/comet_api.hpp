@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/arg_parse.hpp"
 #include "torchfit/detail/http_client.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
@@ -24,11 +25,6 @@ inline std::optional<std::string> ini_value(const std::string& path, const std::
                                             const std::string& key) {
   std::ifstream in(path);
   if (!in) return std::nullopt;
-  const auto trim = [](const std::string& s) {
-    const auto first = s.find_first_not_of(" \t\r");
-    return first == std::string::npos ? std::string()
-                                      : s.substr(first, s.find_last_not_of(" \t\r") - first + 1);
-  };
   std::string current;
   for (std::string line; std::getline(in, line);) {
     line = trim(line);
@@ -41,13 +37,6 @@ inline std::optional<std::string> ini_value(const std::string& path, const std::
     }
   }
   return std::nullopt;
-}
-
-/// The scheme and host of a URL: `https://www.comet.com/clientlib/` -> `https://www.comet.com`.
-inline std::string url_root(const std::string& url) {
-  const auto scheme_end = url.find("://");
-  const auto start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
-  return url.substr(0, url.find('/', start));
 }
 
 /// Calls Comet's REST API under `<root>/api/rest/v2/` with the API key as the Authorization header. Every

@@ -68,6 +68,18 @@ inline const char* http_auth_hint(long status) {
   return status == 401 || status == 403 ? " (check the API key)" : "";
 }
 
+/// The scheme and `host[:port]` of a URL: `https://www.comet.com/clientlib/` -> `https://www.comet.com`.
+inline std::string url_root(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  return url.substr(0, url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3));
+}
+
+/// The `host[:port]` part of a URL (a netrc machine name).
+inline std::string url_authority(const std::string& url) {
+  const auto scheme_end = url.find("://");
+  return url_root(url).substr(scheme_end == std::string::npos ? 0 : scheme_end + 3);
+}
+
 /// Percent-encodes `text` for a URL query value.
 inline std::string url_encode(const std::string& text) {
   std::string out;

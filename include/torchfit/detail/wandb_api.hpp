@@ -96,13 +96,6 @@ inline std::optional<std::string> netrc_password(const std::string& path, const 
   return std::nullopt;
 }
 
-/// The `host[:port]` part of a URL.
-inline std::string url_authority(const std::string& url) {
-  const auto scheme_end = url.find("://");
-  const auto start = scheme_end == std::string::npos ? 0 : scheme_end + 3;
-  return url.substr(start, url.find('/', start) - start);
-}
-
 /// Calls a W&B server (`base_url`, e.g. https://api.wandb.ai) with HTTP Basic authentication `api:<key>`.
 /// Every failure throws torchfit::Error naming the call, the URL and what the server said.
 class WandbApi {

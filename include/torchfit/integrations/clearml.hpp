@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/arg_parse.hpp"
 #include "torchfit/detail/background_queue.hpp"
 #include "torchfit/detail/clearml_api.hpp"
 #include "torchfit/detail/http_client.hpp"
@@ -82,7 +83,7 @@ inline void clearml_add_hyperparams(json& section, const std::string& section_na
                                     const std::string& prefix = "") {
   for (auto it = values.begin(); it != values.end(); ++it) {
     const std::string name = prefix + it.key();
-    if (name.size() >= 6 && name.compare(name.size() - 6, 6, "_token") == 0) continue;
+    if (ends_with(name, "_token")) continue;
     if (it.value().is_object() && !it.value().empty()) {
       clearml_add_hyperparams(section, section_name, it.value(), name + "/");
       continue;
@@ -177,12 +178,12 @@ class ClearMLCallback : public LazyTrackerCallback {
         event["iter"] = single_value_iteration;
         event["metric"] = "Summary";
         event["variant"] = key;
-      } else {
-        const bool eval = key.rfind("eval_", 0) == 0;
-        const bool test = key.rfind("test_", 0) == 0;
+      } else {  // HF's split: `eval_loss` is series loss of plot eval, as rewrite_log_key names it eval/loss
+        const std::string name = integrations::rewrite_log_key(key);
+        const auto slash = name.find('/');
         event["iter"] = state.global_step;
-        event["metric"] = eval ? "eval" : test ? "test" : "train";
-        event["variant"] = eval || test ? key.substr(5) : key;
+        event["metric"] = name.substr(0, slash);
+        event["variant"] = name.substr(slash + 1);
       }
       event["value"] = v.is_boolean() ? json(v.get<bool>() ? 1 : 0) : v;
       event["model_event"] = false;
@@ -226,8 +227,8 @@ class ClearMLCallback : public LazyTrackerCallback {
                                      const char* file_key) const {
     if (option) return option;
     if (auto value = detail::env_string(variable)) return value;
-    const std::string file = detail::env_string("CLEARML_CONFIG_FILE")
-                                 .value_or(detail::env_string("HOME").value_or("") + "/clearml.conf");
+    const std::string file =
+        detail::env_string("CLEARML_CONFIG_FILE").value_or(detail::expand_user("~/clearml.conf"));
     return detail::hocon_value(file, file_key);
   }
 

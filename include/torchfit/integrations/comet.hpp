@@ -125,8 +125,8 @@ class CometCallback : public LazyTrackerCallback {
                                      const char* file_key) const {
     if (option) return option;
     if (auto value = detail::env_string(variable)) return value;
-    const std::string file = detail::env_string("COMET_CONFIG")
-                                 .value_or(detail::env_string("HOME").value_or("") + "/.comet.config");
+    const std::string file =
+        detail::env_string("COMET_CONFIG").value_or(detail::expand_user("~/.comet.config"));
     return detail::ini_value(file, "comet", file_key);
   }
 

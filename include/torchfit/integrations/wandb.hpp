@@ -95,11 +95,10 @@ inline std::vector<std::string> wandb_defined_metrics(const json& stored_config)
 /// WANDB_TAGS: comma-separated, blanks around each tag dropped, empty tags left out.
 inline std::vector<std::string> wandb_split_tags(const std::string& text) {
   std::vector<std::string> tags;
-  std::size_t start = 0;
-  while (start <= text.size()) {
+  for (std::size_t start = 0; start <= text.size();) {
     const std::size_t end = std::min(text.find(',', start), text.size());
-    const std::size_t first = text.find_first_not_of(" \t", start);
-    if (first < end) tags.push_back(text.substr(first, text.find_last_not_of(" \t", end - 1) - first + 1));
+    if (std::string tag = trim(std::string_view(text).substr(start, end - start)); !tag.empty())
+      tags.push_back(std::move(tag));
     start = end + 1;
   }
   return tags;
@@ -295,8 +294,7 @@ class WandbCallback : public LazyTrackerCallback {
   std::string api_key(const std::string& base_url) const {
     if (options_.api_key) return *options_.api_key;
     if (const auto key = detail::env_string("WANDB_API_KEY")) return *key;
-    const auto netrc =
-        detail::env_string("NETRC").value_or(detail::env_string("HOME").value_or("") + "/.netrc");
+    const auto netrc = detail::env_string("NETRC").value_or(detail::expand_user("~/.netrc"));
     const std::string host = detail::url_authority(base_url);
     if (const auto key = detail::netrc_password(netrc, host)) return *key;
     throw ArgumentError(fmt::format(
