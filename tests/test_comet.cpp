@@ -58,6 +58,7 @@ class FakeComet {
   std::vector<std::string> workspace_names{"ws"};
   int beat_ms = 60000;
   int write_status = 200;
+  int write_delay_ms = 0;  // a slow server: each write takes this long
 
   std::pair<int, std::string> handle(const HttpRequest& r) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -70,6 +71,7 @@ class FakeComet {
       return {200, json{{"workspaceNames", workspace_names}}.dump()};
     if (r.method == "GET" && endpoint.rfind("write/experiment/set-status?experimentKey=", 0) == 0) {
       ++beats_[endpoint.substr(endpoint.find('=') + 1)];
+      sequence_.push_back("beat");
       return {200, json{{"isAliveBeatDurationMillis", beat_ms}, {"gpuMonitorIntervalMillis", 60000}}.dump()};
     }
     if (r.method != "POST") return {405, R"({"msg":"method"})"};
@@ -86,7 +88,9 @@ class FakeComet {
     }
     if (endpoint.rfind("write/experiment/", 0) != 0) return {404, R"({"msg":"not found"})"};
     if (write_status != 200) return {write_status, R"({"msg":"unavailable"})"};
+    std::this_thread::sleep_for(std::chrono::milliseconds(write_delay_ms));
     writes_[body["experimentKey"]].push_back({endpoint.substr(17), body});
+    sequence_.push_back(endpoint.substr(17));
     return {200, R"({"msg":"Saved"})"};
   }
 
@@ -108,12 +112,18 @@ class FakeComet {
     std::lock_guard<std::mutex> lock(mutex_);
     return beats_[key];
   }
+  /// Heartbeats ("beat") and writes (their endpoints) in the order they arrived.
+  std::vector<std::string> sequence() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return sequence_;
+  }
 
  private:
   std::mutex mutex_;
   std::vector<json> creates_;
   std::map<std::string, std::vector<Write>> writes_;
   std::map<std::string, int> beats_;
+  std::vector<std::string> sequence_;
 };
 
 CometOptions fast_options(const std::string& uri) {
@@ -232,12 +242,18 @@ TEST_CASE("Comet: heartbeats at the interval the server names, while idle and wh
   run.train_begin();
   // Heartbeats come while nothing else is sent.
   CHECK(test::eventually([&] { return comet.beats("key1") >= 4; }));
-  // Busy: a log at least one interval after the last heartbeat sends one before its metrics.
-  std::this_thread::sleep_for(std::chrono::milliseconds(30));
-  const int before_log = comet.beats("key1");
-  run.log(1, {{"loss", 0.5}});
+  // Busy: twelve metric writes of 10 ms each last longer than the interval, and heartbeats go between them.
+  comet.write_delay_ms = 10;
+  Logs logs;
+  for (int i = 0; i < 12; ++i) logs["m" + std::to_string(i)] = i;
+  run.log(1, logs);
   callback->flush();
-  CHECK(comet.beats("key1") > before_log);
+  const auto sequence = comet.sequence();
+  const auto first = std::find(sequence.begin(), sequence.end(), "metric");
+  const auto last = std::find(sequence.rbegin(), sequence.rend(), "metric").base();
+  REQUIRE(first < last);
+  CHECK(std::count(first, last, "metric") == 12);
+  CHECK(std::count(first, last, "beat") >= 1);
   callback->finish();
   const int at_end = comet.beats("key1");
   std::this_thread::sleep_for(std::chrono::milliseconds(100));

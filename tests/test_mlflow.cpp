@@ -648,16 +648,50 @@ TEST_CASE(
     }
     CHECK(ran == std::vector<int>{0, 1, 2});
   }
-  SECTION("the idle job runs when nothing else does, and its failure is the queue's") {
+  SECTION("a when_idle keep-alive runs when nothing else does, and its failure is the queue's") {
     torchfit::detail::BackgroundQueue queue;
-    std::atomic<int> idle_runs{0};
-    queue.set_idle_job(std::chrono::milliseconds(1), [&] {
-      if (++idle_runs == 3) throw std::runtime_error("no heartbeat answer");
-    });
+    std::atomic<int> keep_alives{0};
+    queue.set_keep_alive(
+        std::chrono::milliseconds(1),
+        [&] {
+          if (++keep_alives == 3) throw std::runtime_error("no heartbeat answer");
+        },
+        torchfit::detail::KeepAlive::when_idle);
     CHECK(torchfit::test::eventually([&] { return queue.failed(); }));
-    CHECK(idle_runs == 3);
+    CHECK(keep_alives == 3);
     CHECK_THROWS_WITH(queue.drain(), "no heartbeat answer");
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    CHECK(idle_runs == 3);  // a failed queue runs nothing more
+    CHECK(keep_alives == 3);  // a failed queue runs nothing more
+  }
+  SECTION("a periodic keep-alive also runs between jobs once due, and stops when told") {
+    torchfit::detail::BackgroundQueue queue;
+    std::mutex mutex;
+    std::vector<int> order;  // 1 and 2: the jobs, 0: a keep-alive
+    const auto record = [&](int what) {
+      std::lock_guard<std::mutex> lock(mutex);
+      order.push_back(what);
+    };
+    std::atomic<bool> started{false}, release{false};
+    queue.submit([&] {
+      started = true;
+      while (!release) std::this_thread::yield();
+      record(1);
+    });
+    REQUIRE(torchfit::test::eventually([&] { return started.load(); }));
+    queue.set_keep_alive(
+        std::chrono::milliseconds(20), [&] { record(0); }, torchfit::detail::KeepAlive::periodic);
+    queue.submit([&] { record(2); });
+    std::this_thread::sleep_for(
+        std::chrono::milliseconds(40));  // the keep-alive falls due during the first job
+    release = true;
+    queue.drain();
+    queue.stop_keep_alive();
+    queue.drain();  // a keep-alive that was running has finished
+    std::lock_guard<std::mutex> lock(mutex);
+    REQUIRE(order.size() >= 3);
+    CHECK(std::vector<int>(order.begin(), order.begin() + 3) == std::vector<int>{1, 0, 2});
+    const std::size_t at_stop = order.size();
+    std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    CHECK(order.size() == at_stop);
   }
 }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -13,12 +14,20 @@
 
 namespace torchfit::detail {
 
+/// When BackgroundQueue's keep-alive runs.
+enum class KeepAlive {
+  when_idle,  // after its interval without any job (a server that takes silence for a dead client)
+  periodic,   // every interval, between jobs when the queue is busy (a server that expects a heartbeat)
+};
+
 /// Runs submitted jobs one at a time, in submission order, on one thread started by the first submit() (an
 /// owner that never submits costs no thread). The first job that throws stops the queue: the jobs after it
 /// are dropped, since they would build on a call that did not happen, and the exception is rethrown on the
 /// owner's thread by rethrow_if_failed(), submit() and drain(), for a tracker's failure isolation to handle.
 class BackgroundQueue {
  public:
+  using Clock = std::chrono::steady_clock;
+
   BackgroundQueue() = default;
   /// Waits for the jobs already submitted (the owner's state they use must outlive them), then joins.
   ~BackgroundQueue() {
@@ -62,15 +71,27 @@ class BackgroundQueue {
     return failure_ != nullptr;
   }
 
-  /// From now on, runs `job` whenever the queue has been idle for `interval` (a keep-alive for a server that
-  /// takes silence for a dead client); it fails like a submitted job. Starts the thread. An empty `job`
-  /// stops the keep-alive.
-  void set_idle_job(std::chrono::duration<double> interval, std::function<void()> job) {
+  /// From now on, runs `job`, a keep-alive for the server the jobs talk to, every `interval` (periodic) or
+  /// after `interval` without any job (when_idle); it fails like a submitted job. Starts the thread.
+  void set_keep_alive(std::chrono::duration<double> interval, std::function<void()> job, KeepAlive when) {
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      idle_interval_ = std::chrono::duration_cast<std::chrono::steady_clock::duration>(interval);
-      idle_job_ = std::move(job);
+      keep_alive_ = std::move(job);
+      keep_alive_interval_ = std::chrono::duration_cast<Clock::duration>(interval);
+      keep_alive_when_ = when;
+      keep_alive_due_ = Clock::now() + keep_alive_interval_;
+      ++keep_alive_version_;
       if (!worker_.joinable()) worker_ = std::thread([this] { run(); });
+    }
+    work_.notify_one();
+  }
+
+  /// Stops the keep-alive (a finished run is not kept alive).
+  void stop_keep_alive() {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      keep_alive_ = nullptr;
+      ++keep_alive_version_;
     }
     work_.notify_one();
   }
@@ -83,22 +104,29 @@ class BackgroundQueue {
   void run() {
     std::unique_lock<std::mutex> lock(mutex_);
     while (true) {
-      const auto ready = [this] { return !jobs_.empty() || stopping_; };
-      if (idle_job_ && !failure_) {
-        if (!work_.wait_for(lock, idle_interval_, ready)) {
-          if (idle_job_ && !failure_) {         // not stopped while waiting
-            const auto keep_alive = idle_job_;  // a copy: set_idle_job may replace it while it runs
-            execute(lock, keep_alive);
-          }
+      if (keep_alive_ && !failure_) {
+        const auto version = keep_alive_version_;
+        const bool woken = work_.wait_until(lock, keep_alive_due_, [&] {
+          return !jobs_.empty() || stopping_ || keep_alive_version_ != version;
+        });
+        if (keep_alive_version_ != version) continue;  // replaced or stopped: wait on the new terms
+        const bool due = !woken || (keep_alive_when_ == KeepAlive::periodic && !jobs_.empty() &&
+                                    Clock::now() >= keep_alive_due_);
+        if (due) {
+          const auto keep_alive = keep_alive_;  // a copy: set_keep_alive may replace it while it runs
+          execute(lock, keep_alive);
+          keep_alive_due_ = Clock::now() + keep_alive_interval_;
           continue;
         }
       } else {
-        work_.wait(lock, ready);
+        work_.wait(lock, [this] { return !jobs_.empty() || stopping_ || (keep_alive_ && !failure_); });
+        if (jobs_.empty() && !stopping_) continue;  // a keep-alive was set
       }
       if (jobs_.empty()) return;  // stopping, and everything submitted has run
       auto job = std::move(jobs_.front());
       jobs_.pop_front();
       execute(lock, job);
+      if (keep_alive_when_ == KeepAlive::when_idle) keep_alive_due_ = Clock::now() + keep_alive_interval_;
     }
   }
 
@@ -128,8 +156,11 @@ class BackgroundQueue {
   bool busy_ = false;
   bool stopping_ = false;
   std::exception_ptr failure_;
-  std::function<void()> idle_job_;
-  std::chrono::steady_clock::duration idle_interval_{};
+  std::function<void()> keep_alive_;
+  Clock::duration keep_alive_interval_{};
+  KeepAlive keep_alive_when_ = KeepAlive::when_idle;
+  Clock::time_point keep_alive_due_{};
+  std::uint64_t keep_alive_version_ = 0;  // changes when set_keep_alive or stop_keep_alive changes the terms
   std::thread worker_;
 };
 

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -189,7 +188,8 @@ class ClearMLCallback : public LazyTrackerCallback {
       event["model_event"] = false;
       events.push_back(std::move(event));
     }
-    if (!events.empty()) call([api = api_.get(), events = std::move(events)] { api->add_events(events); });
+    if (!events.empty())
+      queue_.submit([api = api_.get(), events = std::move(events)] { api->add_events(events); });
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -219,7 +219,6 @@ class ClearMLCallback : public LazyTrackerCallback {
   }
 
  private:
-  using Clock = std::chrono::steady_clock;
   static constexpr std::int64_t single_value_iteration = -2147483648LL;  // ClearML's single-values table
 
   // A setting: the option, else the environment variable, else the configuration file's key.
@@ -279,10 +278,10 @@ class ClearMLCallback : public LazyTrackerCallback {
     api_->call("tasks.started", {{"task", task_id_}, {"force", false}});
     log::info("ClearML task {}: {}", task_id_, link());
 
-    ping_interval_ =
-        std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.ping_interval_s));
-    last_ping_ = Clock::now();
-    queue_.set_idle_job(ping_interval_, ping());
+    queue_.set_keep_alive(
+        std::chrono::duration<double>(options_.ping_interval_s),
+        [api = api_.get(), body = json{{"task", task_id_}}] { api->call("tasks.ping", body); },
+        detail::KeepAlive::periodic);
     open_ = true;
 
     json section = json::object();
@@ -296,33 +295,21 @@ class ClearMLCallback : public LazyTrackerCallback {
          "If True, ignore Transformers hyperparameters overrides done in the UI/backend when running "
          "remotely. "
          "Otherwise, the overrides will be applied when running remotely"}};
-    call([api = api_.get(),
-          body = json{{"task", task_id_}, {"force", true}, {"hyperparams", {{"Transformers", section}}}}] {
-      api->call("tasks.edit", body);
-    });
-  }
-
-  // Queues a call; a keep-alive goes first when one is due (the queue's idle job sends them while idle).
-  void call(std::function<void()> job) {
-    if (Clock::now() - last_ping_ >= ping_interval_) {
-      last_ping_ = Clock::now();
-      queue_.submit(ping());
-    }
-    queue_.submit(std::move(job));
-  }
-
-  std::function<void()> ping() const {
-    return [api = api_.get(), body = json{{"task", task_id_}}] { api->call("tasks.ping", body); };
+    queue_.submit(
+        [api = api_.get(),
+         body = json{{"task", task_id_}, {"force", true}, {"hyperparams", {{"Transformers", section}}}}] {
+          api->call("tasks.edit", body);
+        });
   }
 
   // Ends the task with `endpoint` (tasks.completed or tasks.failed) after the pending calls.
   void end(const char* endpoint, json body) {
     if (!open_) return;
     open_ = false;
-    queue_.set_idle_job({}, {});
+    queue_.stop_keep_alive();
     body["task"] = task_id_;
     body["force"] = false;
-    call([api = api_.get(), endpoint = std::string(endpoint), body = std::move(body)] {
+    queue_.submit([api = api_.get(), endpoint = std::string(endpoint), body = std::move(body)] {
       api->call(endpoint, body);
     });
     queue_.drain();
@@ -335,8 +322,6 @@ class ClearMLCallback : public LazyTrackerCallback {
   std::string task_id_;
   bool open_ = false;
   std::set<std::string> warned_keys_;
-  Clock::duration ping_interval_{};
-  Clock::time_point last_ping_{};
   detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
 };
 

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -108,7 +107,7 @@ class CometCallback : public LazyTrackerCallback {
   void finish() {
     if (!open_) return;
     open_ = false;
-    queue_.set_idle_job({}, {});
+    queue_.stop_keep_alive();
     call("set-start-end-time", {{"endTimeMillis", detail::unix_time_ms()}});
     queue_.drain();
   }
@@ -118,8 +117,6 @@ class CometCallback : public LazyTrackerCallback {
   const std::string& link() const { return link_; }
 
  private:
-  using Clock = std::chrono::steady_clock;
-
   // A setting: the option, else the environment variable, else the configuration file's key.
   std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
                                      const char* file_key) const {
@@ -165,9 +162,9 @@ class CometCallback : public LazyTrackerCallback {
     }
     // Comet names the heartbeat interval in its answer to the first one.
     const double beat_s = std::max(1e-3, api_->keep_alive(experiment_key_).value_or(10.0));
-    heartbeat_interval_ = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(beat_s));
-    last_beat_ = Clock::now();
-    queue_.set_idle_job(heartbeat_interval_, heartbeat());
+    queue_.set_keep_alive(
+        std::chrono::duration<double>(beat_s),
+        [api = api_.get(), key = experiment_key_] { api->keep_alive(key); }, detail::KeepAlive::periodic);
     open_ = true;
 
     call("set-start-end-time", {{"startTimeMillis", detail::unix_time_ms()}});
@@ -223,19 +220,10 @@ class CometCallback : public LazyTrackerCallback {
     return v;
   }
 
-  // Queues a write to the experiment; a heartbeat goes first when one is due (the server expects them even
-  // while the experiment is busy; the queue's idle job sends them while it is not).
+  // Queues a write to the experiment (the queue sends the heartbeats between writes when they are due).
   void call(const char* endpoint, json body) {
-    if (Clock::now() - last_beat_ >= heartbeat_interval_) {
-      last_beat_ = Clock::now();
-      queue_.submit(heartbeat());
-    }
     queue_.submit([api = api_.get(), key = experiment_key_, endpoint = std::string(endpoint),
                    body = std::move(body)] { api->write(endpoint, key, body); });
-  }
-
-  std::function<void()> heartbeat() const {
-    return [api = api_.get(), key = experiment_key_] { api->keep_alive(key); };
   }
 
   CometOptions options_;
@@ -244,8 +232,6 @@ class CometCallback : public LazyTrackerCallback {
   std::string link_;
   bool open_ = false;
   std::set<std::string> warned_keys_;
-  Clock::duration heartbeat_interval_{};
-  Clock::time_point last_beat_{};
   detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
 };
 

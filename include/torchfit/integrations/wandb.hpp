@@ -193,7 +193,7 @@ class WandbCallback : public LazyTrackerCallback {
   void finish(int exit_code = 0) {
     if (!run_open_) return;
     run_open_ = false;
-    queue_.set_idle_job({}, {});  // no heartbeats for a finished run
+    queue_.stop_keep_alive();  // no heartbeats for a finished run
     send(true, exit_code);
     queue_.drain();
   }
@@ -287,8 +287,9 @@ class WandbCallback : public LazyTrackerCallback {
     last_sent_ = started_;
     run_open_ = true;
     log::info("W&B run {} ({}): {}", run_.run_id, run_.display_name, run_url());
-    queue_.set_idle_job(std::chrono::duration<double>(options_.heartbeat_interval_s),
-                        [api = api_.get(), run = run_] { api->file_stream(run, "{}"); });
+    queue_.set_keep_alive(
+        std::chrono::duration<double>(options_.heartbeat_interval_s),
+        [api = api_.get(), run = run_] { api->file_stream(run, "{}"); }, detail::KeepAlive::when_idle);
   }
 
   std::string api_key(const std::string& base_url) const {
