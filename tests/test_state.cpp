@@ -354,7 +354,36 @@ TEST_CASE("an unknown field is a warning naming it and the file, the rest loads"
   CHECK(log.text() ==
         "[torchfit] warning: " + path.string() + ": ignoring unknown trainer state field \"future_field\"\n");
   CHECK(s.global_step == 7);
-  CHECK(s.logging_steps == 1);  // HF writes 1.0 when the user passed a float
+  CHECK(s.logging_steps == 1);
+  // HF's command line makes `--logging_steps 1` the float 1.0, and a value under an "epoch" strategy stays as
+  // given: both are written back as they were read.
+  CHECK(s.logging_steps.is_float);
+  CHECK(s.to_json().at("logging_steps").dump() == "1.0");
+}
+
+TEST_CASE("intervals keep the type HF gives them: floats from its command line, ints when converted",
+          "[state]") {
+  TrainingArguments args;
+  args.logging_strategy = IntervalStrategy::epoch;
+  args.logging_steps = 2.5;  // not validated by HF under "epoch": kept as given
+  args.eval_strategy = IntervalStrategy::steps;
+  args.eval_steps = 0.25;    // a ratio: ceil(max_steps * 0.25)
+  args.save_steps = 10;      // "steps" and above 1: HF's __post_init__ makes it an int
+  TrainerState s;
+  s.compute_steps(args, 10);
+  const json j = s.to_json();
+  CHECK(j.at("logging_steps").dump() == "2.5");
+  CHECK(j.at("eval_steps").dump() == "3");
+  CHECK(j.at("save_steps").dump() == "10");
+  args.logging_strategy = IntervalStrategy::steps;
+  args.logging_steps = 1;  // --logging_steps 1 is the float 1.0, not above 1: stays a float
+  args.save_strategy = SaveStrategy::epoch;
+  s.compute_steps(args, 10);
+  CHECK(s.to_json().at("logging_steps").dump() == "1.0");
+  CHECK(s.to_json().at("save_steps").dump() == "10.0");
+  args.save_steps = 500;  // HF's default, an int
+  s.compute_steps(args, 10);
+  CHECK(s.to_json().at("save_steps").dump() == "500");
 }
 
 TEST_CASE("a field of the wrong type is a FormatError naming the field, the file and the expected type",
@@ -368,8 +397,7 @@ TEST_CASE("a field of the wrong type is a FormatError naming the field, the file
   const std::string file = path.string();
   CHECK(message(R"({"global_step": "ten"})") ==
         file + R"(: field "global_step" must be an integer, got "ten")");
-  CHECK(message(R"({"logging_steps": 1.5})") ==
-        file + R"(: field "logging_steps" must be an integer, got 1.5)");
+  CHECK(message(R"({"logging_steps": "1.5"})") == file + R"(: field "logging_steps" must be a number, got "1.5")");
   CHECK(message(R"({"epoch": [1, 2]})") == file + R"(: field "epoch" must be a number or null, got [1, 2])");
   CHECK(message(R"({"train_batch_size": true})") ==
         file + R"(: field "train_batch_size" must be an integer or null, got true)");

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
+#include "torchfit/integrations/jsonl.hpp"
 #include "torchfit/torchfit.hpp"
 
 using namespace torchfit;
@@ -86,10 +87,10 @@ TEST_CASE("epoch strategies with a short last accumulation group, over two epoch
   args.eval_strategy = IntervalStrategy::epoch;
   args.save_strategy = SaveStrategy::epoch;
   const Events epoch_end_pass = concat({{"on_epoch_end", "on_log(loss)"}, evaluation()});
+  // No forced log at the last step: with logging_strategy "epoch" HF logs only at epoch ends.
   const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1, 2), update(2, 2), update(3, 1),
                                   epoch_end_pass, {"on_save(gs=3)", "on_epoch_begin"}, update(4, 2), update(5, 2),
-                                  update(6, 1), {"on_log(loss)", "on_epoch_end"}, evaluation(),
-                                  {"on_save(gs=6)", "on_log(summary)", "on_train_end"}});
+                                  update(6, 1), epoch_end_pass, {"on_save(gs=6)", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 10) == expected);
 }
 
@@ -133,6 +134,52 @@ TEST_CASE("fractional epochs stop mid-epoch with HF's fractional epoch values", 
   std::vector<double> epochs;
   for (const auto& e : s.log_history) epochs.push_back(e.at("epoch").get<double>());
   CHECK(epochs == std::vector<double>{0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.5});
+}
+
+TEST_CASE("logging_strategy no logs nothing during training, not even the last step", "[trainer][events]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.logging_strategy = IntervalStrategy::no;
+  args.logging_steps = 1;
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2), update(3),
+                                  {"on_epoch_end", "on_log(summary)", "on_train_end"}});
+  CHECK(trace_run(args, 6) == expected);
+}
+
+TEST_CASE("callbacks given to the constructor come after the integrations, receive on_init_end, and keep their "
+          "events",
+          "[trainer][callbacks]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.report_to = {"jsonl"};
+  auto first = std::make_shared<TraceCallback>();
+  auto stopper = std::make_shared<EarlyStoppingCallback>(2);
+  Trainer trainer(Mlp(), args, test::regression_data(6), test::regression_data(4), test::mse_loss, {},
+                  {first, stopper});
+  CHECK(trainer.callback_handler().callback_list() ==
+        "DefaultFlowCallback\nJSONLinesCallback\nTraceCallback\nEarlyStoppingCallback\nProgressCallback");
+  CHECK(first->events == Events{"on_init_end"});
+  // The static type decided which events the callback is visited for, as with add_callback.
+  CHECK(trainer.callback_handler().events_of(2) == all_events);
+  CHECK(trainer.callback_handler().events_of(3) == overridden_events<EarlyStoppingCallback>());
+}
+
+TEST_CASE("an entry logged before the first step says \"epoch\": 0, as HF's int", "[trainer][state]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.eval_strategy = IntervalStrategy::epoch;
+  args.eval_on_start = true;
+  Trainer trainer(Mlp(), args, test::regression_data(4), test::regression_data(4), test::mse_loss);
+  trainer.remove_callback<ProgressCallback>();
+  trainer.train();
+  trainer.save_state();
+  const std::string written = test::read_file(dir / "trainer_state.json");
+  const auto first_entry = written.find("\"eval_loss\"");
+  REQUIRE(first_entry != std::string::npos);
+  CHECK(written.substr(written.rfind('{', first_entry), first_entry - written.rfind('{', first_entry))
+            .find("\"epoch\": 0,\n") != std::string::npos);
+  CHECK(trainer.state().log_history.front().at("step") == 0);
+  CHECK(trainer.state().log_history.back().at("epoch").dump() == "1.0");
 }
 
 TEST_CASE("logging_first_step logs step 1 even when logging every 100 steps", "[trainer][events]") {
@@ -365,6 +412,18 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
   SECTION("an eval strategy without an eval dataset") {
     args.eval_strategy = IntervalStrategy::steps;
     CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Contains("needs an eval dataset"));
+  }
+  SECTION("eval_on_start without an eval dataset") {
+    args.eval_on_start = true;
+    CHECK_THROWS_AS(Trainer(Mlp(), args, data, test::mse_loss), ArgumentError);
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Matchers::StartsWith("--eval_on_start needs an eval dataset"));
+  }
+  SECTION("a step count that does not fit") {
+    args.num_train_epochs = 1e300;
+    Trainer trainer(Mlp(), args, data, test::mse_loss);
+    CHECK_THROWS_AS(trainer.train(), ArgumentError);
+    CHECK_THROWS_WITH(trainer.train(), Catch::Matchers::Contains("--num_train_epochs 1e+300 is too large"));
+    CHECK(trainer.state().global_step == 0);
   }
   SECTION("inputs and targets of different lengths") {
     Trainer trainer(Mlp(), args, std::make_pair(torch::zeros({8, 4}), torch::zeros({7, 1})), test::mse_loss);

@@ -71,6 +71,24 @@ constexpr EventMask overridden_events() {
   }
 }
 
+/// A callback and the events its static type overrides, so that a list of callbacks of different types keeps
+/// what add_callback would know: `{std::make_shared<A>(), std::make_shared<B>(3)}`.
+class CallbackRef {
+ public:
+  template <typename T>
+  CallbackRef(std::shared_ptr<T> callback)  // NOLINT(google-explicit-constructor): reads as the pointer it holds
+      : callback_(std::move(callback)), events_(overridden_events<T>()) {}
+  const std::shared_ptr<TrainerCallback>& callback() const { return callback_; }
+  EventMask events() const { return events_; }
+
+ private:
+  std::shared_ptr<TrainerCallback> callback_;
+  EventMask events_;
+};
+
+/// Callbacks handed to the Trainer's constructor (HF's `Trainer(callbacks=[...])`).
+using CallbackList = std::vector<CallbackRef>;
+
 /// Ordered list of callbacks and event dispatch (HF's CallbackHandler). Every callback sees every event it
 /// overrides, in list order; hot events visit only the callbacks that override them.
 ///
@@ -96,6 +114,9 @@ class CallbackHandler {
     insert(callback, overridden_events<T>(), tail_begin());
     return callback;
   }
+
+  /// Adds a callback from a CallbackList.
+  void add_callback(const CallbackRef& ref) { insert(ref.callback(), ref.events(), tail_begin()); }
 
   /// Adds a callback that stays after every later add_callback (the Trainer's Progress/Printer).
   template <typename T>

@@ -28,6 +28,7 @@
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
+#include "torchfit/loop/training_plan.hpp"
 #include "torchfit/optimizers.hpp"
 #include "torchfit/schedulers.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -145,20 +146,20 @@ class Trainer {
   static_assert(std::is_same_v<Batch, typename detail::DataTraits<EvalData>::Batch>,
                 "the train and eval datasets must produce the same batch type");
 
-  /// Sets the seed, builds the callback list (DefaultFlow, report_to integrations, then Progress or Printer
-  /// last) and fires on_init_end. Arguments are validated here.
+  /// Sets the seed, builds the callback list (DefaultFlow, report_to integrations, `callbacks`, then Progress or
+  /// Printer last, HF's order) and fires on_init_end, which `callbacks` receive too. Arguments are validated here.
   template <typename LossFunction>
   Trainer(Model model, TrainingArguments args, TrainData train_dataset, std::optional<EvalData> eval_dataset,
-          LossFunction loss_fn, MetricsFn compute_metrics = {})
+          LossFunction loss_fn, MetricsFn compute_metrics = {}, const CallbackList& callbacks = {})
       : Trainer(std::move(model), std::move(args), std::move(train_dataset),
                 eval_dataset ? NamedDatasets<EvalData>{{"", std::move(*eval_dataset)}} : NamedDatasets<EvalData>{},
-                std::move(loss_fn), std::move(compute_metrics)) {}
+                std::move(loss_fn), std::move(compute_metrics), callbacks) {}
 
   /// With several named eval datasets: each evaluation runs them in order, logs each, and returns (and tracks
   /// the best metric over) all their metrics together.
   template <typename LossFunction>
   Trainer(Model model, TrainingArguments args, TrainData train_dataset, NamedDatasets<EvalData> eval_datasets,
-          LossFunction loss_fn, MetricsFn compute_metrics = {})
+          LossFunction loss_fn, MetricsFn compute_metrics = {}, const CallbackList& callbacks = {})
       : model_(std::move(model)),
         module_(detail::module_of(model_)),
         args_(std::move(args)),
@@ -170,6 +171,8 @@ class Trainer {
     if (args_.eval_strategy != IntervalStrategy::no && eval_sets_.empty())
       throw ArgumentError("--eval_strategy \"" + to_string(args_.eval_strategy) +
                           "\" needs an eval dataset; pass one to the Trainer or use --eval_strategy no");
+    if (args_.eval_on_start && eval_sets_.empty())
+      throw ArgumentError("--eval_on_start needs an eval dataset; pass one to the Trainer or drop --eval_on_start");
     for (std::size_t i = 0; i < eval_sets_.size(); ++i) {
       const std::string& name = eval_sets_[i].first;
       if (eval_sets_.size() > 1 && name.empty())
@@ -187,6 +190,7 @@ class Trainer {
 
     handler_.add_callback<DefaultFlowCallback>();
     if (state_.is_world_process_zero) integrations::add_reporting_callbacks(handler_, args_.report_to);
+    for (const CallbackRef& callback : callbacks) handler_.add_callback(callback);
     if (args_.disable_tqdm)
       handler_.add_tail_callback(std::make_shared<PrinterCallback>());
     else
@@ -198,8 +202,10 @@ class Trainer {
 
   /// Without an eval dataset.
   template <typename LossFunction>
-  Trainer(Model model, TrainingArguments args, TrainData train_dataset, LossFunction loss_fn)
-      : Trainer(std::move(model), std::move(args), std::move(train_dataset), std::nullopt, std::move(loss_fn)) {}
+  Trainer(Model model, TrainingArguments args, TrainData train_dataset, LossFunction loss_fn,
+          const CallbackList& callbacks = {})
+      : Trainer(std::move(model), std::move(args), std::move(train_dataset), std::nullopt, std::move(loss_fn), {},
+                callbacks) {}
 
   // ---- callbacks ----
 
@@ -263,25 +269,9 @@ class Trainer {
       resume_dir = *resume_from_checkpoint == "last" ? checkpoint::last(args_.output_dir)
                                                      : std::filesystem::path(*resume_from_checkpoint);
 
-    const int64_t num_samples = detail::DataTraits<TrainData>::size(train_data_);
-    if (num_samples == 0) throw Error("train dataset is empty: there is nothing to train on");
-    const int64_t batch_size = args_.per_device_train_batch_size;
-    const int64_t batches_per_epoch = args_.dataloader_drop_last ? num_samples / batch_size
-                                                                 : (num_samples + batch_size - 1) / batch_size;
-    if (batches_per_epoch == 0)
-      throw ArgumentError("--dataloader_drop_last drops every batch: the train dataset has " +
-                          std::to_string(num_samples) + " samples, fewer than --per_device_train_batch_size " +
-                          std::to_string(batch_size));
+    const TrainingPlan plan = TrainingPlan::make(args_, detail::DataTraits<TrainData>::size(train_data_));
+    const int64_t batch_size = plan.batch_size, max_steps = plan.max_steps;
     const int64_t ga = args_.gradient_accumulation_steps;
-    const int64_t updates_per_epoch = std::max<int64_t>((batches_per_epoch + ga - 1) / ga, 1);
-    int64_t max_steps = 0, num_train_epochs = 0;
-    if (args_.max_steps > 0) {
-      max_steps = args_.max_steps;
-      num_train_epochs = (max_steps + updates_per_epoch - 1) / updates_per_epoch;
-    } else {
-      max_steps = static_cast<int64_t>(std::ceil(args_.num_train_epochs * static_cast<double>(updates_per_epoch)));
-      num_train_epochs = static_cast<int64_t>(std::ceil(args_.num_train_epochs));
-    }
 
     create_optimizer_and_scheduler(max_steps);
     state_ = TrainerState{};
@@ -302,12 +292,12 @@ class Trainer {
     }
     const int64_t start_step = state_.global_step;
 
-    train_loader_info_ = LoaderInfo{batches_per_epoch, num_samples, batch_size};
+    train_loader_info_ = LoaderInfo{plan.batches_per_epoch, plan.num_samples, batch_size};
     auto& ctx = handler_.context();
     ctx.optimizer = optimizer_.get();
     ctx.lr_scheduler = scheduler_.get();
     ctx.train_dataloader = &train_loader_info_;
-    state_.init_training_references(max_steps, num_train_epochs);
+    state_.init_training_references(max_steps, plan.num_train_epochs);
     optimizer_->zero_grad();
 
     const std::string recorded_stop = control_.should_training_stop ? control_.stop_reason : std::string();
@@ -319,16 +309,16 @@ class Trainer {
     if (args_.eval_on_start && !control_.should_training_stop) evaluate_all();
 
     module_->train();
-    const int64_t epochs_trained = state_.global_step / updates_per_epoch;
+    const int64_t epochs_trained = state_.global_step / plan.updates_per_epoch;
     const int64_t skip_in_first_epoch =
-        args_.ignore_data_skip ? 0 : (state_.global_step % updates_per_epoch) * ga;
+        args_.ignore_data_skip ? 0 : (state_.global_step % plan.updates_per_epoch) * ga;
     const bool done = control_.should_training_stop || state_.global_step >= max_steps;
-    for (int64_t epoch = epochs_trained; epoch < num_train_epochs && !done; ++epoch) {
-      detail::BatchPlan<TrainData> plan(train_data_, batch_size, args_.dataloader_drop_last,
-                                        static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch));
+    for (int64_t epoch = epochs_trained; epoch < plan.num_train_epochs && !done; ++epoch) {
+      detail::BatchPlan<TrainData> batches(train_data_, batch_size, args_.dataloader_drop_last,
+                                           static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch));
       handler_.on_epoch_begin(args_, state_, control_);
       const int64_t first = epoch == epochs_trained ? skip_in_first_epoch : 0;
-      run_epoch(plan, epoch, first);
+      run_epoch(batches, epoch, first);
       handler_.on_epoch_end(args_, state_, control_);
       maybe_log_save_evaluate();
       if (control_.should_training_stop) break;
@@ -411,7 +401,7 @@ class Trainer {
   // HF's log(logs, start_time): the caller's `logs` get epoch and the token count too; training logs also get
   // this session's token rate.
   void log_in_place(Logs& logs, bool with_token_rate) {
-    if (state_.epoch) logs["epoch"] = *state_.epoch;
+    if (state_.epoch) logs["epoch"] = state_.epoch_json();
     if (args_.include_num_input_tokens_seen != TokenCounting::no) {
       read_token_count();
       logs["num_input_tokens_seen"] = state_.num_input_tokens_seen;
@@ -955,13 +945,21 @@ Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction) -> Trainer<
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
 Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, MetricsFunction)
     -> Trainer<Model, TrainData, EvalData>;
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, std::function<Logs(const EvalPrediction&)>,
+        CallbackList) -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, LossFunction) -> Trainer<Model, TrainData, TrainData>;
+template <typename Model, typename TrainData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, LossFunction, CallbackList) -> Trainer<Model, TrainData, TrainData>;
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction)
     -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
 Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction, MetricsFunction)
     -> Trainer<Model, TrainData, EvalData>;
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
+Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction,
+        std::function<Logs(const EvalPrediction&)>, CallbackList) -> Trainer<Model, TrainData, EvalData>;
 
 }  // namespace torchfit

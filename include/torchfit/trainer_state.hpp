@@ -23,6 +23,24 @@
 
 namespace torchfit {
 
+/// A logging/eval/save interval as HF's TrainerState holds it: a whole step count (a Python int), or the float
+/// HF keeps from its command line when the interval's strategy is not "steps" (`2.5`, `1.0`), written back as is.
+struct IntervalSteps {
+  double value = 500;
+  bool is_float = false;  ///< a Python float: written `1.0`, `2.5`
+
+  IntervalSteps() = default;
+  IntervalSteps(int64_t steps) : value(static_cast<double>(steps)) {}  // NOLINT(google-explicit-constructor)
+  static IntervalSteps python_float(double value) {
+    IntervalSteps out;
+    out.value = value;
+    out.is_float = true;
+    return out;
+  }
+  /// The step count DefaultFlow divides by (whole whenever the interval's strategy is "steps").
+  operator int64_t() const { return static_cast<int64_t>(value); }  // NOLINT(google-explicit-constructor)
+};
+
 namespace detail {
 
 // One overload per member type, so that TrainerState lists its fields once (for_each_field).
@@ -30,6 +48,9 @@ inline json field_to_json(int64_t value) { return value; }
 inline json field_to_json(double value) { return value; }  // always a JSON float: `0.0`, never `0`
 inline json field_to_json(bool value) { return value; }
 inline json field_to_json(const std::string& value) { return value; }
+inline json field_to_json(const IntervalSteps& value) {
+  return value.is_float ? json(value.value) : json(static_cast<int64_t>(value));
+}
 inline json field_to_json(const std::vector<Logs>& value) { return json(value); }
 inline json field_to_json(const json& value) { return value; }
 template <typename T>
@@ -51,6 +72,17 @@ inline bool field_from_json(const json& value, int64_t& out) {
     return false;
   }
   out = value.get<int64_t>();
+  return true;
+}
+// As Python reads it: an int stays an int, a float (even `1.0`) a float.
+inline bool field_from_json(const json& value, IntervalSteps& out) {
+  if (value.is_number_float()) {
+    out = IntervalSteps::python_float(value.get<double>());
+    return true;
+  }
+  int64_t steps = 0;
+  if (!field_from_json(value, steps)) return false;
+  out = steps;
   return true;
 }
 inline bool field_from_json(const json& value, double& out) {
@@ -102,6 +134,7 @@ inline std::string brief(const json& value) {
 // What field_from_json accepts, for error messages.
 inline std::string expected_type(const int64_t&) { return "an integer"; }
 inline std::string expected_type(const double&) { return "a number"; }
+inline std::string expected_type(const IntervalSteps&) { return "a number"; }
 inline std::string expected_type(const bool&) { return "true or false"; }
 inline std::string expected_type(const std::string&) { return "a string"; }
 inline std::string expected_type(const std::vector<Logs>&) { return "a list of objects"; }
@@ -114,15 +147,14 @@ std::string expected_type(const std::optional<T>&) {
 }  // namespace detail
 
 /// The training loop's progress, shared with every callback and saved as `trainer_state.json` in checkpoints
-/// (HF's TrainerState: same fields, meanings and file bytes). Difference: `logging_steps` / `eval_steps` /
-/// `save_steps` are integers, so a user's `1.0` is written as `1` where HF writes `1.0`.
+/// (HF's TrainerState: same fields, meanings and file bytes).
 struct TrainerState {
-  std::optional<double> epoch;  ///< fractional epoch; null until training starts
+  std::optional<double> epoch;  ///< fractional epoch; null until training starts, 0 (an int, as HF) before the first step
   int64_t global_step = 0;      ///< optimizer updates done
   int64_t max_steps = 0;        ///< updates planned for this run
-  int64_t logging_steps = 500;  ///< absolute intervals (ratios resolved by compute_steps)
-  int64_t eval_steps = 500;
-  int64_t save_steps = 500;
+  IntervalSteps logging_steps = 500;  ///< intervals, ratios resolved by compute_steps
+  IntervalSteps eval_steps = 500;
+  IntervalSteps save_steps = 500;
   std::optional<int64_t> train_batch_size;  ///< micro-batch size actually used
   int64_t num_train_epochs = 0;
   int64_t num_input_tokens_seen = 0;
@@ -138,12 +170,20 @@ struct TrainerState {
   json trial_params = nullptr;
   json stateful_callbacks = json::object();  ///< callback states by key (a list for several instances)
 
-  /// HF's `dataclasses.asdict(state)`: every field, null for an empty optional, epoch and total_flos floats.
+  /// HF's `dataclasses.asdict(state)`: every field, null for an empty optional, epoch and total_flos floats
+  /// (except the epoch HF sets to the int 0 before the first step).
   json to_json() const {
     json out = json::object();
     for_each_field(*this,
                    [&](const char* name, const auto& field) { out[name] = detail::field_to_json(field); });
+    if (epoch) out["epoch"] = epoch_json();
     return out;
+  }
+
+  /// The epoch as HF writes it in logs and files: the int `0` before the first step, else a float.
+  json epoch_json() const {
+    if (!epoch) return nullptr;
+    return *epoch == 0 ? json(0) : json(*epoch);
   }
 
   /// The bytes HF's save_to_json writes: `json.dumps(asdict(state), indent=2, sort_keys=True) + "\n"`.
@@ -190,14 +230,18 @@ struct TrainerState {
   }
 
   /// HF's compute_steps: copies logging / eval / save intervals from `args`, turning a ratio (< 1) into
-  /// `ceil(total_steps * ratio)`. An unset `args.eval_steps` leaves eval_steps as it is.
+  /// `ceil(total_steps * ratio)`. An unset `args.eval_steps` leaves eval_steps as it is. Values keep the type
+  /// HF's command line gives them: floats, except whole counts above 1 under a "steps" strategy (HF's
+  /// __post_init__ makes those ints) and HF's default 500.
   void compute_steps(const TrainingArguments& args, int64_t total_steps) {
-    const auto absolute = [&](double value) {
-      return static_cast<int64_t>(value < 1 ? std::ceil(static_cast<double>(total_steps) * value) : value);
+    const auto interval = [&](double value, bool steps_strategy) -> IntervalSteps {
+      if (value < 1) return static_cast<int64_t>(std::ceil(static_cast<double>(total_steps) * value));
+      if ((steps_strategy && value > 1) || value == IntervalSteps{}.value) return static_cast<int64_t>(value);
+      return IntervalSteps::python_float(value);
     };
-    logging_steps = absolute(args.logging_steps);
-    if (args.eval_steps) eval_steps = absolute(*args.eval_steps);
-    save_steps = absolute(args.save_steps);
+    logging_steps = interval(args.logging_steps, args.logging_strategy == IntervalStrategy::steps);
+    if (args.eval_steps) eval_steps = interval(*args.eval_steps, args.eval_strategy == IntervalStrategy::steps);
+    save_steps = interval(args.save_steps, args.save_strategy == SaveStrategy::steps);
   }
 
   /// HF's init_training_references, run after a fresh start or a resume: records the planned steps and

@@ -529,6 +529,11 @@ inline void TrainingArguments::validate() {
        {std::pair<const char*, double>{"--adam_beta1", adam_beta1}, {"--adam_beta2", adam_beta2}})
     require(value >= 0 && value < 1, "{} must be in [0, 1) (got {})", flag, value);
   require(!std::isnan(max_grad_norm), "--max_grad_norm must be a number (<= 0 disables clipping) (got nan)");
+  // HF trains one step with max_steps 0 (and divides by zero with a ratio interval); a run that trains nothing
+  // is refused instead.
+  require(max_steps != 0,
+          "--max_steps 0 would train nothing: give a positive step count, or -1 (the default) to train "
+          "--num_train_epochs epochs");
   require(max_steps > 0 || (std::isfinite(num_train_epochs) && num_train_epochs > 0),
           "--num_train_epochs must be > 0 when --max_steps is not set (got {})", num_train_epochs);
   require(!(fp16 && bf16), "--fp16 and --bf16 cannot both be set; choose one");

@@ -8,8 +8,9 @@
 namespace torchfit {
 
 /// Decides when to log, evaluate, save and stop from the logging/eval/save strategies (HF's DefaultFlowCallback).
-/// Difference from HF v4.57 (as in v5): the final step is always logged, and evaluated when eval_strategy is
-/// "steps", so a run whose max_steps is not a multiple of logging_steps/eval_steps still reports its end.
+/// Difference from HF v4.57: with logging_strategy "steps" the final step is always logged, and with eval_strategy
+/// "steps" (past eval_delay) always evaluated (HF v5 does the evaluation half), so a run whose max_steps is not a
+/// multiple of logging_steps/eval_steps still reports its end. Strategies "no" and "epoch" behave exactly as HF's.
 class DefaultFlowCallback : public TrainerCallback {
  public:
   void on_step_end(const Args& args, TrainerState& state, TrainerControl& control, const CallbackContext&) override {
@@ -25,7 +26,7 @@ class DefaultFlowCallback : public TrainerCallback {
 
     if (step >= state.max_steps) {
       control.should_training_stop = true;
-      control.should_log = true;
+      if (args.logging_strategy == IntervalStrategy::steps) control.should_log = true;
       if (args.eval_strategy == IntervalStrategy::steps && eval_due) control.should_evaluate = true;
       if (args.save_strategy == SaveStrategy::steps) control.should_save = true;
     }

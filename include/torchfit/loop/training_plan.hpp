@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include <fmt/format.h>
+
+#include "torchfit/error.hpp"
+#include "torchfit/training_args.hpp"
+
+namespace torchfit {
+
+/// The sizes of a training run, derived from the arguments and the train dataset's length as HF's
+/// set_initial_training_values derives them (in binary doubles, as Python computes them).
+struct TrainingPlan {
+  int64_t num_samples = 0;        ///< samples in the train dataset
+  int64_t batch_size = 0;         ///< samples per micro-batch
+  int64_t batches_per_epoch = 0;  ///< micro-batches per epoch (HF's len(train_dataloader))
+  int64_t updates_per_epoch = 0;  ///< optimizer steps per epoch: ceil(batches / GA), at least 1
+  int64_t max_steps = 0;          ///< optimizer steps of the whole run
+  int64_t num_train_epochs = 0;   ///< epochs the loop iterates (the last one may stop early)
+
+  /// The plan for `num_samples` training samples; ArgumentError naming the flag when there is nothing to
+  /// train or the step count does not fit in 64 bits.
+  static TrainingPlan make(const TrainingArguments& args, int64_t num_samples) {
+    if (num_samples == 0) throw Error("train dataset is empty: there is nothing to train on");
+    TrainingPlan plan;
+    plan.num_samples = num_samples;
+    plan.batch_size = args.per_device_train_batch_size;
+    plan.batches_per_epoch = args.dataloader_drop_last ? num_samples / plan.batch_size
+                                                       : (num_samples + plan.batch_size - 1) / plan.batch_size;
+    if (plan.batches_per_epoch == 0)
+      throw ArgumentError(fmt::format("--dataloader_drop_last drops every batch: the train dataset has {} samples, "
+                                      "fewer than --per_device_train_batch_size {}",
+                                      num_samples, plan.batch_size));
+    const int64_t ga = args.gradient_accumulation_steps;
+    plan.updates_per_epoch = std::max<int64_t>((plan.batches_per_epoch + ga - 1) / ga, 1);
+    if (args.max_steps > 0) {
+      plan.max_steps = args.max_steps;
+      plan.num_train_epochs = (plan.max_steps + plan.updates_per_epoch - 1) / plan.updates_per_epoch;
+      return plan;
+    }
+    const double steps = std::ceil(args.num_train_epochs * static_cast<double>(plan.updates_per_epoch));
+    // 2^62 leaves headroom for the step and sample counters derived from it.
+    if (!(steps < 0x1p62))
+      throw ArgumentError(fmt::format("--num_train_epochs {} is too large: {} epochs of {} optimizer steps do not "
+                                      "fit in a 64-bit step count (use --max_steps for a very long run)",
+                                      args.num_train_epochs, args.num_train_epochs, plan.updates_per_epoch));
+    plan.max_steps = static_cast<int64_t>(steps);
+    plan.num_train_epochs = static_cast<int64_t>(std::ceil(args.num_train_epochs));
+    return plan;
+  }
+};
+
+}  // namespace torchfit
