@@ -180,7 +180,7 @@ TEST_CASE("an interrupted save leaves no directory that resume mistakes for a ch
   CHECK(checkpoint::last(dir.path()) == checkpoint::dir_for(dir.path(), 4));
 
   SECTION("the next save clears stale temporaries") {
-    checkpoint::remove_stale_temporaries(dir.path());
+    checkpoint::remove_leftovers(dir.path());
     CHECK(!fs::exists(dir / ".checkpoint-6.tmp-123"));
     CHECK(fs::exists(dir / "checkpoint-8"));  // not ours to delete
   }

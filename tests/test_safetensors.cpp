@@ -1,4 +1,8 @@
 // SPDX-License-Identifier: MIT
+#include <sys/resource.h>
+
+#include <csignal>
+
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
@@ -173,7 +177,7 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
   SECTION("header not JSON") {
     make("{not json", "");
     CHECK_THROWS_WITH(load_safetensors(file),
-                      Catch::StartsWith(file.string() + " is not a valid safetensors file: the header is not JSON ("));
+                      Catch::StartsWith(file.string() + " is not a valid safetensors file: the header is not valid JSON ("));
   }
   SECTION("header not an object") {
     make("[1, 2]  ", "");
@@ -259,8 +263,34 @@ TEST_CASE("a file that cannot be written is reported with its name", "[safetenso
   test::TempDir dir;
   const auto missing = dir / "no-such-dir" / "t.safetensors";
   CHECK_THROWS_WITH(save_safetensors(missing, {{"x", torch::ones({1})}}),
-                    "cannot open " + missing.string() + " for writing");
-  // /dev/full accepts the open and fails every write with ENOSPC.
+                    "cannot create " + missing.string() + ": No such file or directory");
+  // /dev/full accepts the open and fails every write with ENOSPC; being a device, it is not removed afterwards.
   CHECK_THROWS_WITH(save_safetensors("/dev/full", {{"x", torch::ones({100000})}}),
-                    "cannot write /dev/full (disk full?)");
+                    "cannot write /dev/full: No space left on device");
+  CHECK(std::filesystem::exists("/dev/full"));
+}
+
+TEST_CASE("a write that fails midway leaves no partial file", "[safetensors]") {
+  // A full disk seen through a file size limit: writes past it fail with EFBIG while SIGXFSZ is ignored.
+  struct FileSizeLimit {
+    explicit FileSizeLimit(rlim_t bytes) : previous_handler(signal(SIGXFSZ, SIG_IGN)) {
+      getrlimit(RLIMIT_FSIZE, &previous);
+      const rlimit limited{bytes, previous.rlim_max};
+      setrlimit(RLIMIT_FSIZE, &limited);
+    }
+    ~FileSizeLimit() {
+      setrlimit(RLIMIT_FSIZE, &previous);
+      signal(SIGXFSZ, previous_handler);
+    }
+    rlimit previous{};
+    void (*previous_handler)(int);
+  };
+  test::TempDir dir;
+  const auto file = dir / "t.safetensors";
+  const Tensors tensors = {{"x", torch::ones({100000})}};
+  {
+    FileSizeLimit limit(4096);
+    CHECK_THROWS_WITH(save_safetensors(file, tensors), "cannot write " + file.string() + ": File too large");
+  }
+  CHECK_FALSE(std::filesystem::exists(file));
 }

@@ -11,8 +11,10 @@
 #include <vector>
 
 #include "torchfit/error.hpp"
+#include "torchfit/json.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_callback.hpp"
+#include "torchfit/trainer_control.hpp"
 
 namespace torchfit {
 
@@ -231,6 +233,79 @@ class CallbackHandler {
 
   /// Whether any callback is visited for `event` (lets the Trainer skip building arguments nobody reads).
   bool has_listeners(Event event) const { return !by_event_[static_cast<unsigned>(event)].empty(); }
+
+  // ---- stateful callbacks, saved in checkpoints ----
+
+  /// Each stateful callback's state() under its state_key(), and `control`'s under "TrainerControl" (HF's
+  /// TrainerState.stateful_callbacks). Several callbacks sharing a key are stored as a list in callback order.
+  /// Built anew on every save: never appended to, unlike HF (#33875).
+  json states(const TrainerControl& control) const {
+    json out = json::object();
+    for (const auto& e : entries_) {
+      json s = e.callback->state();
+      if (s.is_null()) continue;
+      const std::string key = e.callback->state_key();
+      if (!out.contains(key)) {
+        out[key] = std::move(s);
+      } else {
+        if (!out[key].is_array()) out[key] = json::array({out[key]});
+        out[key].push_back(std::move(s));
+      }
+    }
+    out["TrainerControl"] = control.state();
+    return out;
+  }
+
+  /// Hands what states() stored back to the callbacks: the state under a key to the callback with that key (the
+  /// n-th of a list to the n-th such callback), and replaces `control` by the stored TrainerControl. All or
+  /// nothing: a state that does not load throws CheckpointError naming its key, with every callback and `control`
+  /// as they were. Keys no callback has are ignored with one warning (HF).
+  void restore_states(const json& stored, TrainerControl& control) {
+    if (!stored.is_object())
+      throw CheckpointError(std::string("stateful_callbacks must be a JSON object (got a JSON ") + stored.type_name() +
+                            ")");
+    TrainerControl restored_control = control;
+    std::vector<std::pair<TrainerCallback*, json>> restored;  // each callback given a state, with its state before
+    std::vector<std::string> unmatched;
+    const std::string* key = nullptr;
+    const auto undo = [&] {
+      for (auto it = restored.rbegin(); it != restored.rend(); ++it)
+        if (!it->second.is_null()) it->first->load_state(it->second);
+    };
+    try {
+      for (const auto& item : stored.items()) {
+        key = &item.key();
+        if (*key == "TrainerControl") {
+          restored_control = TrainerControl::from_state(item.value());
+          continue;
+        }
+        const json& value = item.value();
+        std::size_t index = 0;
+        for (const auto& e : entries_) {
+          if (e.callback->state_key() != *key) continue;
+          const json* state = !value.is_array() ? (index == 0 ? &value : nullptr)
+                                                : (index < value.size() ? &value[index] : nullptr);
+          ++index;
+          if (state == nullptr) continue;
+          restored.emplace_back(e.callback.get(), e.callback->state());
+          e.callback->load_state(*state);
+        }
+        if (index == 0) unmatched.push_back(*key);
+      }
+    } catch (const std::exception& e) {
+      undo();
+      throw CheckpointError("stateful_callbacks: the state stored under \"" + *key + "\" does not load: " + e.what());
+    } catch (...) {
+      undo();
+      throw;
+    }
+    control = restored_control;
+    if (!unmatched.empty()) {
+      std::string names;
+      for (const auto& n : unmatched) names += (names.empty() ? "" : ", ") + n;
+      log::warning("Checkpoint included callbacks not included in current configuration. Ignoring. ({})", names);
+    }
+  }
 
  private:
   struct Entry {

@@ -10,10 +10,12 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "torchfit/detail/state_fields.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
@@ -48,21 +50,39 @@ class LRScheduler {
 
   /// What a checkpoint stores; load_state() restores it and re-applies the rates.
   virtual json state() const { return {{"last_step", last_step_}, {"base_lrs", base_lrs_}}; }
+  /// All or nothing: a state with a missing or mistyped member, or rates for another number of parameter groups,
+  /// throws CheckpointError naming what is wrong and changes nothing.
   virtual void load_state(const json& s) {
-    try {
-      last_step_ = s.at("last_step").get<int64_t>();
-      base_lrs_ = s.at("base_lrs").get<std::vector<double>>();
-    } catch (const json::exception& e) {
-      throw CheckpointError(std::string("scheduler state: ") + e.what());
-    }
-    if (base_lrs_.size() != optimizer_.param_groups().size())
-      throw CheckpointError("scheduler state has " + std::to_string(base_lrs_.size()) +
-                            " base learning rates but the optimizer has " +
-                            std::to_string(optimizer_.param_groups().size()) + " parameter groups");
+    const SavedState saved = parse_state(s);
+    last_step_ = saved.last_step;
+    base_lrs_ = saved.base_lrs;
     apply();
   }
 
  protected:
+  struct SavedState {
+    int64_t last_step;
+    std::vector<double> base_lrs;
+  };
+
+  /// The members of state() that every schedule has, checked.
+  SavedState parse_state(const json& s) const {
+    SavedState saved{detail::integer_member(s, state_name, "last_step"),
+                     detail::numbers_member(s, state_name, "base_lrs")};
+    check_group_count(saved.base_lrs, "base_lrs");
+    return saved;
+  }
+
+  /// A per-group list of rates must have one rate per parameter group.
+  void check_group_count(const std::vector<double>& rates, const char* key) const {
+    if (rates.size() != optimizer_.param_groups().size())
+      throw CheckpointError(std::string(state_name) + ": \"" + key + "\" has " + std::to_string(rates.size()) +
+                            " learning rates but the optimizer has " +
+                            std::to_string(optimizer_.param_groups().size()) + " parameter groups");
+  }
+
+  static constexpr const char* state_name = "scheduler state";
+
   /// The rate of parameter group `group` at update `step`.
   virtual double lr_at(std::size_t group, int64_t step) const = 0;
 
@@ -153,15 +173,19 @@ class ReduceLROnPlateau : public LRScheduler {
     return s;
   }
   void load_state(const json& s) override {
-    try {
-      current_ = s.at("current_lrs").get<std::vector<double>>();
-      best_ = s.at("best").get<double>();
-      bad_ = s.at("num_bad_epochs").get<int64_t>();
-      cooldown_counter_ = s.at("cooldown_counter").get<int64_t>();
-    } catch (const json::exception& e) {
-      throw CheckpointError(std::string("scheduler state: ") + e.what());
-    }
-    LRScheduler::load_state(s);
+    const SavedState saved = parse_state(s);
+    std::vector<double> current = detail::numbers_member(s, state_name, "current_lrs");
+    check_group_count(current, "current_lrs");
+    const double best = detail::number_member(s, state_name, "best");
+    const int64_t bad = detail::integer_member(s, state_name, "num_bad_epochs");
+    const int64_t cooldown = detail::integer_member(s, state_name, "cooldown_counter");
+    last_step_ = saved.last_step;
+    base_lrs_ = saved.base_lrs;
+    current_ = std::move(current);
+    best_ = best;
+    bad_ = bad;
+    cooldown_counter_ = cooldown;
+    apply();
   }
 
  protected:

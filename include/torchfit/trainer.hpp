@@ -280,6 +280,7 @@ class Trainer {
     state_.epoch = 0.0;
     session_ = Session{};
     session_.loss_sum = torch::zeros({}, torch::TensorOptions().device(device_));
+    checkpoint::remove_leftovers(args_.output_dir);
     if (resume_dir) resume_from(*resume_dir, max_steps);
     session_.start = std::chrono::steady_clock::now();
     session_.tokens_seen_at_start = state_.num_input_tokens_seen;
@@ -721,200 +722,72 @@ class Trainer {
 
   // ---- checkpoints ----
 
-  std::filesystem::path save_checkpoint() {
-    const std::filesystem::path output_dir(args_.output_dir);
-    checkpoint::remove_stale_temporaries(output_dir);
-    checkpoint::AtomicWriter writer(output_dir, state_.global_step);
-    const auto& dir = writer.dir();
-    checkpoint::save_model_state(*module_, dir / checkpoint::model_file);
+ public:
+  /// What a failed periodic checkpoint save does: raise (the default, as HF) stops training with the
+  /// CheckpointError; warn logs one warning naming the checkpoint and the cause, and training goes on.
+  void set_save_error_policy(checkpoint::SaveErrorPolicy policy) { save_error_policy_ = policy; }
 
+ private:
+  checkpoint::SaveErrorPolicy save_error_policy_ = checkpoint::SaveErrorPolicy::raise;
+
+  std::filesystem::path save_checkpoint() {
+    const auto best_before = state_.best_model_checkpoint;
+    try {
+      const auto dir = checkpoint::save(args_.output_dir, state_.global_step,
+                                        [&](const std::filesystem::path& tmp) { write_checkpoint_files(tmp); });
+      checkpoint::rotate(args_.output_dir, args_.save_total_limit, state_.best_model_checkpoint);
+      return dir;
+    } catch (const CheckpointError& e) {
+      state_.best_model_checkpoint = best_before;  // a best step whose save failed has no checkpoint to point at
+      if (save_error_policy_ == checkpoint::SaveErrorPolicy::raise) throw;
+      log::warning("{}; training goes on without this checkpoint", e.what());
+      return checkpoint::dir_for(args_.output_dir, state_.global_step);
+    }
+  }
+
+  void write_checkpoint_files(const std::filesystem::path& dir) {
+    checkpoint::save_model_state(*module_, dir / checkpoint::model_file);
     // A new best records itself: evaluation precedes saving in the same step (HF §8.6).
     if (state_.best_global_step && args_.save_strategy != SaveStrategy::no) {
-      const auto best_dir = checkpoint::dir_for(output_dir, *state_.best_global_step);
+      const auto best_dir = checkpoint::dir_for(args_.output_dir, *state_.best_global_step);
       if (*state_.best_global_step == state_.global_step || checkpoint::is_complete(best_dir))
         state_.best_model_checkpoint = best_dir.string();
     }
-    if (!args_.save_only_model) {
-      torch::save(*optimizer_, (dir / checkpoint::optimizer_file).string());
-      write_text(dir / checkpoint::scheduler_file, scheduler_->state().dump(2));
-      save_rng_state(dir / checkpoint::rng_file);
-      write_text(dir / checkpoint::progress_file, progress_state().dump(2));
-      if (scaler_) write_text(dir / checkpoint::scaler_file, scaler_->state().dump(2));
-    }
-    state_.stateful_callbacks = stateful_callback_states();
+    if (!args_.save_only_model)
+      checkpoint::save_training_state(dir, *optimizer_, *scheduler_, scaler_.get(), loss_progress());
+    state_.stateful_callbacks = handler_.states(control_);
     read_token_count();
-    state_.save_to_json(dir / checkpoint::state_file);
-    write_text(dir / checkpoint::args_file, args_.to_json_string());
-    writer.commit();
-    checkpoint::rotate(output_dir, args_.save_total_limit, state_.best_model_checkpoint);
-    return writer.final_dir();
+    checkpoint::save_state_and_args(dir, state_, args_);
   }
 
-  static void write_text(const std::filesystem::path& file, const std::string& text) {
-    std::ofstream out(file, std::ios::binary);
-    out << text << '\n';
-    out.flush();
-    if (!out) throw CheckpointError("cannot write " + file.string());
+  checkpoint::Progress loss_progress() { return {window_loss_sum(), session_.loss_total, session_.last_logged}; }
+
+  checkpoint::Targets checkpoint_targets() {
+    CallbackHandler* callbacks = args_.restore_callback_states_from_checkpoint ? &handler_ : nullptr;
+    return {*module_, *optimizer_, *scheduler_, scaler_.get(), callbacks, &control_};
   }
 
-  static json read_json(const std::filesystem::path& file) {
-    try {
-      return detail::python_json_load(file);
-    } catch (const FormatError& e) {
-      throw CheckpointError(e.what());
-    }
-  }
-
-  json progress_state() {
-    return {{"loss_since_last_log", window_loss_sum()},
-            {"loss_total", session_.loss_total},
-            {"last_logged_step", session_.last_logged}};
-  }
-
-  // Each stateful callback's state under its key, replaced (never appended, unlike HF #33875) on every save;
-  // several callbacks sharing a key are stored as a list in callback order.
-  json stateful_callback_states() const {
-    json out = json::object();
-    for (const auto& cb : handler_.callbacks()) {
-      json s = cb->state();
-      if (s.is_null()) continue;
-      const std::string key = cb->state_key();
-      if (!out.contains(key)) {
-        out[key] = std::move(s);
-      } else {
-        if (!out[key].is_array()) out[key] = json::array({out[key]});
-        out[key].push_back(std::move(s));
-      }
-    }
-    out["TrainerControl"] = control_.state();
-    return out;
-  }
-
-  static void save_rng_state(const std::filesystem::path& file) {
-    torch::serialize::OutputArchive archive;
-    {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      archive.write("cpu", gen.get_state());
-    }
-    if (torch::cuda::is_available())
-      for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
-        auto gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(i)));
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        archive.write("cuda_" + std::to_string(i), gen.get_state());
-      }
-    archive.save_to(file.string());
-  }
-
-  // Everything is read and checked before anything is applied, so a bad checkpoint changes nothing.
+  // The checkpoint is read and checked whole before anything is loaded, so a refused one changes nothing.
   void resume_from(const std::filesystem::path& dir, int64_t max_steps) {
-    checkpoint::require_files(dir, {checkpoint::model_file, checkpoint::state_file, checkpoint::optimizer_file,
-                                    checkpoint::scheduler_file, checkpoint::rng_file, checkpoint::progress_file});
-    TrainerState loaded;
-    try {
-      loaded = TrainerState::load_from_json(dir / checkpoint::state_file);
-    } catch (const FormatError& e) {
-      throw CheckpointError(e.what());
-    }
-    const json scheduler_state = read_json(dir / checkpoint::scheduler_file);
-    const json progress = read_json(dir / checkpoint::progress_file);
-    const std::optional<json> scaler_state =
-        scaler_ ? std::optional<json>(read_json(dir / checkpoint::scaler_file)) : std::nullopt;
-    torch::serialize::InputArchive optimizer_archive, rng_archive;
-    load_archive(optimizer_archive, dir / checkpoint::optimizer_file);
-    load_archive(rng_archive, dir / checkpoint::rng_file);
-    const auto model_copies = checkpoint::read_model_state(*module_, dir / checkpoint::model_file);
-    double loss_since_last_log = 0, loss_total = 0;
-    int64_t last_logged = 0;
-    try {
-      loss_since_last_log = progress.at("loss_since_last_log").get<double>();
-      loss_total = progress.at("loss_total").get<double>();
-      last_logged = progress.at("last_logged_step").get<int64_t>();
-    } catch (const json::exception& e) {
-      throw CheckpointError((dir / checkpoint::progress_file).string() + ": " + e.what());
-    }
-    if (loaded.train_batch_size && *loaded.train_batch_size != args_.per_device_train_batch_size)
+    const checkpoint::Targets targets = checkpoint_targets();
+    checkpoint::Checkpoint loaded = checkpoint::read(dir, targets);
+    checkpoint::apply(loaded, targets);
+    if (loaded.state.train_batch_size && *loaded.state.train_batch_size != args_.per_device_train_batch_size)
       log::warning("resuming from {} with --per_device_train_batch_size {} although it was trained with {}: the "
                    "data position will not match",
-                   dir.string(), args_.per_device_train_batch_size, *loaded.train_batch_size);
-
-    try {
-      optimizer_->load(optimizer_archive);
-    } catch (const c10::Error& e) {
-      throw CheckpointError((dir / checkpoint::optimizer_file).string() + " does not fit this optimizer: " +
-                            e.what_without_backtrace());
-    }
-    scheduler_->load_state(scheduler_state);
-    if (scaler_state) scaler_->load_state(*scaler_state);
-    checkpoint::apply_model_state(model_copies);
-    restore_rng_state(rng_archive);
+                   dir.string(), args_.per_device_train_batch_size, *loaded.state.train_batch_size);
 
     // Interval steps follow the current arguments (HF keeps the checkpoint's, #28867); say so when they differ.
     const TrainerState current = state_;
-    state_ = std::move(loaded);
+    state_ = std::move(loaded.state);
     state_.compute_steps(args_, max_steps);
     if (state_.logging_steps != current.logging_steps || state_.eval_steps != current.eval_steps ||
         state_.save_steps != current.save_steps)
       log::info("resuming with this run's logging/eval/save steps");
-    session_.loss_sum.fill_(loss_since_last_log);
-    session_.window_base = static_cast<float>(loss_since_last_log);
-    session_.loss_total = loss_total;
-    session_.last_logged = last_logged;
-    if (args_.restore_callback_states_from_checkpoint) restore_callback_states();
-  }
-
-  static void load_archive(torch::serialize::InputArchive& archive, const std::filesystem::path& file) {
-    try {
-      archive.load_from(file.string());
-    } catch (const c10::Error& e) {
-      throw CheckpointError(file.string() + " is corrupt or truncated: " + e.what_without_backtrace());
-    }
-  }
-
-  static void restore_rng_state(torch::serialize::InputArchive& archive) {
-    torch::Tensor cpu;
-    archive.read("cpu", cpu);
-    {
-      auto gen = at::detail::getDefaultCPUGenerator();
-      std::lock_guard<std::mutex> lock(gen.mutex());
-      gen.set_state(cpu);
-    }
-    if (torch::cuda::is_available())
-      for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
-        torch::Tensor s;
-        if (!archive.try_read("cuda_" + std::to_string(i), s)) continue;
-        auto gen = at::globalContext().defaultGenerator(torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(i)));
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        gen.set_state(s);
-      }
-  }
-
-  void restore_callback_states() {
-    const json& stored = state_.stateful_callbacks;
-    std::vector<std::string> unmatched;
-    for (const auto& item : stored.items()) {
-      if (item.key() == "TrainerControl") {
-        control_ = TrainerControl::from_state(item.value());
-        continue;
-      }
-      std::size_t index = 0;
-      for (const auto& cb : handler_.callbacks()) {
-        if (cb->state_key() != item.key()) continue;
-        const json& value = item.value();
-        if (!value.is_array()) {
-          if (index == 0) cb->load_state(value);
-        } else if (index < value.size()) {
-          cb->load_state(value[index]);
-        }
-        ++index;
-      }
-      if (index == 0) unmatched.push_back(item.key());
-    }
-    if (!unmatched.empty()) {
-      std::string names;
-      for (const auto& n : unmatched) names += (names.empty() ? "" : ", ") + n;
-      log::warning("Checkpoint included callbacks not included in current configuration. Ignoring. ({})", names);
-    }
+    session_.loss_sum.fill_(loaded.progress.loss_since_last_log);
+    session_.window_base = static_cast<float>(loaded.progress.loss_since_last_log);
+    session_.loss_total = loaded.progress.loss_total;
+    session_.last_logged = loaded.progress.last_logged_step;
   }
 
   Model model_;

@@ -3,10 +3,17 @@
 // (libtorch's C++ API has no GradScaler; this is the same algorithm built on ATen's AMP kernels).
 #pragma once
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include "torchfit/detail/state_fields.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
@@ -82,9 +89,19 @@ class GradScaler {
   json state() const {
     return {{"scale", scale_.item<float>()}, {"growth_tracker", growth_tracker_.item<int>()}};
   }
+  /// All or nothing: a malformed state throws CheckpointError naming the member and changes nothing.
   void load_state(const json& s) {
-    scale_.fill_(s.at("scale").get<double>());
-    growth_tracker_.fill_(s.at("growth_tracker").get<int64_t>());
+    const char* what = "scaler state";
+    const double scale = number_member(s, what, "scale");
+    const int64_t growth_tracker = integer_member(s, what, "growth_tracker");
+    if (!(std::isfinite(scale) && scale > 0))
+      throw CheckpointError(std::string(what) + ": \"scale\" must be a positive finite number (got " +
+                            kind_of(s.at("scale")) + ")");
+    if (growth_tracker < 0 || growth_tracker > std::numeric_limits<int32_t>::max())
+      throw CheckpointError(std::string(what) + ": \"growth_tracker\" must be a count of steps (got " +
+                            std::to_string(growth_tracker) + ")");
+    scale_.fill_(scale);
+    growth_tracker_.fill_(growth_tracker);
   }
 
  private:

@@ -18,6 +18,7 @@
 
 #include <torch/torch.h>
 
+#include "torchfit/detail/durable_file.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
@@ -63,6 +64,15 @@ inline std::size_t dtype_index(torch::ScalarType type) {
 
 // What the Rust library refuses to parse as a header (it would be a corrupt length field, not a real header).
 inline constexpr uint64_t max_header_size = 100'000'000;
+// A real header nests three levels ({name: {"shape": [...]}}); deeper input is refused before anything recurses
+// over it (printing a value for a message does).
+inline constexpr int max_header_depth = 16;
+
+// A header value for a message, cut short: a corrupt header can hold megabytes.
+inline std::string brief(const json& value) {
+  const std::string text = value.dump();
+  return text.size() <= 60 ? text : text.substr(0, 57) + "...";
+}
 
 struct Entry {
   std::string name;
@@ -81,7 +91,7 @@ struct Header {
 inline uint64_t unsigned_field(const std::filesystem::path& path, const std::string& name, const char* field,
                                const json& value) {
   if (!value.is_number_unsigned())
-    fail(path, "tensor \"" + name + "\" has " + field + " entry " + value.dump() +
+    fail(path, "tensor \"" + name + "\" has " + field + " entry " + brief(value) +
                    " where a non-negative integer belongs");
   return value.get<uint64_t>();
 }
@@ -89,20 +99,20 @@ inline uint64_t unsigned_field(const std::filesystem::path& path, const std::str
 inline Entry parse_entry(const std::filesystem::path& path, const std::string& name, const json& info,
                          uint64_t data_size) {
   if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-    fail(path, "tensor \"" + name + "\" needs \"dtype\", \"shape\" and \"data_offsets\" (got " + info.dump() + ")");
+    fail(path, "tensor \"" + name + "\" needs \"dtype\", \"shape\" and \"data_offsets\" (got " + brief(info) + ")");
   const json& dtype = info.at("dtype");
   const auto& dtypes = safetensors_dtypes();
   const auto d = std::find_if(dtypes.begin(), dtypes.end(), [&](const SafetensorsDtype& x) {
     return dtype.is_string() && dtype.get<std::string>() == x.name;
   });
   if (d == dtypes.end())
-    fail(path, "tensor \"" + name + "\" has unsupported dtype " + dtype.dump() + " (supported: " +
+    fail(path, "tensor \"" + name + "\" has unsupported dtype " + brief(dtype) + " (supported: " +
                    supported_dtypes() + ")");
   const json& shape = info.at("shape");
   const json& offsets = info.at("data_offsets");
-  if (!shape.is_array()) fail(path, "tensor \"" + name + "\" has shape " + shape.dump() + ", not an array");
+  if (!shape.is_array()) fail(path, "tensor \"" + name + "\" has shape " + brief(shape) + ", not an array");
   if (!offsets.is_array() || offsets.size() != 2)
-    fail(path, "tensor \"" + name + "\" has data_offsets " + offsets.dump() + ", not [begin, end]");
+    fail(path, "tensor \"" + name + "\" has data_offsets " + brief(offsets) + ", not [begin, end]");
 
   Entry e{name, &*d, {}, unsigned_field(path, name, "data_offsets", offsets[0]),
           unsigned_field(path, name, "data_offsets", offsets[1])};
@@ -112,13 +122,13 @@ inline Entry parse_entry(const std::filesystem::path& path, const std::string& n
     const uint64_t n = unsigned_field(path, name, "shape", dim);
     if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
         (n != 0 && bytes > std::numeric_limits<uint64_t>::max() / n))
-      fail(path, "tensor \"" + name + "\" has shape " + shape.dump() + ", too large to address");
+      fail(path, "tensor \"" + name + "\" has shape " + brief(shape) + ", too large to address");
     bytes *= n;
     e.shape.push_back(static_cast<int64_t>(n));
   }
   if (e.end < e.begin || e.end - e.begin != bytes)
     fail(path, "tensor \"" + name + "\" has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                   "] but its shape " + shape.dump() + " and dtype " + d->name + " need " + std::to_string(bytes) +
+                   "] but its shape " + brief(shape) + " and dtype " + d->name + " need " + std::to_string(bytes) +
                    " bytes");
   if (e.end > data_size)
     fail(path, "tensor \"" + name + "\" ends at byte " + std::to_string(e.end) + " of a " + std::to_string(data_size) +
@@ -146,17 +156,20 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
   // nlohmann keeps one of two equal keys silently; the callback sees every top-level key to catch duplicates.
   std::set<std::string> keys;
   std::string duplicate;
+  bool too_deep = false;
   json parsed;
   try {
     parsed = json::parse(text, [&](int depth, json::parse_event_t event, json& value) {
       if (depth == 1 && event == json::parse_event_t::key && !keys.insert(value.get<std::string>()).second &&
           duplicate.empty())
         duplicate = value.get<std::string>();
-      return true;
+      if (depth > max_header_depth) too_deep = true;
+      return !too_deep;
     });
-  } catch (const json::parse_error& e) {
-    fail(path, std::string("the header is not JSON (") + e.what() + ")");
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number such as 1e999
+    fail(path, std::string("the header is not valid JSON (") + e.what() + ")");
   }
+  if (too_deep) fail(path, "the header nests deeper than " + std::to_string(max_header_depth) + " levels");
   if (!parsed.is_object()) fail(path, "the header is " + std::string(parsed.type_name()) + ", not a JSON object");
   if (!duplicate.empty()) fail(path, "the header names \"" + duplicate + "\" twice");
 
@@ -167,10 +180,10 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
       h.entries.push_back(parse_entry(path, item.key(), item.value(), file_size - h.data_start));
       continue;
     }
-    if (!item.value().is_object()) fail(path, "__metadata__ is " + item.value().dump() + ", not an object of strings");
+    if (!item.value().is_object()) fail(path, "__metadata__ is " + brief(item.value()) + ", not an object of strings");
     for (const auto& m : item.value().items()) {
       if (!m.value().is_string())
-        fail(path, "__metadata__ entry \"" + m.key() + "\" is " + m.value().dump() + ", not a string");
+        fail(path, "__metadata__ entry \"" + m.key() + "\" is " + brief(m.value()) + ", not a string");
       h.metadata[m.key()] = m.value().get<std::string>();
     }
   }
@@ -256,16 +269,14 @@ inline void save_safetensors(const std::filesystem::path& path,
   char prefix[8];
   for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>(static_cast<uint64_t>(text.size()) >> (8 * i));
 
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) throw CheckpointError("cannot open " + path.string() + " for writing");
+  DurableFile out(path);
   out.write(prefix, 8);
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  out.write(text);
   for (const Item& item : items) {
     const auto cpu = item.tensor->detach().to(torch::kCPU).contiguous();
-    out.write(static_cast<const char*>(cpu.data_ptr()), static_cast<std::streamsize>(cpu.nbytes()));
+    out.write(cpu.data_ptr(), cpu.nbytes());
   }
-  out.flush();
-  if (!out) throw CheckpointError("cannot write " + path.string() + " (disk full?)");
+  out.finish();
 }
 
 /// Reads every tensor of a safetensors file (as CPU tensors, in header order). A file that is inconsistent in
@@ -278,7 +289,13 @@ inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(const
   const auto h = safetensors_impl::read_header(in, path, file_size);
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& e : h.entries) {
-    auto t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
+    torch::Tensor t;
+    try {
+      t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
+    } catch (const c10::Error& error) {  // a shape libtorch cannot hold, e.g. an element count past int64
+      safetensors_impl::fail(path, "tensor \"" + e.name + "\" of shape " + c10::str(c10::IntArrayRef(e.shape)) +
+                                       " cannot be allocated: " + error.what_without_backtrace());
+    }
     if (e.end > e.begin) {
       in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
       in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
