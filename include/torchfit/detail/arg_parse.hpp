@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -18,15 +17,11 @@
 #include <utility>
 #include <vector>
 
-#ifdef _WIN32
-#include <cstdio>
-#else
-#include <unistd.h>
-#endif
-
 #include <fmt/format.h>
 
 #include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/strings.hpp"
+#include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
@@ -43,23 +38,6 @@ template <class T>
 inline constexpr bool is_optional_v = false;
 template <class T>
 inline constexpr bool is_optional_v<std::optional<T>> = true;
-
-inline std::string lower(std::string_view text) {
-  std::string out(text);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-/// `text` without the blanks (spaces, tabs, carriage returns) at either end.
-inline std::string trim(std::string_view text) {
-  const auto first = text.find_first_not_of(" \t\r");
-  if (first == std::string_view::npos) return {};
-  return std::string(text.substr(first, text.find_last_not_of(" \t\r") - first + 1));
-}
-
-inline bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
 
 /// A value as it appears in a message: a JSON string literal, so empty strings and spaces stay visible
 /// (invalid UTF-8, possible in argv, shown as U+FFFD rather than failing).
@@ -304,20 +282,6 @@ std::string closest_name(std::string_view name, const Names& candidates) {
     if (row.back() < best_distance) best_distance = row.back(), best = std::string(c);
   }
   return best;
-}
-
-/// Python's `os.path.expanduser` for a leading `~` or `~/` ($HOME); other paths unchanged.
-inline std::string expand_user(const std::string& path) {
-  const char* home = std::getenv("HOME");
-  if (home == nullptr || path.empty() || path[0] != '~' || (path.size() > 1 && path[1] != '/')) return path;
-  return home + path.substr(1);
-}
-
-/// This machine's host name ("localhost" if it cannot be read).
-inline std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
 }
 
 /// HF's `default_logdir()`: `runs/<%b%d_%H-%M-%S>_<hostname>`, the time in local time.

@@ -28,9 +28,9 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/log_files.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"

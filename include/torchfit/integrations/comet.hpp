@@ -18,11 +18,11 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/background_queue.hpp"
-#include "torchfit/detail/comet_api.hpp"
-#include "torchfit/detail/http_client.hpp"
+#include "torchfit/integrations/detail/background_queue.hpp"
+#include "torchfit/integrations/detail/comet_api.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"

@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/log_files.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <utility>
 
-#include "torchfit/detail/log_files.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"

@@ -21,8 +21,8 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/arg_parse.hpp"
-#include "torchfit/detail/tensorboard_event.hpp"
+#include "torchfit/detail/system.hpp"
+#include "torchfit/integrations/detail/tensorboard_event.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"

@@ -19,8 +19,8 @@
 #include <fmt/format.h>
 #include <sqlite3.h>
 
-#include "torchfit/detail/arg_parse.hpp"
-#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/detail/system.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/trainer_state.hpp"

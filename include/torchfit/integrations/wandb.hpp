@@ -17,12 +17,13 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/arg_parse.hpp"
-#include "torchfit/detail/background_queue.hpp"
-#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/strings.hpp"
+#include "torchfit/detail/system.hpp"
+#include "torchfit/integrations/detail/background_queue.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/tracker_common.hpp"
-#include "torchfit/detail/wandb_api.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
+#include "torchfit/integrations/detail/wandb_api.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"

@@ -19,7 +19,7 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/arg_parse.hpp"
+#include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"

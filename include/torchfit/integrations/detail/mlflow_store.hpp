@@ -17,10 +17,10 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/http_client.hpp"
-#include "torchfit/detail/log_files.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/tracker_common.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 

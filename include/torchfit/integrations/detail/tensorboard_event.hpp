@@ -7,7 +7,7 @@
 #include <string>
 #include <string_view>
 
-#include "torchfit/detail/tfrecord.hpp"
+#include "torchfit/integrations/detail/tfrecord.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail::tensorboard {

@@ -14,7 +14,7 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/http_client.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"

@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-#include "torchfit/detail/crc32c.hpp"
+#include "torchfit/integrations/detail/crc32c.hpp"
 
 namespace torchfit::detail {
 

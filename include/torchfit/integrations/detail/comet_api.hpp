@@ -12,8 +12,8 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/arg_parse.hpp"
-#include "torchfit/detail/http_client.hpp"
+#include "torchfit/detail/strings.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
