@@ -203,6 +203,29 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
     make(R"({"x":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "");
     refused(R"(tensor "x" has shape [4294967296,4294967296], too large to address)");
   }
+  SECTION("an offset no integer type holds") {
+    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,1e999]}})", std::string(8, '\0'));
+    CHECK_THROWS_AS(load_safetensors(file), CheckpointError);
+    CHECK_THROWS_WITH(load_safetensors(file),
+                      file.string() + " is not a valid safetensors file: the header is not valid JSON "
+                                      "([json.exception.out_of_range.406] number overflow parsing '1e999')");
+  }
+  SECTION("an offset past 2^64") {
+    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", std::string(8, '\0'));
+    refused(R"(tensor "x" has data_offsets entry 1.8446744073709552e+19 where a non-negative integer belongs)");
+  }
+  SECTION("a negative offset") {
+    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[-1,8]}})", std::string(8, '\0'));
+    refused(R"(tensor "x" has data_offsets entry -1 where a non-negative integer belongs)");
+  }
+  SECTION("a shape whose element count passes 2^64 only with the element size") {
+    make(R"({"x":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})", "");
+    refused(R"(tensor "x" has shape [4611686018427387904], too large to address)");
+  }
+  SECTION("a header nested deeper than any real one") {
+    make(R"({"x":)" + std::string(20, '[') + std::string(20, ']') + "}", "");
+    refused("the header nests deeper than 16 levels");
+  }
   SECTION("shape and offsets disagree") {
     make(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0'));
     refused(R"(tensor "x" has data_offsets [0, 8] but its shape [3] and dtype F32 need 12 bytes)");
