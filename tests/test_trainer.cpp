@@ -1,5 +1,10 @@
 // SPDX-License-Identifier: MIT
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <catch2/catch.hpp>
 
@@ -851,5 +856,187 @@ TEST_CASE("tune_cpu_allocator: CPU training steps re-use freed buffers instead o
     // glibc's default here: about 390 faults a step (the gradient and activation buffers, again and again);
     // tuned, about 3.
     CHECK((minor_faults() - before) / 20 < 20);
+  }
+}
+
+namespace {
+
+// A training run of 10 updates (2 epochs of 5, GA 2, dropout) saving every 3 steps; the signal tests run it in a
+// child process (the hidden test case below) so that the process can end as a signal makes it.
+TrainingArguments signal_run_args(const std::string& output_dir) {
+  TrainingArguments args;
+  args.output_dir = output_dir;
+  args.per_device_train_batch_size = 4;
+  args.gradient_accumulation_steps = 2;
+  args.num_train_epochs = 2;
+  args.learning_rate = 1e-2;
+  args.logging_steps = 2;
+  args.save_steps = 3;
+  args.disable_tqdm = true;
+  return args;
+}
+
+// Sends itself `signal` `times` times between the two micro-batches of update `step`.
+struct SignalDuringStep : TrainerCallback {
+  SignalDuringStep(int64_t at_step, int sig, int count) : step(at_step), signal(sig), times(count) {}
+  void on_substep_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (state.global_step + 1 != step) return;
+    for (int i = 0; i < times; ++i) std::raise(signal);
+  }
+  int64_t step;
+  int signal;
+  int times;
+};
+
+struct ChildResult {
+  int status = 0;
+  std::string stderr_text;
+};
+
+// Runs the hidden "signal child" test case of this executable with the given environment.
+ChildResult run_signal_child(const std::filesystem::path& dir, const std::string& mode, int signal = 0,
+                             int times = 0) {
+  const auto err = dir / ("stderr-" + mode + ".txt");
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int null = open("/dev/null", O_WRONLY);
+    if (fd < 0 || dup2(fd, STDERR_FILENO) < 0 || null < 0 || dup2(null, STDOUT_FILENO) < 0) _exit(126);
+    setenv("TORCHFIT_SIGNAL_DIR", dir.c_str(), 1);
+    setenv("TORCHFIT_SIGNAL_MODE", mode.c_str(), 1);
+    setenv("TORCHFIT_SIGNAL", std::to_string(signal).c_str(), 1);
+    setenv("TORCHFIT_SIGNAL_TIMES", std::to_string(times).c_str(), 1);
+    execl("/proc/self/exe", "test_trainer", "signal child", nullptr);
+    _exit(127);
+  }
+  ChildResult result;
+  REQUIRE(waitpid(pid, &result.status, 0) == pid);
+  result.stderr_text = test::read_file(err);
+  return result;
+}
+
+bool has_leftovers(const std::filesystem::path& dir) {
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    if (entry.path().filename().string().rfind(".checkpoint-", 0) == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST_CASE("signal child", "[.signal_child]") {
+  const std::string dir = std::getenv("TORCHFIT_SIGNAL_DIR");
+  const std::string mode = std::getenv("TORCHFIT_SIGNAL_MODE");
+  torch::manual_seed(3);
+  Trainer trainer(Mlp(), signal_run_args(dir + "/" + (mode == "resume" ? "signal" : mode)), test::regression_data(36),
+                  test::mse_loss);
+  trainer.remove_callback<PrinterCallback>();
+  if (mode == "signal")
+    trainer.add_callback<SignalDuringStep>(7, std::atoi(std::getenv("TORCHFIT_SIGNAL")),
+                                           std::atoi(std::getenv("TORCHFIT_SIGNAL_TIMES")));
+  trainer.train(mode == "resume" ? std::optional<std::string>("last") : std::nullopt);
+  trainer.save_model(dir + "/final-" + mode);
+}
+
+TEST_CASE("SIGTERM and SIGINT stop after the current update, save a checkpoint, exit with 143 and 130, and the run "
+          "resumes bit-exactly",
+          "[trainer][signals]") {
+  for (const int signal : {SIGTERM, SIGINT}) {
+    test::TempDir dir;
+    INFO("signal " << signal);
+    REQUIRE(run_signal_child(dir.path(), "reference").status == 0);
+    const ChildResult stopped = run_signal_child(dir.path(), "signal", signal, 1);
+    REQUIRE(WIFEXITED(stopped.status));
+    CHECK(WEXITSTATUS(stopped.status) == 128 + signal);
+    const auto run_dir = dir / "signal";
+    // Update 7 was finished and saved (its micro-batches were half done when the signal came); nothing after it.
+    CHECK(checkpoint::list(run_dir) ==
+          std::vector<std::filesystem::path>{checkpoint::dir_for(run_dir, 3), checkpoint::dir_for(run_dir, 6),
+                                             checkpoint::dir_for(run_dir, 7)});
+    CHECK_FALSE(has_leftovers(run_dir));
+    const std::string name = signal == SIGTERM ? "SIGTERM" : "SIGINT";
+    CHECK(stopped.stderr_text == "[torchfit] warning: training stopped by " + name + " after step 7; checkpoint in " +
+                                     checkpoint::dir_for(run_dir, 7).string() +
+                                     " (resume with --resume_from_checkpoint last)\n");
+    REQUIRE(run_signal_child(dir.path(), "resume").status == 0);
+    CHECK(test::read_file(dir / "final-resume" / "model.safetensors") ==
+          test::read_file(dir / "final-reference" / "model.safetensors"));
+  }
+}
+
+TEST_CASE("a second signal ends the process at once", "[trainer][signals]") {
+  test::TempDir dir;
+  const ChildResult killed = run_signal_child(dir.path(), "signal", SIGINT, 2);
+  REQUIRE(WIFSIGNALED(killed.status));
+  CHECK(WTERMSIG(killed.status) == SIGINT);
+  const auto run_dir = dir / "signal";
+  CHECK(checkpoint::list(run_dir) ==
+        std::vector<std::filesystem::path>{checkpoint::dir_for(run_dir, 3), checkpoint::dir_for(run_dir, 6)});
+}
+
+TEST_CASE("with set_exit_on_signal(false) train() returns after the clean stop and names the signal",
+          "[trainer][signals]") {
+  test::TempDir dir;
+  torch::manual_seed(3);
+  Trainer trainer(Mlp(), signal_run_args(dir.path().string()), test::regression_data(36), test::mse_loss);
+  trainer.remove_callback<PrinterCallback>();
+  trainer.add_callback<SignalDuringStep>(4, SIGTERM, 1);
+  trainer.set_exit_on_signal(false);
+  struct sigaction before {};
+  sigaction(SIGTERM, nullptr, &before);
+  test::CaptureLog log;
+  const auto out = trainer.train();
+  CHECK(out.global_step == 4);
+  CHECK(trainer.interrupted_by() == SIGTERM);
+  CHECK(checkpoint::is_complete(checkpoint::dir_for(dir.path(), 4)));
+  // No stop reason is recorded: a resumed run trains on (unlike an early stop).
+  CHECK(trainer.control().stop_reason.empty());
+  CHECK(log.text().empty());
+  // The handlers are gone after train(): the previous one is back.
+  struct sigaction after {};
+  sigaction(SIGTERM, nullptr, &after);
+  CHECK(after.sa_handler == before.sa_handler);
+}
+
+TEST_CASE("TerminateOnNan stops a diverging run at the next log, records why, and costs no sync between logs",
+          "[trainer][terminate_on_nan]") {
+  test::TempDir dir;
+  auto args = quiet_args(dir);
+  args.optim = "sgd";
+  args.max_grad_norm = 0;
+  args.max_steps = 40;
+  args.logging_steps = 5;
+  args.num_train_epochs = 100;
+  SECTION("a diverging run") {
+    args.learning_rate = 1e6;
+    args.terminate_on_nan = true;
+    args.save_strategy = SaveStrategy::steps;
+    args.save_steps = 5;
+    Trainer trainer(Mlp(), args, test::regression_data(16), test::mse_loss);
+    trainer.remove_callback<ProgressCallback>();
+    test::CaptureLog log;
+    trainer.train();
+    const int64_t stopped_at = trainer.state().global_step;
+    CHECK(stopped_at < 40);
+    CHECK(stopped_at % 5 == 0);
+    CHECK(trainer.control().stop_reason ==
+          "the training loss became NaN or infinite before step " + std::to_string(stopped_at));
+    CHECK(log.text() == "[torchfit] warning: TerminateOnNanCallback: stopping training: " +
+                            trainer.control().stop_reason + "\n");
+    // The diverged model is not saved at the stopping step.
+    CHECK_FALSE(std::filesystem::exists(checkpoint::dir_for(dir.path(), stopped_at)));
+  }
+  SECTION("one extra read per log, none between logs") {
+    args.learning_rate = 1e-3;
+    const auto reads = [&](bool terminate_on_nan) {
+      args.terminate_on_nan = terminate_on_nan;
+      Trainer trainer(Mlp(), args, test::regression_data(16), test::mse_loss);
+      trainer.remove_callback<ProgressCallback>();
+      const int64_t before = torchfit::detail::host_reads();
+      trainer.train();
+      CHECK(trainer.state().global_step == 40);
+      return torchfit::detail::host_reads() - before;
+    };
+    CHECK(reads(true) - reads(false) == 8);  // 8 training logs
   }
 }

@@ -21,4 +21,5 @@
 #include "torchfit/callbacks/printer.hpp"
 #include "torchfit/callbacks/progress.hpp"
 #include "torchfit/callbacks/early_stopping.hpp"
+#include "torchfit/callbacks/terminate_on_nan.hpp"
 #include "torchfit/trainer.hpp"
