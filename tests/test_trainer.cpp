@@ -427,7 +427,7 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
     args.num_train_epochs = 1e300;
     Trainer trainer(Mlp(), args, data, test::mse_loss);
     CHECK_THROWS_AS(trainer.train(), ArgumentError);
-    CHECK_THROWS_WITH(trainer.train(), Catch::Matchers::Contains("--num_train_epochs 1e+300 is too large"));
+    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("--num_train_epochs 1e+300 is too large"));
     CHECK(trainer.state().global_step == 0);
   }
   SECTION("inputs and targets of different lengths") {

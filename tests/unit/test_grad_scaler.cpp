@@ -55,6 +55,6 @@ TEST_CASE("the fp16 loss scaler skips steps whose gradients overflow, backs off 
 TEST_CASE("a loss scaler state that does not fit is refused whole", "[unit][grad_scaler]") {
   GradScaler scaler(torch::kCPU);
   CHECK_THROWS_WITH(scaler.load_state({{"scale", -1.0}, {"growth_tracker", 0}}),
-                    Catch::Matchers::Contains("\"scale\" must be a positive finite number"));
+                    Catch::Contains("\"scale\" must be a positive finite number"));
   CHECK(scaler.state().at("scale") == 65536.0);
 }

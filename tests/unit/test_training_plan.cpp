@@ -25,11 +25,11 @@ TEST_CASE("the training plan follows HF's arithmetic in doubles and refuses coun
   args.max_steps = -1;
   args.num_train_epochs = 1e300;
   CHECK_THROWS_AS(TrainingPlan::make(args, 10), ArgumentError);
-  CHECK_THROWS_WITH(TrainingPlan::make(args, 10), Catch::Matchers::Contains("--num_train_epochs 1e+300 is too large"));
+  CHECK_THROWS_WITH(TrainingPlan::make(args, 10), Catch::Contains("--num_train_epochs 1e+300 is too large"));
   args.num_train_epochs = 1;
   args.dataloader_drop_last = true;
   CHECK_THROWS_AS(TrainingPlan::make(args, 3), ArgumentError);
-  CHECK_THROWS_WITH(TrainingPlan::make(args, 3), Catch::Matchers::Contains("--dataloader_drop_last drops every batch"));
+  CHECK_THROWS_WITH(TrainingPlan::make(args, 3), Catch::Contains("--dataloader_drop_last drops every batch"));
   CHECK_THROWS_AS(TrainingPlan::make(args, 0), Error);
-  CHECK_THROWS_WITH(TrainingPlan::make(args, 0), Catch::Matchers::Contains("train dataset is empty"));
+  CHECK_THROWS_WITH(TrainingPlan::make(args, 0), Catch::Contains("train dataset is empty"));
 }
