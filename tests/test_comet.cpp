@@ -129,10 +129,7 @@ class FakeComet {
 CometOptions fast_options(const std::string& uri) {
   CometOptions o;
   o.url = uri + "/clientlib/";
-  o.max_retries = 2;
-  o.backoff_factor_s = 0.01;
-  o.request_timeout_s = 5;
-  o.total_timeout_s = 10;
+  o.retry = RetryPolicy{0.01, 60, 5, 2, 10};
   return o;
 }
 

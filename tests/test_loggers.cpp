@@ -87,7 +87,7 @@ TEST_CASE(
   TempDir tmp;
   Run run(tmp.path());
   run.state.epoch = 1.5;
-  auto csv = run.handler.add_callback<CSVCallback>(tmp / "sub" / "custom.csv");
+  auto csv = run.handler.add_callback<CSVCallback>(CSVOptions{tmp / "sub" / "custom.csv"});
   run.log(7, {{"plain", "ok"},
               {"comma", "a,b"},
               {"quote", "say \"hi\""},

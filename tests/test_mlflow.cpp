@@ -127,10 +127,7 @@ std::vector<HttpRequest> with_target(const std::vector<HttpRequest>& all, const 
 MLflowOptions fast_rest(const std::string& uri, double request_timeout_s = 5, double total_timeout_s = 10) {
   MLflowOptions o;
   o.tracking_uri = uri;
-  o.max_retries = 3;
-  o.backoff_factor_s = 0.01;
-  o.request_timeout_s = request_timeout_s;
-  o.total_timeout_s = total_timeout_s;
+  o.retry = RetryPolicy{0.01, 60, request_timeout_s, 3, total_timeout_s};
   return o;
 }
 

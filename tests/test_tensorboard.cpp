@@ -573,7 +573,7 @@ TEST_CASE("the log directory: constructor over TENSORBOARD_LOGGING_DIR over args
   }
   SECTION("the constructor") {
     ScopedEnv env("TENSORBOARD_LOGGING_DIR", (tmp / "from_env").string());
-    TensorBoardCallback tb(tmp / "from_ctor");
+    TensorBoardCallback tb(TensorBoardOptions{tmp / "from_ctor"});
     CHECK(tb.log_dir(run.args) == tmp / "from_ctor");
   }
   SECTION("none: an error saying how to set one") {

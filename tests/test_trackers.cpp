@@ -70,7 +70,7 @@ TEST_CASE("DVCLive: TSV per metric under DVCLive's names, nested metrics.json, p
   TempDir tmp;
   const fs::path dir = tmp / "dvclive";
   Run run(tmp / "out");
-  auto dvclive = run.handler.add_callback<DVCLiveCallback>(dir);
+  auto dvclive = run.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{dir});
   CaptureLog log;
   simulate(run, 0, 4);
   CHECK(log.text().empty());
@@ -123,7 +123,7 @@ TEST_CASE("DVCLive: a fresh run clears an earlier run's files, a resumed run con
   const fs::path dir = tmp / "dvclive";
   {
     Run first(tmp / "out");
-    first.handler.add_callback<DVCLiveCallback>(dir);
+    first.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{dir});
     first.train_begin();
     for (int64_t step = 1; step <= 5; ++step) first.log(step, {{"loss", double(step)}});
     // interrupted: no on_train_end; the checkpoint at step 3 holds the first three log entries
@@ -134,7 +134,7 @@ TEST_CASE("DVCLive: a fresh run clears an earlier run's files, a resumed run con
   Run second(tmp / "out", /*resumed_step=*/3);
   for (int64_t step = 1; step <= 3; ++step)
     second.state.log_history.push_back({{"loss", double(step)}, {"step", step}});
-  auto dvclive = second.handler.add_callback<DVCLiveCallback>(dir);
+  auto dvclive = second.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{dir});
   second.train_begin();
   CHECK(dvclive->step() == 3);
   CHECK(read_file(dir / "plots" / "metrics" / "loss.tsv") == "step\tloss\n0\t1.0\n1\t2.0\n2\t3.0\n");
@@ -146,7 +146,7 @@ TEST_CASE("DVCLive: a fresh run clears an earlier run's files, a resumed run con
   CHECK(read_file(dir / "metrics.json") == "{\n    \"loss\": 6.5,\n    \"step\": 5\n}\n");
 
   Run fresh(tmp / "out");
-  fresh.handler.add_callback<DVCLiveCallback>(dir);
+  fresh.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{dir});
   fresh.train_begin();
   CHECK_FALSE(fs::exists(dir / "plots" / "metrics" / "loss.tsv"));
   CHECK_FALSE(fs::exists(dir / "metrics.json"));
@@ -156,7 +156,7 @@ TEST_CASE("DVCLive: non-finite values are logged as Python's text, other types d
           "[trackers]") {
   TempDir tmp;
   Run run(tmp / "out");
-  run.handler.add_callback<DVCLiveCallback>(tmp / "dvclive");
+  run.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{tmp / "dvclive"});
   CaptureLog log;
   run.train_begin();
   run.log(1, {{"loss", std::numeric_limits<double>::quiet_NaN()},
@@ -183,7 +183,7 @@ TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warnin
   TempDir tmp;
   write_file(tmp / "blocker", "a file");
   Run run(tmp / "out");
-  run.handler.add_callback<DVCLiveCallback>(tmp / "blocker" / "dvclive");
+  run.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{tmp / "blocker" / "dvclive"});
   check_disabled_with_one_warning(run, "[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of "
                                        "this run: cannot create the DVCLive directory " +
                                            (tmp / "blocker" / "dvclive").string() + ": ");
@@ -234,7 +234,7 @@ TEST_CASE("Trackio: the project database has Trackio's schema, one metrics row p
   TempDir tmp;
   ScopedEnv dir("TRACKIO_DIR", (tmp / "trackio").string());
   Run run(tmp / "out");
-  auto trackio = run.handler.add_callback<TrackioCallback>("my.project!");
+  auto trackio = run.handler.add_callback<TrackioCallback>(TrackioOptions{"my.project!"});
   CaptureLog log;
   simulate(run, 0, 2);
   run.log(3, {{"loss", std::numeric_limits<double>::quiet_NaN()},

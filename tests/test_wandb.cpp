@@ -194,10 +194,7 @@ WandbOptions fast_options(const std::string& uri, double transmit_interval_s = 0
   WandbOptions o;
   o.base_url = uri;
   o.transmit_interval_s = transmit_interval_s;
-  o.max_retries = 2;
-  o.backoff_factor_s = 0.01;
-  o.request_timeout_s = 5;
-  o.total_timeout_s = 10;
+  o.retry = RetryPolicy{0.01, 60, 5, 2, 10};
   return o;
 }
 

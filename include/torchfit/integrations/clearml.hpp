@@ -16,14 +16,14 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
 #include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/clearml_api.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
-#include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -49,76 +49,9 @@ struct ClearMLOptions {
   std::optional<std::string> task_name;
   /// Seconds between two `tasks.ping` keep-alives (ClearML's client: 30).
   double ping_interval_s = 30;
-  /// Requests failing with 408, 429, 5xx or a transport error are retried after `backoff_factor_s * 2^n`
-  /// seconds, at most `max_retries` times; each attempt is cut off after `request_timeout_s`, and a request
-  /// that has not succeeded `total_timeout_s` after its first attempt fails.
-  int max_retries = 8;
-  double backoff_factor_s = 1;
-  double request_timeout_s = 30;
-  double total_timeout_s = 60;
+  /// How a failed request is retried.
+  RetryPolicy retry{1, 60, 30, 8, 60};
 };
-
-namespace detail {
-
-/// ClearML's hyperparameter value text: Python's str() of the value, None as "", lists and dicts as
-/// json.dumps.
-inline std::string clearml_value_text(const json& value) {
-  if (value.is_null()) return "";
-  if (value.is_structured()) return python_json_dumps(value, -1, false);
-  return python_str(value);
-}
-
-/// ClearML's hyperparameter type name (its get_basic_type): the Python type's name (int, float, bool, str,
-/// NoneType, dict), for a list `list/<its first item's type>`.
-inline std::string clearml_value_type(const json& value) {
-  const std::string repr = python_type_repr(value);  // <class 'int'>
-  std::string name = repr.substr(8, repr.size() - 10);
-  if (value.is_array() && !value.empty()) name += "/" + clearml_value_type(value[0]);
-  return name;
-}
-
-/// HF's hyperparameter section: each argument (those ending in `_token` left out), nested objects flattened
-/// with `/`, as ClearML's `{name: {section, name, value, type, description}}` items.
-inline void clearml_add_hyperparams(json& section, const std::string& section_name, const json& values,
-                                    const std::string& prefix = "") {
-  for (auto it = values.begin(); it != values.end(); ++it) {
-    const std::string name = prefix + it.key();
-    if (ends_with(name, "_token")) continue;
-    if (it.value().is_object() && !it.value().empty()) {
-      clearml_add_hyperparams(section, section_name, it.value(), name + "/");
-      continue;
-    }
-    section[name] = {{"section", section_name},
-                     {"name", name},
-                     {"value", clearml_value_text(it.value())},
-                     {"type", clearml_value_type(it.value())},
-                     {"description", ""}};
-  }
-}
-
-/// The web app ClearML derives from an API server: `https://api.clear.ml` -> `https://app.clear.ml`,
-/// `://api.` -> `://app.`, port 8008 -> 8080.
-inline std::string clearml_web_host(std::string api_host) {
-  if (const auto at = api_host.find("://api."); at != std::string::npos)
-    return api_host.replace(at, 7, "://app.");
-  if (const auto at = api_host.rfind(":8008"); at != std::string::npos && at + 5 == api_host.size())
-    return api_host.replace(at, 5, ":8080");
-  return api_host;
-}
-
-/// A project name as the exact-match pattern projects.get_all takes (Python's `"^%s$" % re.escape(name)`).
-inline std::string clearml_name_pattern(const std::string& name) {
-  std::string out = "^";
-  for (const char c : name) {
-    const bool word = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-                      c == '_' || static_cast<unsigned char>(c) >= 0x80;
-    if (!word) out += '\\';
-    out += c;
-  }
-  return out + "$";
-}
-
-}  // namespace detail
 
 /// Logs the run as a ClearML task like HF's ClearMLCallback:
 /// - on_train_begin (or the first on_log): logs in, finds or creates the project `CLEARML_PROJECT` (default
@@ -138,7 +71,7 @@ inline std::string clearml_name_pattern(const std::string& name) {
 /// request never holds up a training step; `tasks.ping` keeps the task alive every `ping_interval_s`. A call
 /// that fails for good drops the calls behind it and disables the tracker at its next event with one warning.
 /// `CLEARML_OFFLINE_MODE` is refused (no offline session writer).
-class ClearMLCallback : public LazyTrackerCallback {
+class ClearMLCallback : public TrackerCallback {
  public:
   explicit ClearMLCallback(ClearMLOptions options = {}) : options_(std::move(options)) {}
 
@@ -157,12 +90,40 @@ class ClearMLCallback : public LazyTrackerCallback {
   ClearMLCallback(const ClearMLCallback&) = delete;
   ClearMLCallback& operator=(const ClearMLCallback&) = delete;
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx) || !open_) return;
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (is_open(state) && open_) flush();
+  }
+
+  /// Waits until every call made so far has reached ClearML; rethrows the first failure of a background call.
+  void flush() { queue_.drain(); }
+
+  /// Marks the task completed, stops the keep-alive and waits for the pending calls. Later events are
+  /// ignored.
+  void finish() { end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}}); }
+
+  /// The task and its project (empty before setup), and the task's page in the web app.
+  const std::string& task_id() const { return task_id_; }
+  const std::string& project_id() const { return project_id_; }
+  std::string link() const {
+    if (task_id_.empty()) return {};
+    // The web app names tasks "tasks" from API 2.31 on, "experiments" before.
+    const std::string& v = api_->server_api_version();
+    const auto dot = v.find('.');
+    const bool tasks_route =
+        dot != std::string::npos &&
+        std::make_pair(std::atoi(v.c_str()), std::atoi(v.c_str() + dot + 1)) >= std::make_pair(2, 31);
+    return fmt::format("{}/projects/{}/{}/{}/output/log", web_host_, project_id_,
+                       tasks_route ? "tasks" : "experiments", task_id_);
+  }
+
+ private:
+  static constexpr std::int64_t single_value_iteration = -2147483648LL;  // ClearML's single-values table
+
+  void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
+    if (!open_) return;
     queue_.rethrow_if_failed();
     const auto now = detail::unix_time_ms();
     std::vector<json> events;
-    const Logs& logs = *ctx.logs;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       const std::string& key = it.key();
       const json& v = it.value();
@@ -193,35 +154,6 @@ class ClearMLCallback : public LazyTrackerCallback {
       queue_.submit([api = api_.get(), events = std::move(events)] { api->add_events(events); });
   }
 
-  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (open_ && state.is_world_process_zero) flush();
-  }
-
-  /// Waits until every call made so far has reached ClearML; rethrows the first failure of a background call.
-  void flush() { queue_.drain(); }
-
-  /// Marks the task completed, stops the keep-alive and waits for the pending calls. Later events are
-  /// ignored.
-  void finish() { end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}}); }
-
-  /// The task and its project (empty before setup), and the task's page in the web app.
-  const std::string& task_id() const { return task_id_; }
-  const std::string& project_id() const { return project_id_; }
-  std::string link() const {
-    if (task_id_.empty()) return {};
-    // The web app names tasks "tasks" from API 2.31 on, "experiments" before.
-    const std::string& v = api_->server_api_version();
-    const auto dot = v.find('.');
-    const bool tasks_route =
-        dot != std::string::npos &&
-        std::make_pair(std::atoi(v.c_str()), std::atoi(v.c_str() + dot + 1)) >= std::make_pair(2, 31);
-    return fmt::format("{}/projects/{}/{}/{}/output/log", web_host_, project_id_,
-                       tasks_route ? "tasks" : "experiments", task_id_);
-  }
-
- private:
-  static constexpr std::int64_t single_value_iteration = -2147483648LL;  // ClearML's single-values table
-
   // A setting: the option, else the environment variable, else the configuration file's key.
   std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
                                      const char* file_key) const {
@@ -232,7 +164,7 @@ class ClearMLCallback : public LazyTrackerCallback {
     return detail::hocon_value(file, file_key);
   }
 
-  void setup(const Args& args, const TrainerState&, const CallbackContext&) override {
+  void open_run(const Args& args, const TrainerState&, const CallbackContext&, OpenedAt) override {
     if (detail::env_true("CLEARML_OFFLINE_MODE"))
       throw ArgumentError(
           "CLEARML_OFFLINE_MODE: offline ClearML sessions are not supported (torchfit talks to the ClearML "
@@ -252,8 +184,7 @@ class ClearMLCallback : public LazyTrackerCallback {
     web_host_ = setting(options_.web_host, "CLEARML_WEB_HOST", "api.web_server")
                     .value_or(detail::clearml_web_host(host));
     while (!web_host_.empty() && web_host_.back() == '/') web_host_.pop_back();
-    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key,
-                                                detail::retry_policy_of(options_));
+    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key, options_.retry);
 
     const std::string project =
         options_.project.value_or(detail::env_string("CLEARML_PROJECT").value_or("HuggingFace Transformers"));
@@ -327,7 +258,7 @@ class ClearMLCallback : public LazyTrackerCallback {
 };
 
 namespace integrations {
-inline const bool clearml_registered = register_integration<ClearMLCallback>("clearml", 9);
+inline const bool clearml_registered = register_integration<ClearMLCallback>("clearml");
 }  // namespace integrations
 
 }  // namespace torchfit

@@ -18,12 +18,12 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/comet_api.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
-#include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -43,13 +43,8 @@ struct CometOptions {
   std::optional<std::string> workspace;
   /// Unset: COMET_PROJECT_NAME, else `project_name` in the file, else "huggingface".
   std::optional<std::string> project;
-  /// Requests failing with 408, 429, 5xx or a transport error are retried after `backoff_factor_s * 2^n`
-  /// seconds, at most `max_retries` times (Comet's client: 3 times, factor 2); each attempt is cut off after
-  /// `request_timeout_s`, a request that has not succeeded `total_timeout_s` after its first attempt fails.
-  int max_retries = 3;
-  double backoff_factor_s = 2;
-  double request_timeout_s = 10;
-  double total_timeout_s = 60;
+  /// How a failed request is retried.
+  RetryPolicy retry{2, 60, 10, 3, 60};
 };
 
 /// Logs the run to Comet like HF's CometCallback:
@@ -69,7 +64,7 @@ struct CometOptions {
 /// at the interval the server gives. A call that fails for good drops the calls behind it and disables the
 /// tracker at its next event with one warning. `COMET_MODE=disabled` turns the tracker off; `offline` is
 /// refused (no offline archive writer).
-class CometCallback : public LazyTrackerCallback {
+class CometCallback : public TrackerCallback {
  public:
   explicit CometCallback(CometOptions options = {}) : options_(std::move(options)) {}
 
@@ -85,19 +80,14 @@ class CometCallback : public LazyTrackerCallback {
   CometCallback(const CometCallback&) = delete;
   CometCallback& operator=(const CometCallback&) = delete;
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx) || !open_) return;
-    log_metrics(*ctx.logs, state);
-  }
-
   void on_predict(const Args& args, TrainerState& state, TrainerControl&,
                   const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx) || !open_ || ctx.metrics == nullptr) return;
-    log_metrics(*ctx.metrics, state);
+    if (opened(args, state, ctx, OpenedAt::predict) && open_ && ctx.metrics != nullptr)
+      log_metrics(*ctx.metrics, state);
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (open_ && state.is_world_process_zero) flush();
+    if (is_open(state) && open_) flush();
   }
 
   /// Waits until every call made so far has reached Comet; rethrows the first failure of a background call.
@@ -127,7 +117,11 @@ class CometCallback : public LazyTrackerCallback {
     return detail::ini_value(file, "comet", file_key);
   }
 
-  void setup(const Args& args, const TrainerState&, const CallbackContext& ctx) override {
+  void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
+    if (open_) log_metrics(logs, state);
+  }
+
+  void open_run(const Args& args, const TrainerState&, const CallbackContext& ctx, OpenedAt) override {
     const std::string mode = detail::lower(detail::env_string("COMET_MODE").value_or("online"));
     if (mode == "disabled") return;
     if (mode == "offline")
@@ -146,7 +140,7 @@ class CometCallback : public LazyTrackerCallback {
           "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of ~/.comet.config");
     const std::string root = detail::url_root(
         setting(options_.url, "COMET_URL_OVERRIDE", "url_override").value_or("https://www.comet.com"));
-    api_ = std::make_unique<detail::CometApi>(root, *key, detail::retry_policy_of(options_));
+    api_ = std::make_unique<detail::CometApi>(root, *key, options_.retry);
 
     const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
     if (existing && mode != "create") {
@@ -236,7 +230,7 @@ class CometCallback : public LazyTrackerCallback {
 };
 
 namespace integrations {
-inline const bool comet_registered = register_integration<CometCallback>("comet_ml", 1);
+inline const bool comet_registered = register_integration<CometCallback>("comet_ml");
 }  // namespace integrations
 
 }  // namespace torchfit

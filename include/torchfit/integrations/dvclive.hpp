@@ -14,74 +14,23 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/integrations/detail/dvclive_files.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
 namespace torchfit {
-namespace detail {
 
-/// dvclive's `standardize_metric_name(key, "dvclive.huggingface")`: every `train_` becomes `train/` and every
-/// `eval_` becomes `eval/` (plain replacement, so `train_runtime` -> `train/runtime`).
-inline std::string dvclive_metric_name(std::string key) {
-  for (const auto& [from, to] :
-       {std::pair<std::string_view, std::string_view>{"train_", "train/"}, {"eval_", "eval/"}})
-    for (std::size_t i = key.find(from); i != std::string::npos; i = key.find(from, i + to.size()))
-      key.replace(i, from.size(), to);
-  return key;
-}
-
-/// The value DVCLive logs: numbers and strings as they are, NaN and infinities as Python's `str()` of them.
-inline json dvclive_value(const json& value) {
-  if (value.is_number_float()) {
-    const double v = value.get<double>();
-    if (std::isnan(v) || std::isinf(v)) return python_float_repr(v);
-  }
-  return value;
-}
-
-/// A TSV cell as Python's csv module writes `str(value)` with a tab delimiter (quoted only when it holds a
-/// tab, a double quote or a line break).
-inline std::string dvclive_tsv_cell(const json& value) {
-  std::string text;
-  if (value.is_string())
-    text = value.get<std::string>();
-  else if (value.is_boolean())
-    text = value.get<bool>() ? "True" : "False";
-  else if (value.is_number_float())
-    text = python_float_repr(value.get<double>());
-  else
-    text = value.dump();
-  if (text.find_first_of("\t\"\r\n") == std::string::npos) return text;
-  std::string out = "\"";
-  for (const char c : text) out.append(c == '"' ? 2 : 1, c);
-  return out + "\"";
-}
-
-/// Sets `value` at the `/`-separated `name` in a nested summary object (DVCLive's set_in).
-inline void dvclive_set_in(json& summary, const std::string& name, const json& value) {
-  json* node = &summary;
-  std::size_t start = 0;
-  for (std::size_t slash = name.find('/'); slash != std::string::npos; slash = name.find('/', start)) {
-    json& child = (*node)[name.substr(start, slash - start)];
-    if (!child.is_object()) child = json::object();
-    node = &child;
-    start = slash + 1;
-  }
-  (*node)[name.substr(start)] = value;
-}
-
-/// Whether DVCLive accepts the value as a metric (Python int, float, str; bool is an int).
-inline bool dvclive_can_log(const json& value) {
-  return value.is_number() || value.is_boolean() || value.is_string();
-}
-
-}  // namespace detail
+/// Where DVCLiveCallback writes.
+struct DVCLiveOptions {
+  /// DVCLive's output directory (`dvclive`, relative to the working directory, as DVCLive's default).
+  std::filesystem::path dir = "dvclive";
+};
 
 /// Logs the run in DVCLive's format, like HF's DVCLiveCallback with a default `Live()`:
 /// - on_train_begin (or the first on_log): a fresh run (global step 0) removes what an earlier run left in
@@ -103,15 +52,21 @@ inline bool dvclive_can_log(const json& value) {
 /// Differences from HF: `dvc.yaml` is written inside the DVCLive directory (DVC finds it there) rather than
 /// in the working directory; no DVC experiment is saved (`save_dvc_exp` needs DVC itself);
 /// `HF_DVCLIVE_LOG_MODEL` is not supported.
-class DVCLiveCallback : public LazyTrackerCallback {
+class DVCLiveCallback : public TrackerCallback {
  public:
-  /// `dir` is DVCLive's output directory (`dvclive`, relative to the working directory, as DVCLive's
-  /// default).
-  explicit DVCLiveCallback(std::filesystem::path dir = "dvclive") : dir_(std::move(dir)) {}
+  explicit DVCLiveCallback(DVCLiveOptions options = {}) : dir_(std::move(options.dir)) {}
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx)) return;
-    const Logs& logs = *ctx.logs;
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (is_open(state)) write_summary_file();
+  }
+
+  /// The DVCLive directory.
+  const std::filesystem::path& dir() const { return dir_; }
+  /// The DVCLive step the next on_log writes.
+  std::int64_t step() const { return step_; }
+
+ private:
+  void log_entry(const TrainerState&, TrainerControl&, const Logs& logs) override {
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       if (!detail::dvclive_can_log(it.value())) {
         if (warned_keys_.insert(it.key()).second)
@@ -127,19 +82,9 @@ class DVCLiveCallback : public LazyTrackerCallback {
     ++step_;
   }
 
-  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (initialized() && state.is_world_process_zero) write_summary_file();
-  }
-
-  /// The DVCLive directory.
-  const std::filesystem::path& dir() const { return dir_; }
-  /// The DVCLive step the next on_log writes.
-  std::int64_t step() const { return step_; }
-
- private:
   std::filesystem::path plots_dir() const { return dir_ / "plots" / "metrics"; }
 
-  void setup(const Args& args, const TrainerState& state, const CallbackContext&) override {
+  void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt) override {
     std::error_code ec;
     std::filesystem::create_directories(dir_, ec);
     if (ec)
@@ -214,7 +159,7 @@ class DVCLiveCallback : public LazyTrackerCallback {
 };
 
 namespace integrations {
-inline const bool dvclive_registered = register_integration<DVCLiveCallback>("dvclive", 3);
+inline const bool dvclive_registered = register_integration<DVCLiveCallback>("dvclive");
 }  // namespace integrations
 
 }  // namespace torchfit

@@ -1,138 +1,93 @@
 // SPDX-License-Identifier: MIT
-// The experiment-tracker framework: a base class with failure isolation, and the registry that makes a tracker
-// available to `report_to` as soon as its header is included.
+// The base every experiment tracker derives from (it owns the rules trackers share), and the HF conventions
+// trackers apply to what they log.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "torchfit/callback_handler.hpp"
-#include "torchfit/error.hpp"
+#include "torchfit/report_to.hpp"
+#include "torchfit/trainer_callback.hpp"
 #include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
 namespace torchfit {
 
-/// Base of experiment trackers. An exception thrown from any of its events is reported once as a warning naming
-/// the tracker and the cause, and the tracker is disabled; training goes on. Trackers act only on the world
-/// process zero (check `state.is_world_process_zero`).
+/// Base of every experiment tracker, in the shape of spdlog's base_sink: the base owns the rules, a tracker
+/// fills in hooks. The rules are HF's:
+/// - a tracker acts only on the world process zero (CodeCarbon: the local process zero);
+/// - it opens its run lazily, at on_train_begin or, when logging starts without training (a lone evaluate()),
+/// at
+///   the first on_log;
+/// - an exception thrown by any of its events is reported once as a warning naming the tracker and the cause,
+/// and
+///   the tracker is disabled while training goes on.
+///
+/// The hooks: open_run() opens the run, log_entry() records one log entry of the open run, training_started()
+/// does what the tracker does at each start of training besides opening. A tracker that acts on other events
+/// (the end of training, predict, save) overrides them behind `if (!is_open(state)) return;`, or
+/// `opened(...)` where HF opens lazily there too, so that the trainer visits it only for the events it acts
+/// on.
 class TrackerCallback : public TrainerCallback {
  public:
-  bool isolate_failures() const override { return true; }
-};
+  bool isolate_failures() const final { return true; }
 
-/// A tracker that opens its run once, at on_train_begin or, when logging starts without training (a lone
-/// evaluate()), at the first on_log: HF's `_initialized` / `setup()` pattern.
-class LazyTrackerCallback : public TrackerCallback {
- public:
   void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
-                      const CallbackContext& ctx) override {
-    ready(args, state, ctx);
+                      const CallbackContext& ctx) final {
+    if (opened(args, state, ctx, OpenedAt::train_begin)) training_started(args, state, ctx);
+  }
+
+  void on_log(const Args& args, TrainerState& state, TrainerControl& control,
+              const CallbackContext& ctx) final {
+    if (opened(args, state, ctx, OpenedAt::log)) log_entry(state, control, *ctx.logs);
   }
 
  protected:
-  /// Sets up on first use; false on processes other than the world process zero, which do not track.
-  bool ready(const Args& args, const TrainerState& state, const CallbackContext& ctx) {
-    if (!state.is_world_process_zero) return false;
-    if (!initialized_) {
-      initialized_ = true;
-      setup(args, state, ctx);
+  /// The process that tracks: the world process zero (HF's trackers), or each machine's local process zero.
+  enum class Process { world_zero, local_zero };
+  /// The event that opens a run.
+  enum class OpenedAt { train_begin, log, predict };
+
+  explicit TrackerCallback(Process process = Process::world_zero) : process_(process) {}
+
+  /// Opens the run, at the first event of this process that needs it.
+  virtual void open_run(const Args& args, const TrainerState& state, const CallbackContext& ctx,
+                        OpenedAt at) = 0;
+  /// Records one log entry (on_log) of the open run.
+  virtual void log_entry(const TrainerState& state, TrainerControl& control, const Logs& logs) = 0;
+  /// What the tracker does at each on_train_begin, once the run is open.
+  virtual void training_started(const Args&, const TrainerState&, const CallbackContext&) {}
+
+  /// Whether this process tracks and the run is open.
+  bool is_open(const TrainerState& state) const { return tracks(state) && run_open_; }
+
+  /// Opens the run (open_run()) if this process tracks and it is not open yet; returns whether it is open.
+  bool opened(const Args& args, const TrainerState& state, const CallbackContext& ctx, OpenedAt at) {
+    if (!tracks(state)) return false;
+    if (!run_open_) {
+      run_open_ =
+          true;  // first: a failing open_run() disables the tracker rather than being retried per event
+      open_run(args, state, ctx, at);
     }
     return true;
   }
-  /// Whether setup() ran (the run is open).
-  bool initialized() const { return initialized_; }
-  virtual void setup(const Args& args, const TrainerState& state, const CallbackContext& ctx) = 0;
+
+  /// The run is over (TensorBoard closed its file): the next event opens a new one.
+  void run_closed() { run_open_ = false; }
 
  private:
-  bool initialized_ = false;
+  bool tracks(const TrainerState& state) const {
+    return process_ == Process::world_zero ? state.is_world_process_zero : state.is_local_process_zero;
+  }
+
+  Process process_;
+  bool run_open_ = false;
 };
 
 namespace integrations {
-
-/// A tracker that report_to can name.
-struct Integration {
-  std::string name;
-  int order;  // position in report_to="all" (HF's fixed order)
-  std::function<void(CallbackHandler&)> add;
-};
-
-inline std::vector<Integration>& registry() {
-  static std::vector<Integration> integrations;
-  return integrations;
-}
-
-/// Registers T under `name`; each integration header does this once through an inline variable.
-template <typename T>
-bool register_integration(std::string name, int order) {
-  auto& r = registry();
-  if (std::none_of(r.begin(), r.end(), [&](const Integration& i) { return i.name == name; }))
-    r.push_back({std::move(name), order, [](CallbackHandler& handler) { handler.add_callback<T>(); }});
-  std::stable_sort(r.begin(), r.end(), [](const Integration& a, const Integration& b) { return a.order < b.order; });
-  return true;
-}
-
-/// Names of the integrations compiled into this program, in report_to="all" order.
-inline std::vector<std::string> available() {
-  std::vector<std::string> names;
-  for (const auto& i : registry()) names.push_back(i.name);
-  return names;
-}
-
-/// The header that makes the tracker `name` available (`comet_ml` is in comet.hpp); nothing for a name
-/// torchfit has no tracker for.
-inline std::optional<std::string> integration_header(std::string_view name) {
-  if (name == "comet_ml") return std::string("<torchfit/integrations/comet.hpp>");
-  for (const char* own :
-       {"clearml", "codecarbon", "csv", "dvclive", "jsonl", "mlflow", "tensorboard", "trackio", "wandb"})
-    if (name == own) return "<torchfit/integrations/" + std::string(name) + ".hpp>";
-  return std::nullopt;
-}
-
-/// The integrations `report_to` selects, in the order given ("all" = every available one, "none" = none).
-/// A name that is not available is an ArgumentError saying why (the header to include, a tracker torchfit
-/// lacks, or no tracker at all) and listing what is available.
-inline std::vector<const Integration*> resolve(const std::vector<std::string>& report_to) {
-  std::vector<const Integration*> selected;
-  const auto& r = registry();
-  if (report_to.empty() || (report_to.size() == 1 && report_to[0] == "none")) return selected;
-  if (report_to.size() == 1 && report_to[0] == "all") {
-    for (const auto& i : r) selected.push_back(&i);
-    return selected;
-  }
-  for (const auto& name : report_to) {
-    auto it = std::find_if(r.begin(), r.end(), [&](const Integration& i) { return i.name == name; });
-    if (it == r.end()) {
-      std::string names;
-      for (const auto& i : r) names += (names.empty() ? "" : ", ") + i.name;
-      const std::string available = "available: " + (names.empty() ? std::string("none") : names);
-      if (const auto header = integration_header(name))
-        throw ArgumentError("--report_to: \"" + name + "\" is not available; include " + *header +
-                            " to make it available (" + available + ")");
-      if (name == "neptune")
-        throw ArgumentError("--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; " +
-                            available);
-      for (const char* hf : {"azure_ml", "dagshub", "flyte", "kubeflow", "swanlab"})
-        if (name == hf)
-          throw ArgumentError("--report_to: \"" + name +
-                              "\" is a Hugging Face integration torchfit does not have; " + available);
-      throw ArgumentError("--report_to: \"" + name + "\" is not a tracker; " + available +
-                          " (\"all\", \"none\")");
-    }
-    if (std::find(selected.begin(), selected.end(), &*it) == selected.end()) selected.push_back(&*it);
-  }
-  return selected;
-}
-
-/// Adds the callbacks of the integrations `report_to` selects.
-inline void add_reporting_callbacks(CallbackHandler& handler, const std::vector<std::string>& report_to) {
-  for (const Integration* i : resolve(report_to)) i->add(handler);
-}
 
 /// The number of parameters of the model in `ctx` (HF's `model/num_parameters`); nothing without a model.
 inline std::optional<std::int64_t> model_num_parameters(const CallbackContext& ctx) {

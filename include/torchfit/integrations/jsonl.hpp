@@ -8,14 +8,20 @@
 #include <string_view>
 #include <utility>
 
-#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
 namespace torchfit {
+
+/// Where JSONLinesCallback writes.
+struct JSONLinesOptions {
+  /// The file; empty: `<output_dir>/logs.jsonl`.
+  std::filesystem::path path;
+};
 
 /// Writes every log entry as one line of a JSON-lines file (default `<output_dir>/logs.jsonl`):
 /// `{"step": <global_step>, "epoch": <epoch or null>, <the entry's other keys and values>}`, in the form
@@ -28,13 +34,17 @@ namespace torchfit {
 /// then appends.
 class JSONLinesCallback : public TrackerCallback {
  public:
-  /// `path`, when not empty, replaces `<output_dir>/logs.jsonl`.
-  explicit JSONLinesCallback(std::filesystem::path path = {}) : path_(std::move(path)) {}
+  explicit JSONLinesCallback(JSONLinesOptions options = {}) : options_(std::move(options)) {}
 
-  void on_train_begin(const Args& args, TrainerState& state, TrainerControl&,
-                      const CallbackContext&) override {
-    if (!state.is_world_process_zero || opened_) return;
-    detail::restart_or_resume(open(args), state, [&](const std::string& old, std::int64_t step) {
+  /// The file written (empty until the first event that writes).
+  const std::filesystem::path& file() const { return file_; }
+
+ private:
+  void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt at) override {
+    file_ = detail::log_file_path(options_.path, args.output_dir, "logs.jsonl");
+    // Training starts the file over or resumes it; an evaluation before any training appends.
+    if (at != OpenedAt::train_begin) return;
+    detail::restart_or_resume(file_, state, [&](const std::string& old, std::int64_t step) {
       std::string kept;
       for (std::size_t begin = 0, end; (end = old.find('\n', begin)) != std::string::npos; begin = end + 1) {
         const std::string_view line(old.data() + begin, end - begin + 1);
@@ -44,24 +54,11 @@ class JSONLinesCallback : public TrackerCallback {
     });
   }
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!state.is_world_process_zero) return;
-    if (!opened_) open(args);  // an evaluation before any training appends to what an earlier run left
-    const Logs& logs = *ctx.logs;
+  void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     json entry = {{"step", state.global_step}, {"epoch", detail::log_entry_epoch(logs, state)}};
     for (auto it = logs.begin(); it != logs.end(); ++it)
       if (it.key() != "step" && it.key() != "epoch") entry[it.key()] = it.value();
     detail::append_to_file(file_, detail::python_json_dumps(entry, -1, false) + "\n");
-  }
-
-  /// The file written (empty until the first event that writes).
-  const std::filesystem::path& file() const { return file_; }
-
- private:
-  const std::filesystem::path& open(const Args& args) {
-    opened_ = true;
-    file_ = detail::log_file_path(path_, args.output_dir, "logs.jsonl");
-    return file_;
   }
 
   // Whether a line holds an entry logged after `step`; lines that are not such an entry are kept.
@@ -76,13 +73,12 @@ class JSONLinesCallback : public TrackerCallback {
     }
   }
 
-  std::filesystem::path path_;
+  JSONLinesOptions options_;
   std::filesystem::path file_;
-  bool opened_ = false;
 };
 
 namespace integrations {
-inline const bool jsonl_registered = register_integration<JSONLinesCallback>("jsonl", 21);
+inline const bool jsonl_registered = register_integration<JSONLinesCallback>("jsonl");
 }  // namespace integrations
 
 }  // namespace torchfit

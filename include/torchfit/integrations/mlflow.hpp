@@ -17,12 +17,12 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/integrations/detail/mlflow_store.hpp"
-#include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -35,50 +35,11 @@ struct MLflowOptions {
   /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store).
   /// Unset: MLFLOW_TRACKING_URI, else `./mlruns`.
   std::optional<std::string> tracking_uri;
-  /// REST: retries of a failed call. Unset: MLFLOW_HTTP_REQUEST_MAX_RETRIES, else 5.
-  std::optional<int> max_retries;
-  /// REST: the back-off before retry n is `backoff_factor_s * 2^n` seconds.
-  /// Unset: MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, else 0.5.
-  std::optional<double> backoff_factor_s;
-  /// REST: limit of one attempt in seconds. Unset: MLFLOW_HTTP_REQUEST_TIMEOUT, else 10.
-  std::optional<double> request_timeout_s;
-  /// REST: limit of one call in seconds, retries included; a call that takes longer fails.
-  double total_timeout_s = 10.0;
+  /// REST: how a failed call is retried. MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
+  /// (the first back-off) and MLFLOW_HTTP_REQUEST_TIMEOUT (one attempt), when set, replace the matching
+  /// fields, as they configure MLflow's own client.
+  RetryPolicy retry{0.5, 60, 10, 5, 10};
 };
-
-namespace detail {
-
-/// HF's v5 metric-name sanitising: every character outside `[0-9A-Za-z_\-. :/]` becomes `_`.
-inline std::string mlflow_sanitize_metric_key(std::string key) {
-  for (char& c : key) {
-    const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                    c == '-' || c == '.' || c == ' ' || c == ':' || c == '/';
-    if (!ok) c = '_';
-  }
-  return key;
-}
-
-/// HF's flatten_dict: nested objects become `outer.inner` keys (empty nested objects disappear).
-inline void mlflow_flatten(const json& object, const std::string& prefix, json& out) {
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (it.value().is_object())
-      mlflow_flatten(it.value(), key, out);
-    else
-      out[key] = it.value();
-  }
-}
-
-/// Sends `items` through `send` in slices of at most `limit`, MLflow's limit per request.
-template <typename T, typename Send>
-void mlflow_in_batches(const std::vector<T>& items, std::size_t limit, Send send) {
-  for (std::size_t i = 0; i < items.size(); i += limit) {
-    const auto first = items.begin() + static_cast<std::ptrdiff_t>(i);
-    send(std::vector<T>(first, first + static_cast<std::ptrdiff_t>(std::min(limit, items.size() - i))));
-  }
-}
-
-}  // namespace detail
 
 /// Logs the run to MLflow like HF's MLflowCallback:
 /// - on_train_begin (or the first on_log): opens the experiment `MLFLOW_EXPERIMENT_NAME` (created when
@@ -110,17 +71,44 @@ void mlflow_in_batches(const std::vector<T>& items, std::size_t limit, Send send
 /// could delete a directory that is still being uploaded. A background call that fails for good (after its
 /// retries) drops the calls queued behind it and surfaces at the tracker's next event as an error, which
 /// disables the tracker with one warning. on_train_end waits for the pending calls (`total_timeout_s` each).
-class MLflowCallback : public LazyTrackerCallback {
+class MLflowCallback : public TrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx)) return;
+  void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+    if (!is_open(state) || !log_artifacts_ || ctx.checkpoint_dir == nullptr) return;
+    log::info("Logging checkpoint artifacts in {}. This may take time.",
+              ctx.checkpoint_dir->filename().string());
+    // In place, as HF does, after the pending calls: a later save's rotation could delete the directory
+    // under a background upload.
+    flush();
+    store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
+  }
+
+  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    if (!is_open(state) || !run_open_) return;
+    run_open_ = false;
+    call([store = store_.get(), run_id = run_id_, end = detail::unix_time_ms()] {
+      store->end_run(run_id, detail::MlflowRunStatus::finished, end);
+    });
+    flush();
+  }
+
+  /// Waits until every call made so far has reached the store; rethrows the first failure of a background
+  /// call (it then reaches the caller rather than the tracker's next event).
+  void flush() { queue_.drain(); }
+
+  /// The run logged to (empty before setup).
+  const std::string& run_id() const { return run_id_; }
+  /// The experiment of the run (empty before setup).
+  const std::string& experiment_id() const { return experiment_id_; }
+
+ private:
+  void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     // A background failure surfaces here, before this event warns about anything of its own.
     queue_.rethrow_if_failed();
     const auto now = detail::unix_time_ms();
     std::vector<detail::MlflowMetric> metrics;
-    const Logs& logs = *ctx.logs;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       const json& v = it.value();
       if (!v.is_number() && !v.is_boolean()) {
@@ -148,47 +136,16 @@ class MLflowCallback : public LazyTrackerCallback {
     });
   }
 
-  void on_save(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
-    if (!initialized() || !state.is_world_process_zero || !log_artifacts_ || ctx.checkpoint_dir == nullptr)
-      return;
-    log::info("Logging checkpoint artifacts in {}. This may take time.",
-              ctx.checkpoint_dir->filename().string());
-    // In place, as HF does, after the pending calls: a later save's rotation could delete the directory
-    // under a background upload.
-    flush();
-    store_->log_artifacts(run_id_, *ctx.checkpoint_dir, ctx.checkpoint_dir->filename().string());
-  }
-
-  void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (!initialized() || !state.is_world_process_zero || !run_open_) return;
-    run_open_ = false;
-    call([store = store_.get(), run_id = run_id_, end = detail::unix_time_ms()] {
-      store->end_run(run_id, detail::MlflowRunStatus::finished, end);
-    });
-    flush();
-  }
-
-  /// Waits until every call made so far has reached the store; rethrows the first failure of a background
-  /// call (it then reaches the caller rather than the tracker's next event).
-  void flush() { queue_.drain(); }
-
-  /// The run logged to (empty before setup).
-  const std::string& run_id() const { return run_id_; }
-  /// The experiment of the run (empty before setup).
-  const std::string& experiment_id() const { return experiment_id_; }
-
- private:
   std::unique_ptr<detail::MlflowStore> make_store() const {
     std::string uri = options_.tracking_uri.value_or(detail::env_string("MLFLOW_TRACKING_URI").value_or(""));
     if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
-      detail::HttpRetryPolicy policy;
-      policy.max_retries = options_.max_retries.value_or(
-          static_cast<int>(detail::env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES").value_or(5)));
-      policy.backoff_factor_s = options_.backoff_factor_s.value_or(
-          detail::env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR").value_or(0.5));
-      policy.request_timeout_s =
-          options_.request_timeout_s.value_or(detail::env_number("MLFLOW_HTTP_REQUEST_TIMEOUT").value_or(10));
-      policy.total_timeout_s = options_.total_timeout_s;
+      RetryPolicy policy = options_.retry;
+      if (const auto retries = detail::env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+        policy.max_retries = static_cast<int>(*retries);
+      if (const auto backoff = detail::env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
+        policy.initial_backoff_s = *backoff;
+      if (const auto timeout = detail::env_number("MLFLOW_HTTP_REQUEST_TIMEOUT"))
+        policy.request_timeout_s = *timeout;
       detail::HttpOptions http;
       const auto user = detail::env_string("MLFLOW_TRACKING_USERNAME");
       const auto password = detail::env_string("MLFLOW_TRACKING_PASSWORD");
@@ -224,7 +181,7 @@ class MLflowCallback : public LazyTrackerCallback {
       job();
   }
 
-  void setup(const Args& args, const TrainerState& state, const CallbackContext&) override {
+  void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt) override {
     store_ = make_store();
     background_ = dynamic_cast<detail::MlflowRestStore*>(store_.get()) != nullptr;
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
@@ -310,7 +267,7 @@ class MLflowCallback : public LazyTrackerCallback {
 };
 
 namespace integrations {
-inline const bool mlflow_registered = register_integration<MLflowCallback>("mlflow", 4);
+inline const bool mlflow_registered = register_integration<MLflowCallback>("mlflow");
 }  // namespace integrations
 
 }  // namespace torchfit

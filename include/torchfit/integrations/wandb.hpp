@@ -17,14 +17,14 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
 #include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
-#include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/detail/wandb_api.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -48,64 +48,9 @@ struct WandbOptions {
   std::optional<double> transmit_interval_s;
   /// After this many seconds without a request, an empty one tells the server the run is alive (wandb: 30).
   double heartbeat_interval_s = 30;
-  /// Requests failing with 408, 429, 5xx or a transport error are retried after `backoff_factor_s * 2^n`
-  /// seconds, at most `max_retries` times; each attempt is cut off after `request_timeout_s`, and a request
-  /// that has not succeeded `total_timeout_s` after its first attempt fails.
-  int max_retries = 8;
-  double backoff_factor_s = 1;
-  double request_timeout_s = 30;
-  double total_timeout_s = 60;
+  /// How a failed request is retried.
+  RetryPolicy retry{1, 60, 30, 8, 60};
 };
-
-namespace detail {
-
-/// What HF's config.update sends, as W&B stores it: each top-level value wrapped as {"value": v}.
-inline json wandb_wrap_config(const json& values) {
-  json config = json::object();
-  for (auto it = values.begin(); it != values.end(); ++it) config[it.key()] = {{"value", it.value()}};
-  return config;
-}
-
-/// HF's define_metric calls in wandb's wire form (MetricRecord fields by number, expanded on the client):
-/// `train/global_step` defined (options [3]), then every other key stepped by it (step metric 1, options
-/// step_sync and defined [1, 3]).
-inline json wandb_metric_definitions(const std::vector<std::string>& keys) {
-  json m = json::array();
-  m.push_back({{"1", "train/global_step"}, {"6", json::array({3})}, {"7", json::array()}});
-  for (const auto& key : keys)
-    m.push_back({{"1", key}, {"5", 1}, {"6", json::array({1, 3})}, {"7", json::array()}});
-  return m;
-}
-
-/// The metric names a stored config defines (its `_wandb` value's `m` entries), HF's step metric excluded.
-inline std::vector<std::string> wandb_defined_metrics(const json& stored_config) {
-  std::vector<std::string> names;
-  const auto internal = stored_config.find("_wandb");
-  if (internal == stored_config.end() || !internal->is_object()) return names;
-  const auto value = internal->find("value");
-  if (value == internal->end() || !value->is_object()) return names;
-  const auto m = value->find("m");
-  if (m == value->end() || !m->is_array()) return names;
-  for (const json& def : *m)
-    if (const auto name = def.find("1");
-        name != def.end() && name->is_string() && *name != "train/global_step")
-      names.push_back(name->get<std::string>());
-  return names;
-}
-
-/// WANDB_TAGS: comma-separated, blanks around each tag dropped, empty tags left out.
-inline std::vector<std::string> wandb_split_tags(const std::string& text) {
-  std::vector<std::string> tags;
-  for (std::size_t start = 0; start <= text.size();) {
-    const std::size_t end = std::min(text.find(',', start), text.size());
-    if (std::string tag = trim(std::string_view(text).substr(start, end - start)); !tag.empty())
-      tags.push_back(std::move(tag));
-    start = end + 1;
-  }
-  return tags;
-}
-
-}  // namespace detail
 
 /// Logs the run to Weights & Biases like HF's WandbCallback:
 /// - on_train_begin (or the first on_log): creates the run `WANDB_RUN_ID` (else 8 random characters) in
@@ -129,7 +74,7 @@ inline std::vector<std::string> wandb_split_tags(const std::string& text) {
 /// that fails for good drops the ones behind it and disables the tracker at its next event with one warning.
 /// `WANDB_MODE=disabled` (or HF's `WANDB_DISABLED`) turns the tracker off; `offline` is refused: there is no
 /// offline `.wandb` writer (log offline with tensorboard or csv).
-class WandbCallback : public LazyTrackerCallback {
+class WandbCallback : public TrackerCallback {
  public:
   explicit WandbCallback(WandbOptions options = {}) : options_(std::move(options)) {}
 
@@ -145,29 +90,9 @@ class WandbCallback : public LazyTrackerCallback {
   WandbCallback(const WandbCallback&) = delete;
   WandbCallback& operator=(const WandbCallback&) = delete;
 
-  void on_log(const Args& args, TrainerState& state, TrainerControl& control,
-              const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx) || !run_open_) return;
-    queue_.rethrow_if_failed();
-    json row = json::object();
-    const Logs& logs = *ctx.logs;
-    for (auto it = logs.begin(); it != logs.end(); ++it) {
-      if (integrations::is_single_value_scalar(it.key())) {
-        summary_[it.key()] = it.value();
-        summary_changed_ = true;
-      } else {
-        row[integrations::rewrite_log_key(it.key())] = it.value();
-      }
-    }
-    if (!row.empty()) log_row(std::move(row), state.global_step);
-    send_if_due();
-    if (stop_requested_ && !control.should_training_stop)
-      control.stop_training("the W&B run was stopped from its page (W&B's Stop button)");
-  }
-
   void on_predict(const Args& args, TrainerState& state, TrainerControl&,
                   const CallbackContext& ctx) override {
-    if (!ready(args, state, ctx) || !run_open_ || ctx.metrics == nullptr) return;
+    if (!opened(args, state, ctx, OpenedAt::predict) || !run_open_ || ctx.metrics == nullptr) return;
     queue_.rethrow_if_failed();
     json row = json::object();
     for (auto it = ctx.metrics->begin(); it != ctx.metrics->end(); ++it)
@@ -177,8 +102,7 @@ class WandbCallback : public LazyTrackerCallback {
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (!run_open_ || !state.is_world_process_zero) return;
-    flush();
+    if (is_open(state) && run_open_) flush();
   }
 
   /// Sends everything logged so far and waits until the server has it; rethrows the first failure of a
@@ -217,7 +141,25 @@ class WandbCallback : public LazyTrackerCallback {
  private:
   using Clock = std::chrono::steady_clock;
 
-  void setup(const Args& args, const TrainerState&, const CallbackContext& ctx) override {
+  void log_entry(const TrainerState& state, TrainerControl& control, const Logs& logs) override {
+    if (!run_open_) return;
+    queue_.rethrow_if_failed();
+    json row = json::object();
+    for (auto it = logs.begin(); it != logs.end(); ++it) {
+      if (integrations::is_single_value_scalar(it.key())) {
+        summary_[it.key()] = it.value();
+        summary_changed_ = true;
+      } else {
+        row[integrations::rewrite_log_key(it.key())] = it.value();
+      }
+    }
+    if (!row.empty()) log_row(std::move(row), state.global_step);
+    send_if_due();
+    if (stop_requested_ && !control.should_training_stop)
+      control.stop_training("the W&B run was stopped from its page (W&B's Stop button)");
+  }
+
+  void open_run(const Args& args, const TrainerState&, const CallbackContext& ctx, OpenedAt) override {
     const std::string mode = detail::lower(detail::env_string("WANDB_MODE").value_or("online"));
     if (mode == "disabled" || detail::env_true("WANDB_DISABLED")) return;
     if (mode == "offline" || mode == "dryrun")
@@ -238,7 +180,7 @@ class WandbCallback : public LazyTrackerCallback {
 
     const std::string base_url =
         options_.base_url.value_or(detail::env_string("WANDB_BASE_URL").value_or("https://api.wandb.ai"));
-    api_ = std::make_unique<detail::WandbApi>(base_url, api_key(base_url), detail::retry_policy_of(options_));
+    api_ = std::make_unique<detail::WandbApi>(base_url, api_key(base_url), options_.retry);
     transmit_interval_ = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(options_.transmit_interval_s.value_or(
             detail::env_number("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL").value_or(15))));
@@ -417,7 +359,7 @@ class WandbCallback : public LazyTrackerCallback {
 };
 
 namespace integrations {
-inline const bool wandb_registered = register_integration<WandbCallback>("wandb", 7);
+inline const bool wandb_registered = register_integration<WandbCallback>("wandb");
 }  // namespace integrations
 
 }  // namespace torchfit

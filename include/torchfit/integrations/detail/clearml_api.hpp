@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The part of ClearML's API server a training task needs: log in, find or create the project, create, start,
-// edit, ping and end the task, and add scalar events; and a reader for the settings in clearml.conf.
+// edit, ping and end the task, and add scalar events; a reader for the settings in clearml.conf; and the
+// hyperparameter form HF's ClearMLCallback gives the training arguments.
 #pragma once
 
 #include <algorithm>
@@ -15,10 +16,12 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
 #include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/json.hpp"
 #include "torchfit/version.hpp"
 
@@ -85,6 +88,64 @@ inline std::optional<std::string> hocon_value(const std::string& path, const std
   return std::nullopt;
 }
 
+/// ClearML's hyperparameter value text: Python's str() of the value, None as "", lists and dicts as
+/// json.dumps.
+inline std::string clearml_value_text(const json& value) {
+  if (value.is_null()) return "";
+  if (value.is_structured()) return python_json_dumps(value, -1, false);
+  return python_str(value);
+}
+
+/// ClearML's hyperparameter type name (its get_basic_type): the Python type's name (int, float, bool, str,
+/// NoneType, dict), for a list `list/<its first item's type>`.
+inline std::string clearml_value_type(const json& value) {
+  const std::string repr = python_type_repr(value);  // <class 'int'>
+  std::string name = repr.substr(8, repr.size() - 10);
+  if (value.is_array() && !value.empty()) name += "/" + clearml_value_type(value[0]);
+  return name;
+}
+
+/// HF's hyperparameter section: each argument (those ending in `_token` left out), nested objects flattened
+/// with `/`, as ClearML's `{name: {section, name, value, type, description}}` items.
+inline void clearml_add_hyperparams(json& section, const std::string& section_name, const json& values,
+                                    const std::string& prefix = "") {
+  for (auto it = values.begin(); it != values.end(); ++it) {
+    const std::string name = prefix + it.key();
+    if (ends_with(name, "_token")) continue;
+    if (it.value().is_object() && !it.value().empty()) {
+      clearml_add_hyperparams(section, section_name, it.value(), name + "/");
+      continue;
+    }
+    section[name] = {{"section", section_name},
+                     {"name", name},
+                     {"value", clearml_value_text(it.value())},
+                     {"type", clearml_value_type(it.value())},
+                     {"description", ""}};
+  }
+}
+
+/// The web app ClearML derives from an API server: `https://api.clear.ml` -> `https://app.clear.ml`,
+/// `://api.` -> `://app.`, port 8008 -> 8080.
+inline std::string clearml_web_host(std::string api_host) {
+  if (const auto at = api_host.find("://api."); at != std::string::npos)
+    return api_host.replace(at, 7, "://app.");
+  if (const auto at = api_host.rfind(":8008"); at != std::string::npos && at + 5 == api_host.size())
+    return api_host.replace(at, 5, ":8080");
+  return api_host;
+}
+
+/// A project name as the exact-match pattern projects.get_all takes (Python's `"^%s$" % re.escape(name)`).
+inline std::string clearml_name_pattern(const std::string& name) {
+  std::string out = "^";
+  for (const char c : name) {
+    const bool word = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                      c == '_' || static_cast<unsigned char>(c) >= 0x80;
+    if (!word) out += '\\';
+    out += c;
+  }
+  return out + "$";
+}
+
 /// The payload of a JSON Web Token as JSON (its signature is not checked); an empty object when unreadable.
 inline json jwt_payload(const std::string& token) {
   const auto first = token.find('.');
@@ -118,7 +179,7 @@ inline json jwt_payload(const std::string& token) {
 /// server's result message.
 class ClearMLApi {
  public:
-  ClearMLApi(std::string host, std::string access_key, std::string secret_key, HttpRetryPolicy policy)
+  ClearMLApi(std::string host, std::string access_key, std::string secret_key, RetryPolicy policy)
       : host_(std::move(host)),
         access_key_(std::move(access_key)),
         secret_key_(std::move(secret_key)),
@@ -212,7 +273,7 @@ class ClearMLApi {
   std::string host_;
   std::string access_key_;
   std::string secret_key_;
-  HttpRetryPolicy policy_;
+  RetryPolicy policy_;
   std::string server_api_version_;
   mutable std::mutex mutex_;  // guards token_, which a call on either thread may renew
   mutable std::string token_;

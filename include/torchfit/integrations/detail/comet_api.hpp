@@ -13,8 +13,8 @@
 #include <fmt/format.h>
 
 #include "torchfit/detail/strings.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
@@ -43,7 +43,7 @@ inline std::optional<std::string> ini_value(const std::string& path, const std::
 /// failure throws torchfit::Error naming the endpoint, the URL and what the server said.
 class CometApi {
  public:
-  CometApi(const std::string& root, const std::string& api_key, HttpRetryPolicy policy)
+  CometApi(const std::string& root, const std::string& api_key, RetryPolicy policy)
       : base_(root + "/api/rest/v2/"), http_(policy, auth_options(api_key)) {}
 
   /// The workspaces the key can write to.

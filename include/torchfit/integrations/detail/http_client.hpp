@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -19,30 +20,34 @@
 
 #include "torchfit/error.hpp"
 
-namespace torchfit::detail {
+namespace torchfit::detail {}  // namespace torchfit::detail
 
-/// How a request is retried: statuses 408, 429, 500, 502, 503, 504 and transport failures (refused
-/// connection, timeout) are tried again after `backoff_factor_s * 2^n` seconds, at most `max_retries` times
-/// and never past `total_timeout_s` after the first attempt; each attempt is cut off after
-/// `request_timeout_s`.
-struct HttpRetryPolicy {
-  int max_retries = 5;
-  double backoff_factor_s = 0.25;
-  double request_timeout_s = 10.0;
-  double total_timeout_s = 10.0;
+namespace torchfit {
+
+/// How an HTTP tracker retries a request that failed for a reason that may pass (no answer: refused, reset or
+/// timed out; or a retryable HTTP status): retry n (n = 0, 1, ...) comes after min(initial_backoff_s * 2^n,
+/// max_backoff_s) seconds, and each attempt is cut off after request_timeout_s.
+struct RetryPolicy {
+  double initial_backoff_s = 1;
+  double max_backoff_s = 60;
+  double request_timeout_s = 30;
+  /// The most retries of one request; unset: no limit.
+  std::optional<int> max_retries;
+  /// A request still failing this many seconds after its first attempt fails; unset: no limit.
+  std::optional<double> total_timeout_s;
+
+  /// The wait before retry `n` (0: the first retry), in seconds.
+  double backoff_s(int n) const { return std::min(max_backoff_s, initial_backoff_s * std::pow(2.0, n)); }
+
+  /// Whether a request tried `attempts` times may be tried again `elapsed_s` seconds after its first attempt.
+  bool allows_retry(int attempts, double elapsed_s) const {
+    return (!max_retries || attempts <= *max_retries) && (!total_timeout_s || elapsed_s < *total_timeout_s);
+  }
 };
 
-/// The retry policy a tracker's options give (their members max_retries, backoff_factor_s, request_timeout_s
-/// and total_timeout_s).
-template <typename Options>
-HttpRetryPolicy retry_policy_of(const Options& options) {
-  HttpRetryPolicy policy;
-  policy.max_retries = options.max_retries;
-  policy.backoff_factor_s = options.backoff_factor_s;
-  policy.request_timeout_s = options.request_timeout_s;
-  policy.total_timeout_s = options.total_timeout_s;
-  return policy;
-}
+}  // namespace torchfit
+
+namespace torchfit::detail {
 
 /// Transport options: extra headers (authentication) and TLS verification.
 struct HttpOptions {
@@ -111,7 +116,7 @@ inline std::string base64(std::string_view bytes) {
 /// torchfit::Error naming the method, the URL, the attempts made and the last cause.
 class HttpClient {
  public:
-  HttpClient(HttpRetryPolicy policy, HttpOptions options) : policy_(policy), options_(std::move(options)) {
+  HttpClient(RetryPolicy policy, HttpOptions options) : policy_(policy), options_(std::move(options)) {
     static std::once_flag init;
     std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   }
@@ -122,29 +127,27 @@ class HttpClient {
                        const std::string& content_type = "application/json") const {
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
-    const auto deadline = start + std::chrono::duration_cast<Clock::duration>(
-                                      std::chrono::duration<double>(policy_.total_timeout_s));
+    const auto seconds_since_start = [&] {
+      return std::chrono::duration<double>(Clock::now() - start).count();
+    };
     std::string last_error;
     int attempts = 0;
     for (;;) {
       ++attempts;
-      const double left = std::chrono::duration<double>(deadline - Clock::now()).count();
-      const double timeout = std::max(0.001, std::min(policy_.request_timeout_s, left));
+      double timeout = policy_.request_timeout_s;
+      if (policy_.total_timeout_s)
+        timeout = std::min(timeout, *policy_.total_timeout_s - seconds_since_start());
       HttpResponse response;
-      const std::string error = perform(method, url, body, content_type, timeout, response);
+      const std::string error = perform(method, url, body, content_type, std::max(0.001, timeout), response);
       if (error.empty() && !http_status_is_retryable(response.status)) return response;
       last_error =
           error.empty() ? fmt::format("HTTP {}: {}", response.status, response.body.substr(0, 200)) : error;
-      const double backoff = policy_.backoff_factor_s * std::pow(2.0, attempts - 1);
-      const auto resume_at =
-          Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(backoff));
-      if (attempts > policy_.max_retries || resume_at >= deadline) break;
-      std::this_thread::sleep_until(resume_at);
+      const double backoff = policy_.backoff_s(attempts - 1);
+      if (!policy_.allows_retry(attempts, seconds_since_start() + backoff)) break;
+      std::this_thread::sleep_for(std::chrono::duration<double>(backoff));
     }
-    throw Error(fmt::format(
-        "{} {} failed after {} attempt{} in {:.1f} s (retry limit {}, time limit {} s): {}", method, url,
-        attempts, attempts == 1 ? "" : "s", std::chrono::duration<double>(Clock::now() - start).count(),
-        policy_.max_retries, policy_.total_timeout_s, last_error));
+    throw Error(fmt::format("{} {} failed after {} attempt{} in {:.1f} s: {}", method, url, attempts,
+                            attempts == 1 ? "" : "s", seconds_since_start(), last_error));
   }
 
  private:
@@ -193,7 +196,7 @@ class HttpClient {
     return {};
   }
 
-  HttpRetryPolicy policy_;
+  RetryPolicy policy_;
   HttpOptions options_;
 };
 

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: MIT
-// File handling shared by the trackers that write one plain-text log file (csv, jsonl).
+// File handling shared by the trackers that write plain-text files (csv, jsonl, dvclive, mlflow, codecarbon),
+// and the CSV log's cells and header.
 #pragma once
 
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -18,6 +20,7 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -161,6 +164,54 @@ inline std::vector<std::vector<std::string>> parse_csv(std::string_view text) {
     }
   }
   return records;
+}
+
+/// A log value as a CSV cell: integers in decimal, floats as Python's repr (`0.1`, `1e-05`, `nan`), booleans
+/// as `True`/`False`, strings as they are, null as an empty cell, anything else as its JSON text.
+inline std::string csv_cell(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null:
+      return "";
+    case json::value_t::boolean:
+      return value.get<bool>() ? "True" : "False";
+    case json::value_t::number_integer:
+      return std::to_string(value.get<std::int64_t>());
+    case json::value_t::number_unsigned:
+      return std::to_string(value.get<std::uint64_t>());
+    case json::value_t::number_float:
+      return python_float_repr(value.get<double>());
+    case json::value_t::string:
+      return value.get<std::string>();
+    default:
+      return value.dump();
+  }
+}
+
+/// The header of a CSV log read back from `path`; it must start with `step,epoch` (torchfit never rewrites a
+/// file it did not write).
+inline std::vector<std::string> csv_log_header(const std::vector<std::vector<std::string>>& records,
+                                               const std::filesystem::path& path) {
+  if (records.empty()) return {};
+  const auto& header = records.front();
+  if (header.size() < 2 || header[0] != "step" || header[1] != "epoch") {
+    std::string line = csv_record(header);
+    line.pop_back();
+    throw Error(
+        fmt::format("{} is not a CSV log written by CSVCallback: its header must start with \"step,epoch\" "
+                    "(got \"{}\"); remove it or give CSVCallback another path",
+                    path.string(), line));
+  }
+  return header;
+}
+
+/// The step in the first cell of a row, if it is an integer.
+inline std::optional<std::int64_t> csv_row_step(const std::vector<std::string>& row) {
+  std::int64_t step = 0;
+  if (row.empty()) return std::nullopt;
+  const std::string& cell = row.front();
+  const auto [end, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), step);
+  if (ec != std::errc() || end != cell.data() + cell.size()) return std::nullopt;
+  return step;
 }
 
 }  // namespace torchfit::detail

@@ -17,11 +17,11 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/py_json.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/integrations/detail/log_files.hpp"
-#include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
@@ -67,6 +67,36 @@ inline std::string mlflow_key_problem(const std::string& key) {
     start = end + 1;
   }
   return {};
+}
+
+/// HF's v5 metric-name sanitising: every character outside `[0-9A-Za-z_\-. :/]` becomes `_`.
+inline std::string mlflow_sanitize_metric_key(std::string key) {
+  for (char& c : key) {
+    const bool ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+                    c == '-' || c == '.' || c == ' ' || c == ':' || c == '/';
+    if (!ok) c = '_';
+  }
+  return key;
+}
+
+/// HF's flatten_dict: nested objects become `outer.inner` keys (empty nested objects disappear).
+inline void mlflow_flatten(const json& object, const std::string& prefix, json& out) {
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
+    if (it.value().is_object())
+      mlflow_flatten(it.value(), key, out);
+    else
+      out[key] = it.value();
+  }
+}
+
+/// Sends `items` through `send` in slices of at most `limit`, MLflow's limit per request.
+template <typename T, typename Send>
+void mlflow_in_batches(const std::vector<T>& items, std::size_t limit, Send send) {
+  for (std::size_t i = 0; i < items.size(); i += limit) {
+    const auto first = items.begin() + static_cast<std::ptrdiff_t>(i);
+    send(std::vector<T>(first, first + static_cast<std::ptrdiff_t>(std::min(limit, items.size() - i))));
+  }
 }
 
 /// Run statuses (MLflow's RunStatus enum: the file store keeps the number, REST the name).
@@ -342,7 +372,7 @@ class MlflowFileStore : public MlflowStore {
 /// A tracking server's REST API (`<uri>/api/2.0/mlflow/...`), with the Python client's retry behaviour.
 class MlflowRestStore : public MlflowStore {
  public:
-  MlflowRestStore(std::string uri, HttpRetryPolicy policy, HttpOptions options)
+  MlflowRestStore(std::string uri, RetryPolicy policy, HttpOptions options)
       : base_(std::move(uri)), http_(policy, std::move(options)) {
     while (!base_.empty() && base_.back() == '/') base_.pop_back();
   }

@@ -40,9 +40,13 @@ class ProtoMessage {
     return *this;
   }
   /// A `double` field (wire type fixed64).
-  ProtoMessage& add_double(std::uint32_t field, double value) { return add_fixed<std::uint64_t>(field, value, 1); }
+  ProtoMessage& add_double(std::uint32_t field, double value) {
+    return add_fixed<std::uint64_t>(field, value, 1);
+  }
   /// A `float` field (wire type fixed32).
-  ProtoMessage& add_float(std::uint32_t field, float value) { return add_fixed<std::uint32_t>(field, value, 5); }
+  ProtoMessage& add_float(std::uint32_t field, float value) {
+    return add_fixed<std::uint32_t>(field, value, 5);
+  }
   /// A `string` or `bytes` field.
   ProtoMessage& add_bytes(std::uint32_t field, std::string_view value) {
     append_key(field, 2);

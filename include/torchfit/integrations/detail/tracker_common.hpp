@@ -19,8 +19,8 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/strings.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 

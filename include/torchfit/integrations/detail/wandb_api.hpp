@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The part of Weights & Biases' server API a run needs: GraphQL UpsertBucket and RunResumeStatus, and the
-// file_stream endpoint that receives history, summary and the end of the run (what wandb's own client sends).
+// file_stream endpoint that receives history, summary and the end of the run (what wandb's own client sends),
+// and the config and metric definitions HF's WandbCallback gives a run.
 #pragma once
 
 #include <algorithm>
@@ -14,9 +15,10 @@
 
 #include <fmt/format.h>
 
-#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/detail/py_json.hpp"
+#include "torchfit/detail/strings.hpp"
 #include "torchfit/error.hpp"
+#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/json.hpp"
 
 namespace torchfit::detail {
@@ -96,11 +98,57 @@ inline std::optional<std::string> netrc_password(const std::string& path, const 
   return std::nullopt;
 }
 
+/// What HF's config.update sends, as W&B stores it: each top-level value wrapped as {"value": v}.
+inline json wandb_wrap_config(const json& values) {
+  json config = json::object();
+  for (auto it = values.begin(); it != values.end(); ++it) config[it.key()] = {{"value", it.value()}};
+  return config;
+}
+
+/// HF's define_metric calls in wandb's wire form (MetricRecord fields by number, expanded on the client):
+/// `train/global_step` defined (options [3]), then every other key stepped by it (step metric 1, options
+/// step_sync and defined [1, 3]).
+inline json wandb_metric_definitions(const std::vector<std::string>& keys) {
+  json m = json::array();
+  m.push_back({{"1", "train/global_step"}, {"6", json::array({3})}, {"7", json::array()}});
+  for (const auto& key : keys)
+    m.push_back({{"1", key}, {"5", 1}, {"6", json::array({1, 3})}, {"7", json::array()}});
+  return m;
+}
+
+/// The metric names a stored config defines (its `_wandb` value's `m` entries), HF's step metric excluded.
+inline std::vector<std::string> wandb_defined_metrics(const json& stored_config) {
+  std::vector<std::string> names;
+  const auto internal = stored_config.find("_wandb");
+  if (internal == stored_config.end() || !internal->is_object()) return names;
+  const auto value = internal->find("value");
+  if (value == internal->end() || !value->is_object()) return names;
+  const auto m = value->find("m");
+  if (m == value->end() || !m->is_array()) return names;
+  for (const json& def : *m)
+    if (const auto name = def.find("1");
+        name != def.end() && name->is_string() && *name != "train/global_step")
+      names.push_back(name->get<std::string>());
+  return names;
+}
+
+/// WANDB_TAGS: comma-separated, blanks around each tag dropped, empty tags left out.
+inline std::vector<std::string> wandb_split_tags(const std::string& text) {
+  std::vector<std::string> tags;
+  for (std::size_t start = 0; start <= text.size();) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    if (std::string tag = trim(std::string_view(text).substr(start, end - start)); !tag.empty())
+      tags.push_back(std::move(tag));
+    start = end + 1;
+  }
+  return tags;
+}
+
 /// Calls a W&B server (`base_url`, e.g. https://api.wandb.ai) with HTTP Basic authentication `api:<key>`.
 /// Every failure throws torchfit::Error naming the call, the URL and what the server said.
 class WandbApi {
  public:
-  WandbApi(std::string base_url, const std::string& api_key, HttpRetryPolicy policy)
+  WandbApi(std::string base_url, const std::string& api_key, RetryPolicy policy)
       : base_url_(std::move(base_url)), http_(policy, auth_options(api_key)) {
     while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
   }
