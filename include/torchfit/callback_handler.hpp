@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 #include "torchfit/log.hpp"
@@ -159,7 +161,7 @@ class CallbackHandler {
   /// Removes this exact callback; throws if it is not registered (HF raises ValueError).
   void remove_callback(const TrainerCallback& callback) {
     if (!pop_callback(callback))
-      throw Error("remove_callback: the " + callback.name() + " given is not registered with this trainer");
+      throw Error(fmt::format("remove_callback: the {} given is not registered with this trainer", callback.name()));
   }
 
   /// Class names, one per line, in call order (HF's callback_list).
@@ -262,8 +264,7 @@ class CallbackHandler {
   /// as they were. Keys no callback has are ignored with one warning (HF).
   void restore_states(const json& stored, TrainerControl& control) {
     if (!stored.is_object())
-      throw CheckpointError(std::string("stateful_callbacks must be a JSON object (got a JSON ") + stored.type_name() +
-                            ")");
+      throw CheckpointError(fmt::format("stateful_callbacks must be a JSON object (got a JSON {})", stored.type_name()));
     TrainerControl restored_control = control;
     std::vector<std::pair<TrainerCallback*, json>> restored;  // each callback given a state, with its state before
     std::vector<std::string> unmatched;
@@ -294,7 +295,7 @@ class CallbackHandler {
       }
     } catch (const std::exception& e) {
       undo();
-      throw CheckpointError("stateful_callbacks: the state stored under \"" + *key + "\" does not load: " + e.what());
+      throw CheckpointError(fmt::format("stateful_callbacks: the state stored under \"{}\" does not load: {}", *key, e.what()));
     } catch (...) {
       undo();
       throw;

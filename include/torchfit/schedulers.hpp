@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <torch/torch.h>
 
 #include "torchfit/detail/state_fields.hpp"
@@ -76,9 +78,8 @@ class LRScheduler {
   /// A per-group list of rates must have one rate per parameter group.
   void check_group_count(const std::vector<double>& rates, const char* key) const {
     if (rates.size() != optimizer_.param_groups().size())
-      throw CheckpointError(std::string(state_name) + ": \"" + key + "\" has " + std::to_string(rates.size()) +
-                            " learning rates but the optimizer has " +
-                            std::to_string(optimizer_.param_groups().size()) + " parameter groups");
+      throw CheckpointError(fmt::format("{}: \"{}\" has {} learning rates but the optimizer has {} parameter groups",
+                                        state_name, key, rates.size(), optimizer_.param_groups().size()));
   }
 
   static constexpr const char* state_name = "scheduler state";
@@ -129,10 +130,10 @@ class ReduceLROnPlateau : public LRScheduler {
   ReduceLROnPlateau(torch::optim::Optimizer& optimizer, Options options)
       : LRScheduler(optimizer), options_(std::move(options)) {
     if (options_.mode != "min" && options_.mode != "max")
-      throw ArgumentError("--lr_scheduler_kwargs: mode must be \"min\" or \"max\" (got \"" + options_.mode + "\")");
+      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: mode must be \"min\" or \"max\" (got \"{}\")", options_.mode));
     if (options_.threshold_mode != "rel" && options_.threshold_mode != "abs")
-      throw ArgumentError("--lr_scheduler_kwargs: threshold_mode must be \"rel\" or \"abs\" (got \"" +
-                          options_.threshold_mode + "\")");
+      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: threshold_mode must be \"rel\" or \"abs\" (got \"{}\")",
+                                      options_.threshold_mode));
     if (options_.factor >= 1.0) throw ArgumentError("--lr_scheduler_kwargs: factor must be < 1.0");
     current_ = base_lrs_;
     best_ = worst();
@@ -222,13 +223,12 @@ class SchedulerKwargs {
   SchedulerKwargs(const std::string& schedule, const json& kwargs, std::set<std::string> accepted)
       : schedule_(schedule), kwargs_(kwargs.is_null() ? json::object() : kwargs) {
     if (!kwargs_.is_object())
-      throw ArgumentError("--lr_scheduler_kwargs must be a JSON object (got " + kwargs_.dump() + ")");
+      throw ArgumentError(fmt::format("--lr_scheduler_kwargs must be a JSON object (got {})", kwargs_.dump()));
     for (const auto& item : kwargs_.items())
       if (!accepted.count(item.key())) {
-        std::string names;
-        for (const auto& a : accepted) names += (names.empty() ? "" : ", ") + a;
-        throw ArgumentError("--lr_scheduler_kwargs: unknown key \"" + item.key() + "\" for --lr_scheduler_type " +
-                            schedule_ + " (accepted: " + (names.empty() ? "none" : names) + ")");
+        throw ArgumentError(fmt::format("--lr_scheduler_kwargs: unknown key \"{}\" for --lr_scheduler_type {} "
+                                        "(accepted: {})",
+                                        item.key(), schedule_, accepted.empty() ? "none" : fmt::format("{}", fmt::join(accepted, ", "))));
       }
   }
 
@@ -254,8 +254,8 @@ class SchedulerKwargs {
 
  private:
   ArgumentError wrong(const std::string& key, const std::string& expected) const {
-    return ArgumentError("--lr_scheduler_kwargs: \"" + key + "\" must be " + expected + " for --lr_scheduler_type " +
-                         schedule_ + " (got " + kwargs_.at(key).dump() + ")");
+    return ArgumentError(fmt::format("--lr_scheduler_kwargs: \"{}\" must be {} for --lr_scheduler_type {} (got {})", key,
+                                     expected, schedule_, kwargs_.at(key).dump()));
   }
 
   std::string schedule_;
@@ -310,8 +310,9 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     const double lr_end = k.number("lr_end", 1e-7), power = k.number("power", 1.0);
     const double lr_init = optimizer.defaults().get_lr();
     if (!(lr_init > lr_end))
-      throw ArgumentError("--lr_scheduler_kwargs: lr_end (" + std::to_string(lr_end) +
-                          ") must be smaller than the initial learning rate (" + std::to_string(lr_init) + ")");
+      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: lr_end ({}) must be smaller than the initial learning "
+                                      "rate ({})",
+                                      lr_end, lr_init));
     return lambda([=](int64_t s) {
       if (s < W) return warmup_fraction(s, W);
       if (s > T) return lr_end / lr_init;
@@ -361,8 +362,7 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     const std::string warmup_type = k.text("warmup_type", "linear"), decay_type = k.text("decay_type", "cosine");
     for (const auto& [key, value] : {std::pair{"warmup_type", warmup_type}, std::pair{"decay_type", decay_type}})
       if (value != "linear" && value != "cosine" && value != "1-sqrt")
-        throw ArgumentError(std::string("--lr_scheduler_kwargs: ") + key + " must be linear, cosine or 1-sqrt (got \"" +
-                            value + "\")");
+        throw ArgumentError(fmt::format("--lr_scheduler_kwargs: {} must be linear, cosine or 1-sqrt (got \"{}\")", key, value));
     const double min_ratio = k.number("min_lr_ratio", 0.0), cycles = k.number("num_cycles", 0.5);
     return lambda([=](int64_t s) {
       const auto scaled = [&](double f) { return std::max(0.0, f * (1.0 - min_ratio) + min_ratio); };
@@ -396,10 +396,10 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     o.eps = k.number("eps", o.eps);
     return std::make_unique<ReduceLROnPlateau>(optimizer, o);
   }
-  throw ArgumentError("--lr_scheduler_type: \"" + name +
-                      "\" is not a schedule; use linear, cosine, cosine_with_restarts, polynomial, constant, "
-                      "constant_with_warmup, inverse_sqrt, reduce_lr_on_plateau, cosine_with_min_lr or "
-                      "warmup_stable_decay");
+  throw ArgumentError(fmt::format("--lr_scheduler_type: \"{}\" is not a schedule; use linear, cosine, "
+                                  "cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt, "
+                                  "reduce_lr_on_plateau, cosine_with_min_lr or warmup_stable_decay",
+                                  name));
 }
 
 }  // namespace torchfit

@@ -6,9 +6,11 @@
 #include <memory>
 #include <string>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/detail/type_name.hpp"
+#include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 #include "torchfit/trainer_control.hpp"
 
@@ -54,8 +56,7 @@ struct CallbackContext {
   ModuleImpl& model_as() const {
     auto* typed = dynamic_cast<ModuleImpl*>(model.get());
     if (typed == nullptr)
-      throw std::logic_error("CallbackContext::model_as: the model is not a " +
-                             detail::short_type_name(typeid(ModuleImpl)));
+      throw Error(fmt::format("CallbackContext::model_as: the model is not a {}", detail::short_type_name(typeid(ModuleImpl))));
     return *typed;
   }
 };

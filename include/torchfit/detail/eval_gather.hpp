@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/error.hpp"
@@ -23,8 +24,9 @@ inline torch::Tensor concat_padded(const std::vector<torch::Tensor>& parts, int6
   bool same_width = true;
   for (const auto& p : parts) {
     if (p.dim() != first.dim() || (p.dim() > 2 && !p.sizes().slice(2).equals(first.sizes().slice(2))))
-      throw Error("cannot concatenate evaluation outputs of shapes " + c10::str(first.sizes()) + " and " +
-                  c10::str(p.sizes()) + ": only dimension 0 and dimension 1 (padded) may differ between batches");
+      throw Error(fmt::format("cannot concatenate evaluation outputs of shapes {} and {}: only dimension 0 and "
+                              "dimension 1 (padded) may differ between batches",
+                              c10::str(first.sizes()), c10::str(p.sizes())));
     rows += p.size(0);
     if (p.dim() >= 2) {
       same_width = same_width && p.size(1) == first.size(1);

@@ -5,6 +5,7 @@
 #include <functional>
 #include <string>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/data.hpp"
@@ -42,7 +43,7 @@ class EvaluationLoop {
     const auto start = std::chrono::steady_clock::now();
     const TrainingArguments& args = loop_.args;
     detail::BatchPlan<Data> plan(dataset, args.per_device_eval_batch_size, false, std::nullopt);
-    if (plan.num_samples() == 0) throw Error(prefix + " dataset is empty: there is nothing to evaluate");
+    if (plan.num_samples() == 0) throw Error(fmt::format("{} dataset is empty: there is nothing to evaluate", prefix));
     loader_info_ = LoaderInfo{plan.num_batches(), plan.num_samples(), args.per_device_eval_batch_size};
     loop_.handler.context().eval_dataloader = &loader_info_;
 
@@ -82,7 +83,7 @@ class EvaluationLoop {
         out = loss_fn_(model_, batch);
       }
       if (!out.loss.defined() || out.loss.numel() != 1)
-        throw Error("loss_fn must return a scalar tensor during evaluation (batch " + std::to_string(k) + ")");
+        throw Error(fmt::format("loss_fn must return a scalar tensor during evaluation (batch {})", k));
       loss_sum += out.loss.detach().to(torch::kDouble).reshape({}) * static_cast<double>(detail::batch_size_of(batch));
       if (gather) {
         if (out.predictions.defined()) predictions.add(out.predictions);
