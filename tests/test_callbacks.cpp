@@ -141,7 +141,8 @@ TEST_CASE("Printer prints each log as a Python dict, without total_flos", "[call
         "{'train_runtime': 1.5, 'train_loss': 0.1, 'note': \"it's\"}\n");
 }
 
-TEST_CASE("Progress in plain mode prints rate-limited lines and logs, never a carriage return", "[callbacks][progress]") {
+TEST_CASE("Progress in plain mode prints rate-limited lines and logs, never a carriage return",
+          "[callbacks][progress]") {
   std::ostringstream out;
   double t = 100.0;
   Run run;
@@ -192,7 +193,8 @@ TEST_CASE("Progress counts only this run's steps in the rate after a resume", "[
         "step 8/10 (80%) | elapsed 0:00:35 | eta 0:00:35 | 0.06 it/s\n");
 }
 
-TEST_CASE("Progress replaces long strings and prints nothing for a standalone evaluate", "[callbacks][progress]") {
+TEST_CASE("Progress replaces long strings and prints nothing for a standalone evaluate",
+          "[callbacks][progress]") {
   std::ostringstream out;
   Run run;
   auto progress = run.handler.add_callback<ProgressCallback>(out, ProgressMode::plain);
@@ -201,8 +203,9 @@ TEST_CASE("Progress replaces long strings and prints nothing for a standalone ev
   CHECK(out.str().empty());
   run.begin();
   run.log(Logs{{"text", "abcdefgh"}, {"short", "abc"}});
-  CHECK_THAT(out.str(), Catch::Contains("{'text': '[String too long to display, length: 8 > 5. Consider increasing "
-                                        "`max_str_len` if needed.]', 'short': 'abc'}"));
+  CHECK_THAT(out.str(),
+             Catch::Contains("{'text': '[String too long to display, length: 8 > 5. Consider increasing "
+                             "`max_str_len` if needed.]', 'short': 'abc'}"));
 }
 
 TEST_CASE("Progress picks a bar on a terminal and plain lines elsewhere, TORCHFIT_PROGRESS overrides",
@@ -232,7 +235,8 @@ TEST_CASE("Progress picks a bar on a terminal and plain lines elsewhere, TORCHFI
     test::ScopedEnv forced("TORCHFIT_PROGRESS", "fancy");
     test::CaptureLog log;
     CHECK(ProgressCallback(sink, ProgressMode::automatic, pipe.fds[1]).mode() == ProgressMode::plain);
-    CHECK_THAT(log.text(), Catch::Contains("TORCHFIT_PROGRESS must be auto, bar, plain or off (got \"fancy\")"));
+    CHECK_THAT(log.text(),
+               Catch::Contains("TORCHFIT_PROGRESS must be auto, bar, plain or off (got \"fancy\")"));
   }
 }
 
@@ -261,20 +265,19 @@ TEST_CASE("Progress draws a bar redrawn in place on a real terminal", "[callback
     run.step();
     run.end();
     const std::string screen = tty.screen();
-    CHECK(screen ==
-          "\r" + bar(0, "| 0/4 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"                       //
-              + "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s]") + "\x1b[K"               //
-              + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 1.00it/s]") + "\x1b[K"               //
-              + "\r\x1b[K{'loss': 0.25, 'epoch': 0.5}\n"                                      //
-              + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 1.00it/s, loss=0.25]") + "\x1b[K"    //
-              + "\reval " + bar(50, "| 1/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"          //
-              + "\reval " + bar(100, "| 2/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"         //
-              + "\r\x1b[K{'eval_loss': 0.5}\n"                                                //
-              + "\reval " + bar(100, "| 2/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"         //
-              + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 0.80it/s, loss=0.25]") + "\x1b[K"    //
-              + "\r" + bar(75, "| 3/4 [0:00:04<0:00:01, 0.75it/s, loss=0.25]") + "\x1b[K"    //
-              + "\r" + bar(100, "| 4/4 [0:00:04<0:00:00, 1.00it/s, loss=0.25]") + "\x1b[K"   //
-              + "\r" + bar(100, "| 4/4 [0:00:04<0:00:00, 1.00it/s, loss=0.25]") + "\x1b[K\n");
+    CHECK(screen == "\r" + bar(0, "| 0/4 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"                     //
+                        + "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s]") + "\x1b[K"              //
+                        + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 1.00it/s]") + "\x1b[K"              //
+                        + "\r\x1b[K{'loss': 0.25, 'epoch': 0.5}\n"                                    //
+                        + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 1.00it/s, loss=0.25]") + "\x1b[K"   //
+                        + "\reval " + bar(50, "| 1/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"         //
+                        + "\reval " + bar(100, "| 2/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"        //
+                        + "\r\x1b[K{'eval_loss': 0.5}\n"                                              //
+                        + "\reval " + bar(100, "| 2/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"        //
+                        + "\r" + bar(50, "| 2/4 [0:00:02<0:00:02, 0.80it/s, loss=0.25]") + "\x1b[K"   //
+                        + "\r" + bar(75, "| 3/4 [0:00:04<0:00:01, 0.75it/s, loss=0.25]") + "\x1b[K"   //
+                        + "\r" + bar(100, "| 4/4 [0:00:04<0:00:00, 1.00it/s, loss=0.25]") + "\x1b[K"  //
+                        + "\r" + bar(100, "| 4/4 [0:00:04<0:00:00, 1.00it/s, loss=0.25]") + "\x1b[K\n");
   }
   SECTION("unforced redraws come at most ten times a second") {
     run.begin();
@@ -290,6 +293,28 @@ TEST_CASE("Progress draws a bar redrawn in place on a real terminal", "[callback
     CHECK(count(screen, "\r") == 3);
     CHECK_THAT(screen, Catch::Contains("| 0/4 ") && Catch::Contains("| 2/4 ") && Catch::Contains("| 4/4 "));
   }
+  SECTION("write() and library messages print above the bar; the postfix keeps 4 significant digits") {
+    run.begin();
+    t = 1;
+    run.step();
+    ProgressCallback::write("sample: hello", terminal);
+    {
+      test::CaptureLog log;  // messages go to their own stream; the bar on the terminal makes way for them
+      log::warning("disk almost full");
+      CHECK(log.text() == "[torchfit] warning: disk almost full\n");
+    }
+    run.log(Logs{{"loss", 0.123456789}});
+    run.end();
+    ProgressCallback::write("after training", terminal);  // no bar any more: just the line
+    const std::string one = "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s]") + "\x1b[K";
+    const std::string with_loss = "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s, loss=0.1235]") + "\x1b[K";
+    CHECK(tty.screen() == "\r" + bar(0, "| 0/4 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K" + one  //
+                              + "\r\x1b[Ksample: hello\n" + one                                  //
+                              + "\r\x1b[K" + one                                                  //
+                              + "\r\x1b[K{'loss': 0.123456789}\n" + with_loss                    //
+                              + with_loss + "\n"                                                  //
+                              + "after training\n");
+  }
   SECTION("a standalone evaluation keeps its finished bar and prints no logs") {
     t = 10;
     run.handler.on_prediction_step(run.args, run.state, run.control);
@@ -297,13 +322,14 @@ TEST_CASE("Progress draws a bar redrawn in place on a real terminal", "[callback
     run.handler.on_prediction_step(run.args, run.state, run.control);
     run.handler.on_log(run.args, run.state, run.control, Logs{{"eval_loss", 0.5}});
     run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_loss", 0.5}});
-    CHECK(tty.screen() == "\reval " + bar(50, "| 1/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"     //
+    CHECK(tty.screen() == "\reval " + bar(50, "| 1/2 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K"         //
                               + "\reval " + bar(100, "| 2/2 [0:00:01<0:00:00, 2.00it/s]") + "\x1b[K"  //
                               + "\reval " + bar(100, "| 2/2 [0:00:01<0:00:00, 2.00it/s]") + "\x1b[K\n");
   }
 }
 
-TEST_CASE("EarlyStopping stops after patience evaluations without improvement", "[callbacks][early_stopping]") {
+TEST_CASE("EarlyStopping stops after patience evaluations without improvement",
+          "[callbacks][early_stopping]") {
   Run run;
   run.args.eval_strategy = IntervalStrategy::steps;
   auto evaluate = [&](double loss) {
@@ -318,7 +344,7 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
     CHECK(!evaluate(1.0));
     CHECK(!evaluate(0.95));  // better, but not by more than 0.1
     CHECK(es->patience_counter() == 1);
-    CHECK(!evaluate(0.8));   // better by 0.2: counter reset
+    CHECK(!evaluate(0.8));  // better by 0.2: counter reset
     CHECK(es->patience_counter() == 0);
     CHECK(!evaluate(0.9));
     CHECK(evaluate(0.85));
@@ -334,7 +360,8 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
     run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_accuracy", 0.5}});
     run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_accuracy", 0.6}});
     CHECK(!run.control.should_training_stop);
-    run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_accuracy", 0.6}});  // a tie is no gain
+    run.handler.on_evaluate(run.args, run.state, run.control,
+                            Logs{{"eval_accuracy", 0.6}});  // a tie is no gain
     CHECK(run.control.should_training_stop);
   }
   SECTION("a NaN metric stops at once") {
@@ -374,11 +401,15 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
     auto es = run.handler.add_callback<EarlyStoppingCallback>(1);
     run.begin();
     test::CaptureLog log;
-    run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_loss", 1.0}, {"eval_accuracy", 0.5}});
-    run.handler.on_evaluate(run.args, run.state, run.control, Logs{{"eval_loss", 2.0}, {"eval_accuracy", 0.4}});
+    run.handler.on_evaluate(run.args, run.state, run.control,
+                            Logs{{"eval_loss", 1.0}, {"eval_accuracy", 0.5}});
+    run.handler.on_evaluate(run.args, run.state, run.control,
+                            Logs{{"eval_loss", 2.0}, {"eval_accuracy", 0.4}});
     CHECK(log.text() ==
-          "[torchfit] warning: EarlyStoppingCallback watches \"eval_f1\" but the evaluation has no such number (it "
-          "has: eval_loss, eval_accuracy); set metric_for_best_model or EarlyStoppingOptions::monitor to one of "
+          "[torchfit] warning: EarlyStoppingCallback watches \"eval_f1\" but the evaluation has no such "
+          "number (it "
+          "has: eval_loss, eval_accuracy); set metric_for_best_model or EarlyStoppingOptions::monitor to one "
+          "of "
           "these. Early stopping does nothing until the metric appears\n");
     CHECK(es->patience_counter() == 0);
     CHECK(!es->best_value());
@@ -400,7 +431,7 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
   SECTION("auto mode: greater_is_better applies to metric_for_best_model only; other names by their ending") {
     run.args.metric_for_best_model = "eval_accuracy";
     run.args.greater_is_better = false;  // odd, but it is what the user asked for this metric
-    test::CaptureLog quiet;  // three instances of one class draw the handler's duplicate warning
+    test::CaptureLog quiet;              // three instances of one class draw the handler's duplicate warning
     EarlyStoppingOptions o;
     auto watch_accuracy = run.handler.add_callback<EarlyStoppingCallback>(o);
     o.monitor = "bleu";
@@ -408,7 +439,9 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
     o.monitor = "eval_perplexity_loss";
     auto watch_loss = run.handler.add_callback<EarlyStoppingCallback>(o);
     run.begin();
-    auto metrics = [](double v) { return Logs{{"eval_accuracy", v}, {"eval_bleu", v}, {"eval_perplexity_loss", v}}; };
+    auto metrics = [](double v) {
+      return Logs{{"eval_accuracy", v}, {"eval_bleu", v}, {"eval_perplexity_loss", v}};
+    };
     run.handler.on_evaluate(run.args, run.state, run.control, metrics(0.5));
     run.handler.on_evaluate(run.args, run.state, run.control, metrics(0.4));
     CHECK(watch_accuracy->patience_counter() == 0);  // min: lower is better
@@ -437,13 +470,43 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement", 
     CHECK(restored->patience_counter() == 2);  // a tie with the restored best is no improvement
     CHECK(!resumed.control.should_training_stop);
     resumed.handler.on_evaluate(resumed.args, resumed.state, resumed.control, Logs{{"eval_loss", 1.5}});
-    CHECK(resumed.control.should_training_stop);  // the third in a row, counting the one before the checkpoint
+    CHECK(
+        resumed.control.should_training_stop);  // the third in a row, counting the one before the checkpoint
     CHECK(restored->stop_reason() ==
           "early stopping: eval_loss did not improve by more than 0.0 for 3 evaluations (best 1.0)");
   }
+  SECTION("the reason of a stop is printed by default, with the step") {
+    run.handler.add_callback<EarlyStoppingCallback>(1);
+    run.begin();
+    run.state.global_step = 7;
+    test::CaptureLog log(log::Level::notice);
+    evaluate(1.0);
+    evaluate(1.5);
+    CHECK(log.text() ==
+          "[torchfit] early stopping: eval_loss did not improve by more than 0.0 for 1 evaluation (best 1.0); "
+          "training stops at step 7\n");
+  }
+  SECTION("mode auto warns when the monitor looks like an error measure") {
+    EarlyStoppingOptions o;
+    o.monitor = "callbacks_mae";
+    auto es = run.handler.add_callback<EarlyStoppingCallback>(o);
+    test::CaptureLog log;
+    run.begin();
+    CHECK_THAT(log.text(), Catch::StartsWith("[torchfit] warning: \"eval_callbacks_mae\" looks like an error "
+                                             "measure (lower is better)") &&
+                               Catch::EndsWith("Set EarlyStoppingOptions::mode to \"min\" if lower is better, or "
+                                               "\"max\" to keep this and silence the warning\n"));
+    o.mode = "min";
+    run.handler.remove_callback(*es);
+    run.handler.add_callback<EarlyStoppingCallback>(o);
+    test::CaptureLog quiet;
+    run.begin();
+    CHECK(quiet.text().empty());
+  }
   SECTION("state written by HF (no best value) restores the counter") {
     EarlyStoppingCallback restored(3, 0.0);
-    restored.load_state(json::parse(R"({"args": {"early_stopping_patience": 3, "early_stopping_threshold": 0.0},
+    restored.load_state(
+        json::parse(R"({"args": {"early_stopping_patience": 3, "early_stopping_threshold": 0.0},
                                         "attributes": {"early_stopping_patience_counter": 2}})"));
     CHECK(restored.patience_counter() == 2);
     CHECK(!restored.best_value());
@@ -454,7 +517,8 @@ TEST_CASE("EarlyStopping refuses to run without evaluations", "[callbacks][early
   Run run;
   run.handler.add_callback<EarlyStoppingCallback>(1);
   CHECK_THROWS_AS(run.begin(), ArgumentError);
-  CHECK_THROWS_WITH(run.begin(), "EarlyStoppingCallback needs evaluations to watch: set --eval_strategy to \"steps\" "
-                                 "or \"epoch\" (got \"no\")");
+  CHECK_THROWS_WITH(run.begin(),
+                    "EarlyStoppingCallback needs evaluations to watch: set --eval_strategy to \"steps\" "
+                    "or \"epoch\" (got \"no\")");
   CHECK_THROWS_WITH(EarlyStoppingCallback(0), Catch::Contains("patience must be >= 1 (got 0)"));
 }

@@ -10,8 +10,8 @@
 namespace torchfit {
 
 /// Prints every log as Python prints a dict (HF's PrinterCallback, used when disable_tqdm is set), without
-/// `total_flos`, on the local process zero. HF pops total_flos from the shared logs; logs are const here, so it
-/// is only left out of the printed copy.
+/// `total_flos`, on the local process zero. HF pops total_flos from the shared logs; logs are const here, so
+/// it is only left out of the printed copy.
 class PrinterCallback : public TrainerCallback {
  public:
   explicit PrinterCallback(std::ostream& out = std::cout) : out_(out) {}

@@ -12,11 +12,14 @@
 #include <cstring>
 #include <functional>
 #include <iostream>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
+#include "torchfit/detail/console.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_callback.hpp"
@@ -24,8 +27,8 @@
 
 namespace torchfit {
 
-/// How ProgressCallback draws: a redrawn bar (terminal), plain lines (pipe, file), nothing, or chosen from the
-/// stream (automatic).
+/// How ProgressCallback draws: a redrawn bar (terminal), plain lines (pipe, file), nothing, or chosen from
+/// the stream (automatic).
 enum class ProgressMode { automatic, bar, plain, off };
 
 /// The mode TORCHFIT_PROGRESS asks for (auto|bar|plain|off); automatic when unset, and when unknown (with a
@@ -59,10 +62,11 @@ inline double python_round(double value, int digits) {
 }  // namespace detail
 
 /// Training progress (HF's ProgressCallback), aware of where it writes. On a terminal: a bar redrawn in place
-/// at most 10 times a second with step/total, elapsed, ETA, it/s and the last loss, logs printed above it, and an
-/// evaluation bar. On a pipe or file: plain lines, never a carriage return or escape code, at most one progress
-/// line per `plain_interval` seconds plus one per epoch end and one at the end. World process zero only.
-class ProgressCallback : public TrainerCallback {
+/// at most 10 times a second with step/total, elapsed, ETA, it/s and the last loss (4 significant digits),
+/// logs printed above it, and an evaluation bar. On a pipe or file: plain lines, never a carriage return or
+/// escape code, at most one progress line per `plain_interval` seconds plus one per epoch end and one at the
+/// end. World process zero only. While the bar is drawn, library messages and write() print above it.
+class ProgressCallback : public TrainerCallback, private detail::LiveLine {
  public:
   /// `tty_fd` is the file descriptor behind `out` for the terminal check (default: 2 for std::cerr/std::clog,
   /// 1 for std::cout; other streams count as files). TORCHFIT_PROGRESS overrides an automatic mode.
@@ -74,6 +78,14 @@ class ProgressCallback : public TrainerCallback {
             : (fd_ >= 0 && ::isatty(fd_))   ? ProgressMode::bar
                                             : ProgressMode::plain;
   }
+
+  ~ProgressCallback() override { release_terminal(); }
+  ProgressCallback(const ProgressCallback&) = delete;
+  ProgressCallback& operator=(const ProgressCallback&) = delete;
+
+  /// Prints `line` on `out` without breaking a progress bar being drawn (tqdm's write): the bar is cleared,
+  /// the line printed, and the bar drawn again below it. For callbacks that print, from any thread.
+  static void write(std::string_view line, std::ostream& out = std::cout) { detail::print_line(out, line); }
 
   /// The mode in use after resolving `automatic`.
   ProgressMode mode() const { return mode_; }
@@ -91,7 +103,10 @@ class ProgressCallback : public TrainerCallback {
     start_step_ = current_step_ = state.global_step;
     last_line_step_.reset();
     total_ = state.max_steps;
-    if (mode_ == ProgressMode::bar) redraw(true);
+    if (mode_ == ProgressMode::bar) {
+      claim_terminal();
+      redraw(true);
+    }
   }
 
   void on_step_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -107,7 +122,8 @@ class ProgressCallback : public TrainerCallback {
     if (active(state) && training_ && mode_ == ProgressMode::plain) plain_line();
   }
 
-  void on_prediction_step(const Args&, TrainerState& state, TrainerControl&, const CallbackContext& ctx) override {
+  void on_prediction_step(const Args&, TrainerState& state, TrainerControl&,
+                          const CallbackContext& ctx) override {
     if (!active(state) || mode_ != ProgressMode::bar || ctx.eval_dataloader == nullptr ||
         ctx.eval_dataloader->num_batches <= 0)
       return;
@@ -115,6 +131,7 @@ class ProgressCallback : public TrainerCallback {
     if (first) {
       eval_total_ = ctx.eval_dataloader->num_batches;
       eval_start_ = now();
+      claim_terminal();  // already held inside training
     }
     eval_done_ = eval_done_.value_or(0) + 1;
     redraw(first || *eval_done_ >= eval_total_);
@@ -136,22 +153,24 @@ class ProgressCallback : public TrainerCallback {
       shown["epoch"] = detail::python_round(shown.at("epoch").get<double>(), 2);
     for (auto& item : shown.items())
       if (item.value().is_string() && item.value().get_ref<const std::string&>().size() > max_str_len_)
-        item.value() = fmt::format("[String too long to display, length: {} > {}. Consider increasing `max_str_len` if "
-                                   "needed.]",
-                                   item.value().get_ref<const std::string&>().size(), max_str_len_);
-    if (mode_ == ProgressMode::bar) {
-      // tqdm's write(): clear the bar's line, print, draw the bar again below.
-      out_ << "\r\x1b[K" << detail::python_repr(shown) << '\n';
-      redraw(true);
-    } else {
-      out_ << detail::python_repr(shown) << '\n' << std::flush;
-    }
+        item.value() = fmt::format(
+            "[String too long to display, length: {} > {}. Consider increasing `max_str_len` if "
+            "needed.]",
+            item.value().get_ref<const std::string&>().size(), max_str_len_);
+    if (mode_ != ProgressMode::bar) return detail::print_line(out_, detail::python_repr(shown));
+    // As print_line, but the bar comes back up to date (with this log's loss).
+    std::lock_guard<std::mutex> lock(detail::console().mutex);
+    clear();
+    out_ << detail::python_repr(shown) << '\n';
+    draw(now());
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!active(state) || !training_) return;
     if (mode_ == ProgressMode::bar) {
       redraw(true);
+      release_terminal();
+      std::lock_guard<std::mutex> lock(detail::console().mutex);
       out_ << '\n' << std::flush;
     } else {
       plain_line();
@@ -168,7 +187,9 @@ class ProgressCallback : public TrainerCallback {
     return -1;
   }
 
-  bool active(const TrainerState& state) const { return mode_ != ProgressMode::off && state.is_world_process_zero; }
+  bool active(const TrainerState& state) const {
+    return mode_ != ProgressMode::off && state.is_world_process_zero;
+  }
   double now() const {
     if (clock_) return clock_();
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -190,7 +211,8 @@ class ProgressCallback : public TrainerCallback {
   std::string bar_text(int64_t n, int64_t total, int64_t done_this_run, double elapsed,
                        std::optional<double> loss) const {
     const double it_s = rate(done_this_run, elapsed);
-    const double fraction = total > 0 ? std::min(1.0, static_cast<double>(n) / static_cast<double>(total)) : 0.0;
+    const double fraction =
+        total > 0 ? std::min(1.0, static_cast<double>(n) / static_cast<double>(total)) : 0.0;
     std::string suffix = fmt::format("| {}/{} [{}<{}, {:.2f}it/s", n, total, detail::clock_text(elapsed),
                                      detail::clock_text(eta(total - n, it_s)), it_s);
     if (loss) suffix += fmt::format(", loss={:.4g}", *loss);
@@ -209,10 +231,34 @@ class ProgressCallback : public TrainerCallback {
     const double t = now();
     if (!force && t - last_draw_time_ < redraw_interval) return;
     last_draw_time_ = t;
-    out_ << '\r'
-         << (eval_done_ ? "eval " + bar_text(*eval_done_, eval_total_, *eval_done_, t - eval_start_, std::nullopt)
-                        : bar_text(current_step_, total_, current_step_ - start_step_, t - start_time_, last_loss_))
-         << "\x1b[K" << std::flush;
+    std::lock_guard<std::mutex> lock(detail::console().mutex);
+    draw(t);
+  }
+
+  // With the console's mutex held.
+  void draw(double t) {
+    drawn_ =
+        "\r" +
+        (eval_done_
+             ? "eval " + bar_text(*eval_done_, eval_total_, *eval_done_, t - eval_start_, std::nullopt)
+             : bar_text(current_step_, total_, current_step_ - start_step_, t - start_time_, last_loss_)) +
+        "\x1b[K";
+    out_ << drawn_ << std::flush;
+  }
+
+  // detail::LiveLine, around a line printed while the bar is drawn, maybe from another thread: the bar as
+  // last drawn, since its counters belong to the training thread.
+  void clear() override { out_ << "\r\x1b[K"; }
+  void redraw() override { out_ << drawn_ << std::flush; }
+
+  // While training draws a bar, messages and write() go above it.
+  void claim_terminal() {
+    std::lock_guard<std::mutex> lock(detail::console().mutex);
+    detail::console().live = this;
+  }
+  void release_terminal() {
+    std::lock_guard<std::mutex> lock(detail::console().mutex);
+    if (detail::console().live == this) detail::console().live = nullptr;
   }
 
   // One plain progress line, unless the last one already showed this step (an epoch end at the last step is
@@ -224,11 +270,12 @@ class ProgressCallback : public TrainerCallback {
     last_line_step_ = current_step_;
     const double elapsed = t - start_time_;
     const double it_s = rate(current_step_ - start_step_, elapsed);
-    out_ << fmt::format("step {}/{} ({:.0f}%) | elapsed {} | eta {} | {:.2f} it/s", current_step_, total_,
-                        total_ > 0 ? 100.0 * static_cast<double>(current_step_) / static_cast<double>(total_) : 0.0,
-                        detail::clock_text(elapsed), detail::clock_text(eta(total_ - current_step_, it_s)), it_s);
-    if (last_loss_) out_ << fmt::format(" | loss {:.4f}", *last_loss_);
-    out_ << '\n' << std::flush;
+    std::string line = fmt::format(
+        "step {}/{} ({:.0f}%) | elapsed {} | eta {} | {:.2f} it/s", current_step_, total_,
+        total_ > 0 ? 100.0 * static_cast<double>(current_step_) / static_cast<double>(total_) : 0.0,
+        detail::clock_text(elapsed), detail::clock_text(eta(total_ - current_step_, it_s)), it_s);
+    if (last_loss_) line += fmt::format(" | loss {:.4g}", *last_loss_);
+    detail::print_line(out_, line);
   }
 
   // HF's `leave` rule: the evaluation bar disappears inside training (the training bar is drawn over it) and
@@ -241,11 +288,14 @@ class ProgressCallback : public TrainerCallback {
     } else {
       redraw(true);
       eval_done_.reset();
+      release_terminal();
+      std::lock_guard<std::mutex> lock(detail::console().mutex);
       out_ << '\n' << std::flush;
     }
   }
 
   std::ostream& out_;
+  std::string drawn_;  // the bar's last drawing, guarded by the console's mutex
   int fd_;
   ProgressMode mode_;
   double plain_interval_ = 30.0;
