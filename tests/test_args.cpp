@@ -7,12 +7,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <functional>
 #include <limits>
 #include <optional>
 #include <regex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -55,6 +57,29 @@ std::string validate_error(TrainingArguments args) {
   return error_of([&] { args.validate(); });
 }
 
+// Runs `f` in a child process: its exit status (3 if it returns) and what it printed on stdout.
+std::pair<int, std::string> exit_status_and_stdout(const std::function<void()>& f) {
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  std::cout.flush();
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    close(fds[0]);
+    f();
+    _exit(3);
+  }
+  close(fds[1]);
+  std::string out;
+  char buffer[4096];
+  for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;) out.append(buffer, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
 std::string hostname() {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
@@ -76,7 +101,7 @@ TEST_CASE("defaults are HF v4.57's, except report_to and restore_callback_states
     "num_train_epochs": 3.0, "max_steps": -1, "lr_scheduler_type": "linear", "lr_scheduler_kwargs": {},
     "warmup_ratio": 0.0, "warmup_steps": 0,
     "logging_dir": "", "logging_strategy": "steps", "logging_steps": 500, "logging_first_step": false,
-    "logging_nan_inf_filter": true,
+    "logging_nan_inf_filter": true, "terminate_on_nan": false,
     "save_strategy": "steps", "save_steps": 500, "save_total_limit": null, "save_safetensors": true,
     "save_only_model": false, "restore_callback_states_from_checkpoint": true, "resume_from_checkpoint": null,
     "ignore_data_skip": false,
@@ -357,12 +382,16 @@ TEST_CASE("from_argv reads --name value, --name=value, bare and valued bool flag
   CHECK(args.lr_scheduler_kwargs == json::parse(R"({"power": 2, "lr_end": 1e-6})"));
   CHECK_FALSE(args.save_total_limit.has_value());  // the last occurrence wins
   CHECK(args.data_seed == 11);
-  CHECK(args.greater_is_better == true);  // None, then derived from "accuracy" by validate()
+  CHECK_FALSE(args.greater_is_better.has_value());  // None: derived when the Trainer validates its copy
   CHECK(args.logging_nan_inf_filter);
   CHECK(args.eval_steps == 0.5);
   CHECK(args.run_name == "a run");
   CHECK(args.logging_dir == "logs=1");  // split at the first "="
-  CHECK(args.do_eval);                  // validated
+  CHECK_FALSE(args.do_eval);            // derived by validate(), which parsing runs on a copy only
+  TrainingArguments validated = args;
+  validated.validate();
+  CHECK(validated.greater_is_better == true);
+  CHECK(validated.do_eval);
 }
 
 TEST_CASE("from_argv: a bool flag takes only a bool word after it, --no_NAME clears a bool", "[args]") {
@@ -432,28 +461,11 @@ TEST_CASE("parse_known_args returns unknown flags, their values and stray tokens
 
 TEST_CASE("--help prints help_text to stdout and exits 0", "[args]") {
   for (const char* flag : {"--help", "-h"}) {
-    int fds[2];
-    REQUIRE(pipe(fds) == 0);
-    std::cout.flush();
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      dup2(fds[1], STDOUT_FILENO);
-      close(fds[0]);
+    const auto [status, out] = exit_status_and_stdout([&] {
       const char* argv[] = {"/usr/bin/my_train", "--max_steps", "3", flag, "--bogus"};
       TrainingArguments::from_argv(5, argv);
-      _exit(3);  // not reached when --help exits
-    }
-    close(fds[1]);
-    std::string out;
-    char buffer[4096];
-    for (ssize_t n; (n = read(fds[0], buffer, sizeof buffer)) > 0;)
-      out.append(buffer, static_cast<size_t>(n));
-    close(fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status));
-    CHECK(WEXITSTATUS(status) == 0);
+    });
+    CHECK(status == 0);
     CHECK(out == TrainingArguments::help_text("my_train"));
   }
 }
@@ -542,7 +554,7 @@ TEST_CASE("to_json / from_json / load_from_json round-trip every field", "[args]
 
 TEST_CASE("from_json and load_from_json name the key, the value and the file", "[args]") {
   CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"lerning_rate": 1})")); }) ==
-        "unknown training argument \"lerning_rate\" (did you mean learning_rate?)");
+        "unknown argument \"lerning_rate\" (did you mean learning_rate?)");
   CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"max_steps": "abc"})")); }) ==
         "field \"max_steps\" expects an integer (got \"abc\")");
   CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"max_steps": 2.5})")); }) ==
@@ -554,7 +566,7 @@ TEST_CASE("from_json and load_from_json name the key, the value and the file", "
   CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"fp16": "yes"})")); }) ==
         "field \"fp16\" expects true or false (got \"yes\")");
   CHECK(error_of([] { TrainingArguments::from_json(json::array()); }) ==
-        "training arguments must be a JSON object (got array)");
+        "arguments must be a JSON object (got array)");
 
   TempDir dir;
   const auto path = dir / "training_args.json";
@@ -563,7 +575,7 @@ TEST_CASE("from_json and load_from_json name the key, the value and the file", "
         path.string() + ": --warmup_ratio must be in [0, 1] (got 2)");
   write_file(path, R"({"optimizer": "sgd"})");
   CHECK(error_of([&] { TrainingArguments::load_from_json(path); }) ==
-        path.string() + ": unknown training argument \"optimizer\"");
+        path.string() + ": unknown argument \"optimizer\"");
   write_file(path, "{");
   CHECK_THROWS_WITH(TrainingArguments::load_from_json(path), Catch::Contains(path.string()));
   CHECK_THROWS_AS(TrainingArguments::load_from_json(dir / "missing.json"), FormatError);
@@ -582,19 +594,231 @@ TEST_CASE("strategy names convert both ways, an unknown name lists the valid one
         "--save_strategy expects one of \"no\", \"steps\", \"epoch\", \"best\" (got \"always\")");
 }
 
-TEST_CASE("include_num_input_tokens_seen takes HF's names or a bool, on the command line and in JSON", "[args]") {
+TEST_CASE("include_num_input_tokens_seen takes HF's names or a bool, on the command line and in JSON",
+          "[args]") {
   CHECK(parse({}).include_num_input_tokens_seen == TokenCounting::no);
-  CHECK(parse({"--include_num_input_tokens_seen", "true"}).include_num_input_tokens_seen == TokenCounting::all);
-  CHECK(parse({"--include_num_input_tokens_seen", "False"}).include_num_input_tokens_seen == TokenCounting::no);
+  CHECK(parse({"--include_num_input_tokens_seen", "true"}).include_num_input_tokens_seen ==
+        TokenCounting::all);
+  CHECK(parse({"--include_num_input_tokens_seen", "False"}).include_num_input_tokens_seen ==
+        TokenCounting::no);
   CHECK(parse({"--include_num_input_tokens_seen", "non_padding"}).include_num_input_tokens_seen ==
         TokenCounting::non_padding);
   CHECK(parse_error({"--include_num_input_tokens_seen", "some"}) ==
         "--include_num_input_tokens_seen expects one of \"no\", \"all\", \"non_padding\" (got \"some\")");
   CHECK(TrainingArguments::from_json(json::parse(R"({"include_num_input_tokens_seen": true})"))
             .include_num_input_tokens_seen == TokenCounting::all);
-  CHECK(error_of([] { TrainingArguments::from_json(json::parse(R"({"include_num_input_tokens_seen": 3})")); }) ==
-        "field \"include_num_input_tokens_seen\" expects one of \"no\", \"all\", \"non_padding\" or a bool (got 3)");
+  CHECK(error_of(
+            [] { TrainingArguments::from_json(json::parse(R"({"include_num_input_tokens_seen": 3})")); }) ==
+        "field \"include_num_input_tokens_seen\" expects one of \"no\", \"all\", \"non_padding\" or a bool "
+        "(got 3)");
   // Written as HF writes it after __post_init__: the name, never the bool.
   auto args = parse({"--include_num_input_tokens_seen", "yes"});
   CHECK(args.to_json().at("include_num_input_tokens_seen") == "all");
+}
+
+// ---- a program's own arguments (ArgumentParser) ----
+
+namespace {
+enum class Pooling { mean, max };
+}  // namespace
+
+namespace torchfit::detail {
+template <>
+struct EnumNames<Pooling> {
+  static constexpr std::array<const char*, 2> values = {"mean", "max"};
+};
+}  // namespace torchfit::detail
+
+namespace {
+
+struct ModelArguments {
+  std::string data_file = "data.csv";
+  int patience = 10;
+  float dropout = 0.1f;
+  std::optional<int64_t> hidden_size;
+  bool use_bias = true;
+  Pooling pooling = Pooling::mean;
+
+  static ArgumentFields<ModelArguments> fields() {
+    return ArgumentFields<ModelArguments>("Model")
+        .add("data_file", &ModelArguments::data_file, "training data")
+        .add("patience", &ModelArguments::patience, "evaluations without improvement before stopping")
+        .add("dropout", &ModelArguments::dropout, "dropout probability")
+        .add("hidden_size", &ModelArguments::hidden_size, "hidden units; None: chosen from the data")
+        .add("use_bias", &ModelArguments::use_bias, "linear layers with a bias")
+        .section("Pooling")
+        .add("pooling", &ModelArguments::pooling, "how token vectors are pooled");
+  }
+};
+
+// A struct with its own checks: parsing reports them.
+struct CheckedArguments {
+  int layers = 2;
+  static ArgumentFields<CheckedArguments> fields() {
+    return ArgumentFields<CheckedArguments>().add("layers", &CheckedArguments::layers, "transformer layers");
+  }
+  void validate() {
+    if (layers < 1) throw ArgumentError(fmt::format("--layers must be >= 1 (got {})", layers));
+  }
+};
+
+using Parser = ArgumentParser<ModelArguments, TrainingArguments>;
+
+Parser::Values parse_both(const Parser& parser, const std::vector<std::string>& tokens) {
+  const auto argv = make_argv(tokens);
+  return parser.parse(static_cast<int>(argv.size()), argv.data());
+}
+
+}  // namespace
+
+TEST_CASE("ArgumentParser parses a program's struct and TrainingArguments together", "[args][parser]") {
+  TrainingArguments defaults;  // defaults given in code
+  defaults.output_dir = "code_default";
+  defaults.learning_rate = 1e-3;
+  defaults.eval_strategy = IntervalStrategy::epoch;
+  const Parser parser(ModelArguments{}, defaults);
+
+  const auto [model, args] =
+      parse_both(parser, {"--patience", "3", "--learning_rate", "2e-3", "--no_use_bias", "--hidden_size=64",
+                          "--pooling", "max", "--dropout", "0.25"});
+  CHECK(model.patience == 3);
+  CHECK(model.data_file == "data.csv");
+  CHECK(model.hidden_size == 64);
+  CHECK_FALSE(model.use_bias);
+  CHECK(model.pooling == Pooling::max);
+  CHECK(model.dropout == 0.25f);
+  CHECK(args.learning_rate == 2e-3);         // the command line overrides the code's default
+  CHECK(args.output_dir == "code_default");  // the code's default where no flag is given
+  CHECK(args.eval_strategy == IntervalStrategy::epoch);
+  CHECK(args.per_device_train_batch_size == 8);  // HF's default otherwise
+
+  // Unknown flags are errors, with a suggestion from either struct.
+  CHECK(error_of([&] {
+          parse_both(parser, {"--patiense", "3"});
+        }) == "unknown flag --patiense (did you mean --patience?); see --help");
+  CHECK(error_of([&] {
+          parse_both(parser, {"--lerning_rate", "3"});
+        }) == "unknown flag --lerning_rate (did you mean --learning_rate?); see --help");
+  CHECK(error_of([&] {
+          parse_both(parser, {"--patience", "99999999999"});
+        }) == "--patience expects an integer in [-2147483648, 2147483647] (got \"99999999999\")");
+  CHECK(error_of([&] {
+          parse_both(parser, {"--pooling", "sum"});
+        }) == "--pooling expects one of \"mean\", \"max\" (got \"sum\")");
+  // TrainingArguments is checked at parse time...
+  CHECK(error_of([&] {
+          parse_both(parser, {"--warmup_ratio", "2"});
+        }) == "--warmup_ratio must be in [0, 1] (got 2)");
+  // ... and so is any struct with a validate().
+  const ArgumentParser<CheckedArguments> checked;
+  const auto layers_zero = make_argv({"--layers", "0"});
+  CHECK(error_of([&] { checked.parse(static_cast<int>(layers_zero.size()), layers_zero.data()); }) ==
+        "--layers must be >= 1 (got 0)");
+
+  // parse_known_args leaves what neither struct declares.
+  const auto mixed = make_argv({"--patience", "4", "--extra", "x", "--max_steps", "7"});
+  std::vector<std::string> rest;
+  const auto [known_model, known_args] =
+      parser.parse_known_args(static_cast<int>(mixed.size()), mixed.data(), rest);
+  CHECK(known_model.patience == 4);
+  CHECK(known_args.max_steps == 7);
+  CHECK(rest == std::vector<std::string>{"--extra", "x"});
+}
+
+TEST_CASE("ArgumentParser's --help lists every struct's fields with the code's defaults", "[args][parser]") {
+  TrainingArguments defaults;
+  defaults.learning_rate = 1e-3;
+  ModelArguments model_defaults;
+  model_defaults.patience = 5;
+  const Parser parser(model_defaults, defaults);
+  const std::string help = parser.help_text("prog");
+  CHECK(help.find("\nModel:\n  --data_file ") != std::string::npos);
+  CHECK(help.find("\nPooling:\n  --pooling ") != std::string::npos);
+  CHECK(help.find("\nOptimizer:\n") != std::string::npos);
+  CHECK(help.find("\nModel:\n") < help.find("\nOutput:\n"));  // in the order of the template arguments
+  const std::regex patience("\\n  --patience +int +5 +evaluations without improvement before stopping\\n");
+  const std::regex learning_rate("\\n  --learning_rate +float +0\\.001 +initial learning rate\\n");
+  const std::regex hidden_size(
+      "\\n  --hidden_size +int\\|none +None +hidden units; None: chosen from the data\\n");
+  const std::regex pooling("\\n  --pooling +\\{mean,max\\} +mean +how token vectors are pooled\\n");
+  for (const auto* re : {&patience, &learning_rate, &hidden_size, &pooling})
+    CHECK(std::regex_search(help, *re));
+
+  const auto [status, out] = exit_status_and_stdout([&] {
+    const char* argv[] = {"/bin/prog", "--patience", "1", "--help"};
+    parser.parse(4, argv);
+  });
+  CHECK(status == 0);
+  CHECK(out == help);
+
+  CHECK(error_of([] { ArgumentParser<ModelArguments, ModelArguments>(); }) ==
+        "--data_file is declared twice (in \"Model\" and in \"Model\"); rename one");
+}
+
+TEST_CASE("ArgumentParser reads one JSON object into both structs", "[args][parser]") {
+  const Parser parser;
+  const auto [model, args] = parser.from_json(
+      json::parse(R"({"patience": 2, "pooling": "max", "max_steps": 9, "hidden_size": null})"));
+  CHECK(model.patience == 2);
+  CHECK(model.pooling == Pooling::max);
+  CHECK_FALSE(model.hidden_size.has_value());
+  CHECK(args.max_steps == 9);
+  CHECK(error_of([&] { parser.from_json(json::parse(R"({"patient": 2})")); }) ==
+        "unknown argument \"patient\" (did you mean patience?)");
+  CHECK(error_of([&] { parser.from_json(json::parse(R"({"patience": "many"})")); }) ==
+        "field \"patience\" expects an integer (got \"many\")");
+
+  TempDir dir;
+  json saved = ModelArguments::fields().to_json(model);
+  saved.update(args.to_json());
+  write_file(dir / "args.json", saved.dump());
+  const auto [model2, args2] = parser.load_from_json(dir / "args.json");
+  CHECK(ModelArguments::fields().to_json(model2) == ModelArguments::fields().to_json(model));
+  CHECK(args2.to_json() == args.to_json());
+  write_file(dir / "args.json", R"({"dropout": "high"})");
+  CHECK(error_of([&] { parser.load_from_json(dir / "args.json"); }) ==
+        (dir / "args.json").string() + ": field \"dropout\" expects a number (got \"high\")");
+}
+
+TEST_CASE("derived fields are computed when validated, so fields changed after parsing are honoured",
+          "[args]") {
+  auto args = parse({"--output_dir", "first", "--eval_strategy", "steps", "--logging_steps", "50"});
+  CHECK(args.logging_dir.empty());
+  CHECK_FALSE(args.eval_steps.has_value());
+  args.output_dir = "second";  // changed in code after parsing, as a program may
+  args.logging_steps = 20;
+  args.validate();  // what the Trainer's constructor does with its copy
+  CHECK(args.logging_dir.rfind("second/runs/", 0) == 0);
+  CHECK(args.eval_steps == 20.0);
+}
+
+TEST_CASE("a metric that looks like an error measure warns when greater_is_better is derived", "[args]") {
+  const auto warnings_for = [](const std::string& metric, std::optional<bool> greater_is_better) {
+    test::CaptureLog log;
+    TrainingArguments args;
+    args.metric_for_best_model = metric;
+    args.greater_is_better = greater_is_better;
+    args.validate();
+    return log.text();
+  };
+  CHECK(
+      warnings_for("eval_mse", std::nullopt) ==
+      "[torchfit] warning: \"eval_mse\" looks like an error measure (lower is better), but it is treated as "
+      "greater-is-better because its name does not end in \"loss\" (Hugging Face's rule): the best "
+      "checkpoint and "
+      "early stopping would favour its highest values. Set --greater_is_better false if lower is better, or "
+      "true "
+      "to keep this and silence the warning\n");
+  CHECK(warnings_for("eval_mse", std::nullopt).empty());  // once per process
+  for (const char* metric : {"val-RMSE", "word_error_rate", "wer", "ppl", "mae"})
+    CHECK_THAT(warnings_for(metric, std::nullopt), Catch::Contains("looks like an error measure"));
+  for (const char* metric : {"accuracy", "f1_macro", "eval_loss", "mse2", "bleu", "rmse_loss"})
+    CHECK(warnings_for(metric, std::nullopt).empty());
+  CHECK(warnings_for("test_mse", false).empty());  // given: nothing to warn about
+  CHECK(warnings_for("train_mae", true).empty());
+
+  CHECK_THAT(TrainingArguments::help_text("prog"),
+             Catch::Contains(
+                 "None: false if --metric_for_best_model ends in \"loss\", else true (HF's rule: give it "
+                 "for error measures such as mse)"));
 }

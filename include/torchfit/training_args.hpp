@@ -5,10 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <filesystem>
-#include <functional>
-#include <iostream>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,7 +16,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "torchfit/argument_parser.hpp"
 #include "torchfit/detail/arg_parse.hpp"
+#include "torchfit/detail/metric_direction.hpp"
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
@@ -138,6 +137,7 @@ struct TrainingArguments {
   double logging_steps = 500;  // < 1 is a ratio of max_steps
   bool logging_first_step = false;
   bool logging_nan_inf_filter = true;
+  bool terminate_on_nan = false;  // torchfit: stop when the training loss becomes NaN or infinite (Keras)
 
   SaveStrategy save_strategy = SaveStrategy::steps;
   double save_steps = 500;  // < 1 is a ratio of max_steps
@@ -172,16 +172,25 @@ struct TrainingArguments {
 
   /// HF's __post_init__ in its order (defaults filled in: logging_dir, eval_steps from logging_steps,
   /// metric_for_best_model, greater_is_better, do_eval; `~` expanded), then range checks HF leaves to later
-  /// failures. Throws ArgumentError naming the flag, the value and what is accepted. Idempotent.
+  /// failures. Throws ArgumentError naming the flag, the value and what is accepted. Idempotent. The
+  /// Trainer's constructor calls it on its copy; parsing only checks, so fields changed after parsing are
+  /// honoured.
   void validate();
 
+  /// The field table: flag names, help, parsing and JSON of every field (ArgumentParser reads it).
+  static const ArgumentFields<TrainingArguments>& fields();
+
   /// Parses `--name value`, `--name=value`, `--flag [true|false]`, `--no_flag`; `none` unsets optional
-  /// fields; then validate(). Unknown flags, stray tokens and bad values throw ArgumentError. `--help` / `-h`
-  /// prints help_text() to stdout and exits 0.
-  static TrainingArguments from_argv(int argc, const char* const* argv);
-  static TrainingArguments from_argv(int argc, char** argv) {
-    return from_argv(argc, static_cast<const char* const*>(argv));
+  /// fields; unset flags keep the values of `defaults`. Then checks the result with validate() on a copy,
+  /// leaving what validate() derives to the Trainer. Unknown flags, stray tokens and bad values throw
+  /// ArgumentError. `--help` / `-h` prints help_text() to stdout and exits 0. ArgumentParser parses a
+  /// program's own argument struct along with these.
+  static TrainingArguments from_argv(int argc, const char* const* argv, const TrainingArguments& defaults);
+  static TrainingArguments from_argv(int argc, char** argv, const TrainingArguments& defaults) {
+    return from_argv(argc, static_cast<const char* const*>(argv), defaults);
   }
+  static TrainingArguments from_argv(int argc, const char* const* argv) { return from_argv(argc, argv, {}); }
+  static TrainingArguments from_argv(int argc, char** argv) { return from_argv(argc, argv, {}); }
 
   /// Like from_argv, but unknown `--x [value]` tokens and stray tokens are returned in `remaining` (in order)
   /// instead of failing, for programs that add flags of their own.
@@ -198,8 +207,8 @@ struct TrainingArguments {
   json to_json() const;
   /// to_json() as HF's `to_json_string` lays it out (2-space indent), keys sorted; no trailing newline.
   std::string to_json_string() const;
-  /// Arguments from a to_json() object (missing keys keep their defaults), then validate(). Unknown keys and
-  /// values of the wrong type throw ArgumentError naming the key.
+  /// Arguments from a to_json() object (missing keys keep their defaults), checked as from_argv does. Unknown
+  /// keys and values of the wrong type throw ArgumentError naming the key.
   static TrainingArguments from_json(const json& object);
   /// from_json() of a file (training_args.json); errors name the file.
   static TrainingArguments load_from_json(const std::filesystem::path& path);
@@ -207,68 +216,12 @@ struct TrainingArguments {
 
 namespace detail {
 
-/// One TrainingArguments field: the single place that ties its flag name to the member, its topic and its
-/// description; text, JSON and help conversions come from the member type's codec.
-struct FieldSpec {
-  std::string name;
-  std::string section;
-  std::string help;
-  std::string type;
-  bool flag;      // bool or optional<bool>: `--name` alone means true
-  bool optional;  // accepts none / null
-  std::function<void(TrainingArguments&, std::string_view where, const std::string& text)> parse;
-  std::function<json(const TrainingArguments&)> get;
-  std::function<void(TrainingArguments&, std::string_view where, const json&)> set;
-};
-
-/// Builds the field table: section() starts a topic, add() appends a field under it.
-class FieldTable {
- public:
-  FieldTable& section(const char* title) {
-    section_ = title;
-    return *this;
-  }
-  /// `C` overrides the codec chosen by the member's type (StepsCodec for step counts).
-  template <class C = void, class T>
-  FieldTable& add(const char* name, T TrainingArguments::*member, std::string help) {
-    using Conv = std::conditional_t<std::is_void_v<C>, Codec<T>, C>;
-    static_assert(std::is_same_v<typename Conv::value_type, T>, "codec does not fit the member type");
-    fields_.push_back(FieldSpec{name, section_, std::move(help), Conv::type(),
-                                std::is_same_v<T, bool> || std::is_same_v<T, std::optional<bool>>,
-                                is_optional_v<T>,
-                                [member](TrainingArguments& a, std::string_view where,
-                                         const std::string& text) { a.*member = Conv::parse(where, text); },
-                                [member](const TrainingArguments& a) { return Conv::to_json(a.*member); },
-                                [member](TrainingArguments& a, std::string_view where, const json& j) {
-                                  a.*member = Conv::from_json(where, j);
-                                }});
-    return *this;
-  }
-  const std::vector<FieldSpec>& fields() const { return fields_; }
-  const FieldSpec* find(std::string_view name) const {
-    for (const FieldSpec& f : fields_)
-      if (f.name == name) return &f;
-    return nullptr;
-  }
-  /// " (did you mean --x?)" for a likely typo of a field name, else empty.
-  std::string suggestion(std::string_view name, std::string_view prefix) const {
-    std::vector<std::string> names;
-    for (const FieldSpec& f : fields_) names.push_back(f.name);
-    const std::string best = closest_name(name, names);
-    return best.empty() ? "" : fmt::format(" (did you mean {}{}?)", prefix, best);
-  }
-
- private:
-  const char* section_ = "";
-  std::vector<FieldSpec> fields_;
-};
-
 /// The one table of TrainingArguments fields, in declaration order: from_argv, help_text, to_json and
 /// from_json all read it.
-inline const FieldTable& training_fields() {
+inline const ArgumentFields<TrainingArguments>& training_fields() {
   using A = TrainingArguments;
-  static const FieldTable table =
-      FieldTable()
+  static const ArgumentFields<A> table =
+      ArgumentFields<A>()
           .section("Output")
           .add("output_dir", &A::output_dir, "directory for checkpoints and the final model")
           .add("overwrite_output_dir", &A::overwrite_output_dir,
@@ -317,6 +270,8 @@ inline const FieldTable& training_fields() {
           .add("logging_first_step", &A::logging_first_step, "also log the first step")
           .add("logging_nan_inf_filter", &A::logging_nan_inf_filter,
                "replace a NaN/inf step loss by the mean of the logged window")
+          .add("terminate_on_nan", &A::terminate_on_nan,
+               "stop training when the training loss becomes NaN or infinite (checked at logging steps)")
           .section("Checkpoints")
           .add("save_strategy", &A::save_strategy, "when to save a checkpoint")
           .add<StepsCodec>("save_steps", &A::save_steps, "save every N steps (< 1: ratio of max_steps)")
@@ -338,7 +293,8 @@ inline const FieldTable& training_fields() {
           .add("metric_for_best_model", &A::metric_for_best_model,
                "metric that ranks checkpoints; None: \"loss\" where one is needed")
           .add("greater_is_better", &A::greater_is_better,
-               "whether larger metric values are better; None: derived")
+               "whether larger metric values are better; None: false if --metric_for_best_model ends in "
+               "\"loss\", else true (HF's rule: give it for error measures such as mse)")
           .section("Reproducibility and data")
           .add("seed", &A::seed, "random seed set at Trainer construction")
           .add("data_seed", &A::data_seed, "seed of the data order; None: --seed")
@@ -362,62 +318,6 @@ inline const FieldTable& training_fields() {
                "trackers, comma-separated: \"all\", \"none\" or integration names")
           .add("run_name", &A::run_name, "run name shown by trackers");
   return table;
-}
-
-inline TrainingArguments parse_args(int argc, const char* const* argv, std::vector<std::string>* remaining) {
-  const FieldTable& table = training_fields();
-  TrainingArguments args;
-  const auto token = [&](int i) { return std::string(argv[i] != nullptr ? argv[i] : ""); };
-  const auto is_flag_token = [](const std::string& t) { return t.size() > 2 && t.compare(0, 2, "--") == 0; };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = token(i);
-    if (arg == "--help" || arg == "-h") {
-      const std::string program =
-          argc > 0 && argv[0] ? std::filesystem::path(argv[0]).filename().string() : "train";
-      std::cout << TrainingArguments::help_text(program) << std::flush;
-      std::exit(0);
-    }
-    const size_t eq = arg.find('=');
-    const std::string name = is_flag_token(arg) ? arg.substr(2, eq == std::string::npos ? eq : eq - 2) : "";
-    const FieldSpec* field = table.find(name);
-    const FieldSpec* negated = nullptr;  // --no_<bool>, HfArgumentParser's complement flag
-    if (field == nullptr && name.compare(0, 3, "no_") == 0)
-      if (const FieldSpec* f = table.find(name.substr(3)); f && f->flag && !f->optional) negated = f;
-    if (field == nullptr && negated == nullptr) {
-      if (remaining == nullptr) {
-        if (name.empty())
-          throw ArgumentError(
-              fmt::format("unexpected argument {} (flags are --name value)", as_literal(arg)));
-        throw ArgumentError(
-            fmt::format("unknown flag --{}{}; see --help", name, table.suggestion(name, "--")));
-      }
-      remaining->push_back(arg);
-      if (!name.empty() && eq == std::string::npos && i + 1 < argc && !is_flag_token(token(i + 1)))
-        remaining->push_back(token(++i));
-      continue;
-    }
-    const std::string where = "--" + name;
-    if (negated != nullptr) {
-      require(eq == std::string::npos, "{} takes no value (got {})", where, as_literal(arg.substr(eq + 1)));
-      negated->parse(args, where, "false");
-      continue;
-    }
-    std::string value;
-    if (eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-    } else if (field->flag) {
-      // As HF's parser: a bool flag takes the next token only if it is a bool word (or none, when optional).
-      const bool takes_next =
-          i + 1 < argc && (bool_word(token(i + 1)) || (field->optional && none_word(token(i + 1))));
-      value = takes_next ? token(++i) : "true";
-    } else {
-      require(i + 1 < argc && !is_flag_token(token(i + 1)), "{} expects a value ({})", where, field->type);
-      value = token(++i);
-    }
-    field->parse(args, where, value);
-  }
-  args.validate();
-  return args;
 }
 
 }  // namespace detail
@@ -495,8 +395,11 @@ inline void TrainingArguments::validate() {
     metric_for_best_model = "loss";
   require(!metric_for_best_model || !metric_for_best_model->empty(),
           "--metric_for_best_model must name a metric such as \"loss\" or \"accuracy\" (got \"\")");
-  if (!greater_is_better && metric_for_best_model)
+  if (!greater_is_better && metric_for_best_model) {
     greater_is_better = !detail::ends_with(*metric_for_best_model, "loss");
+    if (*greater_is_better)
+      detail::warn_if_error_measure(*metric_for_best_model, "--greater_is_better false", "true");
+  }
   require(lr_scheduler_type != "reduce_lr_on_plateau" || eval_strategy != IntervalStrategy::no,
           "--lr_scheduler_type \"reduce_lr_on_plateau\" requires an eval strategy (--eval_strategy is "
           "\"no\"; use \"steps\" or \"epoch\")");
@@ -543,72 +446,36 @@ inline void TrainingArguments::validate() {
           lr_scheduler_kwargs.dump());
 }
 
-inline TrainingArguments TrainingArguments::from_argv(int argc, const char* const* argv) {
-  return detail::parse_args(argc, argv, nullptr);
+inline const ArgumentFields<TrainingArguments>& TrainingArguments::fields() {
+  return detail::training_fields();
+}
+
+inline TrainingArguments TrainingArguments::from_argv(int argc, const char* const* argv,
+                                                      const TrainingArguments& defaults) {
+  return std::get<0>(ArgumentParser<TrainingArguments>(defaults).parse(argc, argv));
 }
 
 inline TrainingArguments TrainingArguments::parse_known_args(int argc, const char* const* argv,
                                                              std::vector<std::string>& remaining) {
-  remaining.clear();
-  return detail::parse_args(argc, argv, &remaining);
+  return std::get<0>(ArgumentParser<TrainingArguments>().parse_known_args(argc, argv, remaining));
 }
 
 inline std::string TrainingArguments::help_text(const std::string& program) {
-  const auto& fields = detail::training_fields().fields();
-  const json defaults = TrainingArguments().to_json();
-  size_t name_width = 0, type_width = 0, default_width = 0;
-  for (const auto& f : fields) {
-    name_width = std::max(name_width, f.name.size() + 2);
-    type_width = std::max(type_width, f.type.size());
-    default_width = std::max(default_width, detail::help_value(defaults.at(f.name)).size());
-  }
-  std::string out = fmt::format(
-      "usage: {} [--help] [--NAME VALUE | --NAME=VALUE]...\n\nTraining arguments, with Hugging Face's names "
-      "and defaults. A bool flag alone means true, or takes a value\n(--fp16 false); --no_NAME sets it to "
-      "false. Optional values accept none.\n",
-      program);
-  std::string section;
-  for (const auto& f : fields) {
-    if (f.section != section) out += fmt::format("\n{}:\n", section = f.section);
-    out += fmt::format("  {:<{}}  {:<{}}  {:<{}}  {}\n", "--" + f.name, name_width, f.type, type_width,
-                       detail::help_value(defaults.at(f.name)), default_width, f.help);
-  }
-  return out;
+  return ArgumentParser<TrainingArguments>().help_text(program);
 }
 
-inline json TrainingArguments::to_json() const {
-  json out = json::object();
-  for (const auto& f : detail::training_fields().fields()) out[f.name] = f.get(*this);
-  return out;
-}
+inline json TrainingArguments::to_json() const { return fields().to_json(*this); }
 
 inline std::string TrainingArguments::to_json_string() const {
   return detail::python_json_dumps(to_json(), 2, true);
 }
 
 inline TrainingArguments TrainingArguments::from_json(const json& object) {
-  const auto& table = detail::training_fields();
-  if (!object.is_object())
-    throw ArgumentError(fmt::format("training arguments must be a JSON object (got {})", object.type_name()));
-  TrainingArguments args;
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    const detail::FieldSpec* field = table.find(it.key());
-    if (field == nullptr)
-      throw ArgumentError(fmt::format("unknown training argument {}{}", detail::as_literal(it.key()),
-                                      table.suggestion(it.key(), "")));
-    field->set(args, "field " + detail::as_literal(it.key()), it.value());
-  }
-  args.validate();
-  return args;
+  return std::get<0>(ArgumentParser<TrainingArguments>().from_json(object));
 }
 
 inline TrainingArguments TrainingArguments::load_from_json(const std::filesystem::path& path) {
-  const json object = detail::python_json_load(path);
-  try {
-    return from_json(object);
-  } catch (const ArgumentError& e) {
-    throw ArgumentError(path.string() + ": " + e.what());
-  }
+  return std::get<0>(ArgumentParser<TrainingArguments>().load_from_json(path));
 }
 
 }  // namespace torchfit
