@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// torchfit::metrics against values computed by hand with scikit-learn's definitions (the comments show the sums).
+// torchfit::metrics against values computed by hand with scikit-learn's definitions (the comments show the
+// sums).
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -47,9 +48,9 @@ TEST_CASE("precision, recall and F1 follow scikit-learn for each average", "[met
   const auto logits = logits_for(y_pred, 4);
   const auto labels = ids(y_true);
   // macro: unweighted means over the labels present in y_true or y_pred (all four).
-  CHECK(score(metrics::precision("macro"), logits, labels) == Approx(0.5));        // (3 * 2/3 + 0) / 4
-  CHECK(score(metrics::recall("macro"), logits, labels) == Approx(11.0 / 24));     // (2/3 + 2/3 + 1/2 + 0) / 4
-  CHECK(score(metrics::f1("macro"), logits, labels) == Approx(10.0 / 21));         // (2/3 + 2/3 + 4/7 + 0) / 4
+  CHECK(score(metrics::precision("macro"), logits, labels) == Approx(0.5));     // (3 * 2/3 + 0) / 4
+  CHECK(score(metrics::recall("macro"), logits, labels) == Approx(11.0 / 24));  // (2/3 + 2/3 + 1/2 + 0) / 4
+  CHECK(score(metrics::f1("macro"), logits, labels) == Approx(10.0 / 21));      // (2/3 + 2/3 + 4/7 + 0) / 4
   // micro: from the summed counts, tp 6, fp 4, fn 4.
   CHECK(score(metrics::precision("micro"), logits, labels) == Approx(0.6));
   CHECK(score(metrics::recall("micro"), logits, labels) == Approx(0.6));
@@ -76,11 +77,13 @@ TEST_CASE("binary scores count class 1 as positive, a 0/0 scores 0", "[metrics]"
   CHECK(score(metrics::f1(), none, labels) == 0.0);
   CHECK(score(metrics::f1(), none, none) == 0.0);  // no positive class at all
 
-  CHECK_THROWS_WITH(score(metrics::f1(), logits_for(y_pred, 4), ids(y_true)),
-                    "metrics::f1: average \"binary\" needs labels 0 and 1, but there are more classes; use \"macro\", "
-                    "\"micro\" or \"weighted\"");
-  CHECK_THROWS_WITH(metrics::recall("samples"),
-                    "metrics::recall: average must be \"binary\", \"macro\", \"micro\" or \"weighted\" (got \"samples\")");
+  CHECK_THROWS_WITH(
+      score(metrics::f1(), logits_for(y_pred, 4), ids(y_true)),
+      "metrics::f1: average \"binary\" needs labels 0 and 1, but there are more classes; use \"macro\", "
+      "\"micro\" or \"weighted\"");
+  CHECK_THROWS_WITH(
+      metrics::recall("samples"),
+      "metrics::recall: average must be \"binary\", \"macro\", \"micro\" or \"weighted\" (got \"samples\")");
 }
 
 TEST_CASE("top-k accuracy ranks equal scores as scikit-learn does", "[metrics]") {
@@ -101,7 +104,8 @@ TEST_CASE("top-k accuracy ranks equal scores as scikit-learn does", "[metrics]")
 TEST_CASE("confusion_matrix has true classes as rows, predicted as columns, every class id", "[metrics]") {
   const auto cm = metrics::confusion_matrix(ids(y_true), ids(y_pred));
   CHECK(cm.dtype() == torch::kLong);
-  CHECK(torch::equal(cm, torch::tensor({2, 1, 0, 0, 0, 2, 1, 0, 1, 0, 2, 1, 0, 0, 0, 0}, torch::kLong).reshape({4, 4})));
+  CHECK(torch::equal(
+      cm, torch::tensor({2, 1, 0, 0, 0, 2, 1, 0, 1, 0, 2, 1, 0, 0, 0, 0}, torch::kLong).reshape({4, 4})));
   CHECK(metrics::confusion_matrix(ids({0, 1}), ids({1, 1}), 3).sizes() == torch::IntArrayRef({3, 3}));
   CHECK_THROWS_WITH(metrics::confusion_matrix(ids({0, 5}), ids({0, 1}), 3),
                     "confusion_matrix: class id 5 with num_classes 3");
@@ -118,8 +122,8 @@ TEST_CASE("regression metrics: scikit-learn's documented examples, per output th
   CHECK(score(metrics::rmse(), predicted, truth) == Approx(0.6123724356957945));
   CHECK(score(metrics::r2(), predicted, truth) == Approx(0.9486081370449679));
 
-  // Two outputs: y_true [[0.5, 1], [-1, 1], [7, -6]], y_pred [[0, 2], [-1, 2], [8, -5]]. RMSE and R² are taken per
-  // output and averaged: rmse (sqrt(1.25/3) + 1) / 2; r2 (1 - 1.25/36.1667 + 1 - 3/32.6667) / 2.
+  // Two outputs: y_true [[0.5, 1], [-1, 1], [7, -6]], y_pred [[0, 2], [-1, 2], [8, -5]]. RMSE and R² are
+  // taken per output and averaged: rmse (sqrt(1.25/3) + 1) / 2; r2 (1 - 1.25/36.1667 + 1 - 3/32.6667) / 2.
   const auto truth2 = torch::tensor({0.5, 1.0, -1.0, 1.0, 7.0, -6.0}).reshape({3, 2});
   const auto predicted2 = torch::tensor({0.0, 2.0, -1.0, 2.0, 8.0, -5.0}).reshape({3, 2});
   CHECK(score(metrics::mse(), predicted2, truth2) == Approx(0.7083333333333334));
@@ -133,15 +137,16 @@ TEST_CASE("regression metrics: scikit-learn's documented examples, per output th
   CHECK(score(metrics::r2(), torch::tensor({2.0, 2.0, 3.0}), constant) == 0.0);
   CHECK(std::isnan(score(metrics::r2(), torch::tensor({1.0}), torch::tensor({2.0}))));
 
-  CHECK_THROWS_WITH(score(metrics::mse(), torch::zeros({4, 2}), truth),
-                    "metrics::mse: predictions of shape [4, 2] do not match labels of shape [4] (one value per label "
-                    "expected)");
+  CHECK_THROWS_WITH(
+      score(metrics::mse(), torch::zeros({4, 2}), truth),
+      "metrics::mse: predictions of shape [4, 2] do not match labels of shape [4] (one value per label "
+      "expected)");
 }
 
 TEST_CASE("perplexity is exp of the mean cross-entropy over the labels that are not -100", "[metrics]") {
   // Uniform over 4 tokens: every token costs ln 4, perplexity 4.
-  CHECK(score(metrics::perplexity(), torch::zeros({2, 3, 4}), ids({0, 1, 2, 3, -100, -100}).reshape({2, 3})) ==
-        Approx(4.0));
+  CHECK(score(metrics::perplexity(), torch::zeros({2, 3, 4}),
+              ids({0, 1, 2, 3, -100, -100}).reshape({2, 3})) == Approx(4.0));
   // Probabilities [1/2, 1/4, 1/4]: labels 0 and 1 cost ln 2 and ln 4, perplexity exp(1.5 ln 2) = 2^1.5.
   const auto logits = torch::log(torch::tensor({{0.5, 0.25, 0.25}, {0.5, 0.25, 0.25}}));
   CHECK(score(metrics::perplexity(), logits, ids({0, 1})) == Approx(std::pow(2.0, 1.5)));
@@ -164,23 +169,28 @@ TEST_CASE("compute() composes metrics into compute_metrics under their names", "
             EvalPrediction{torch::tensor({2.5, 0.0, 2.0, 8.0}), torch::tensor({3.0, -0.5, 2.0, 7.0})})
             .dump() == R"({"mse":0.375,"mae":0.5,"rmse":0.6123724356957945,"r2":0.9486081370449679})");
 
-  CHECK_THROWS_WITH(metrics::compute({metrics::f1("macro"), metrics::f1("macro")}),
-                    "metrics::compute: two metrics are named \"f1_macro\"; rename one, e.g. Metric{\"other_name\", "
-                    "metric.fn}");
+  CHECK_THROWS_WITH(
+      metrics::compute({metrics::f1("macro"), metrics::f1("macro")}),
+      "metrics::compute: two metrics are named \"f1_macro\"; rename one, e.g. Metric{\"other_name\", "
+      "metric.fn}");
 }
 
 TEST_CASE("metrics say what is missing or does not fit", "[metrics]") {
-  CHECK_THROWS_WITH(score(metrics::accuracy(), torch::Tensor(), ids({0})),
-                    "metrics::accuracy needs predictions: return torchfit::LossOutput{loss, predictions, labels} from "
-                    "loss_fn");
-  CHECK_THROWS_WITH(score(metrics::accuracy(), torch::zeros({3, 4}), ids({0, 1})),
-                    "metrics::accuracy: predictions of shape [3, 4] do not fit labels of shape [2]: pass logits [..., "
-                    "classes] or class ids shaped as the labels");
-  CHECK_THROWS_WITH(score(metrics::accuracy(), torch::tensor({0.2, 0.9}), ids({0, 1})),
-                    Catch::StartsWith("metrics::accuracy: predictions shaped as the labels must be class ids"));
+  CHECK_THROWS_WITH(
+      score(metrics::accuracy(), torch::Tensor(), ids({0})),
+      "metrics::accuracy needs predictions: return torchfit::LossOutput{loss, predictions, labels} from "
+      "loss_fn");
+  CHECK_THROWS_WITH(
+      score(metrics::accuracy(), torch::zeros({3, 4}), ids({0, 1})),
+      "metrics::accuracy: predictions of shape [3, 4] do not fit labels of shape [2]: pass logits [..., "
+      "classes] or class ids shaped as the labels");
+  CHECK_THROWS_WITH(
+      score(metrics::accuracy(), torch::tensor({0.2, 0.9}), ids({0, 1})),
+      Catch::StartsWith("metrics::accuracy: predictions shaped as the labels must be class ids"));
   CHECK_THROWS_WITH(score(metrics::accuracy(), ids({0, 1}), ids({-100, -100})),
                     "metrics::accuracy: no labels to score (all are -100)");
-  CHECK_THROWS_WITH(score(metrics::top_k_accuracy(2), ids({0, 1}), ids({0, 1})),
-                    "metrics::top_2_accuracy: predictions must be scores [..., classes] for labels of shape [2] (got "
-                    "[2])");
+  CHECK_THROWS_WITH(
+      score(metrics::top_k_accuracy(2), ids({0, 1}), ids({0, 1})),
+      "metrics::top_2_accuracy: predictions must be scores [..., classes] for labels of shape [2] (got "
+      "[2])");
 }
