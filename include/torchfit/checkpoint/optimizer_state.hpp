@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -24,14 +25,18 @@ inline void save_optimizer_state(const torch::optim::Optimizer& optimizer, const
 
 namespace detail {
 
-// The key Optimizer::state() files a parameter under: its TensorImpl's address, as text in libtorch 1.x.
+// The key Optimizer::state() files a parameter under: its TensorImpl's address, in libtorch 1.x as text streamed
+// as c10::guts::to_string streamed it (libtorch 2.6 no longer has that function).
 template <typename StateMap>
 typename StateMap::key_type state_key(const torch::Tensor& parameter) {
   using Key = typename StateMap::key_type;
-  if constexpr (std::is_same_v<Key, std::string>)
-    return c10::guts::to_string(parameter.unsafeGetTensorImpl());
-  else
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream text;
+    text << parameter.unsafeGetTensorImpl();
+    return text.str();
+  } else {
     return static_cast<Key>(parameter.unsafeGetTensorImpl());
+  }
 }
 
 // The tensors of libtorch's optimizers' per-parameter states, each shaped like its parameter (none for others).
