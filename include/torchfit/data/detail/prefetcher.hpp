@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: MIT
+// Data-loading workers: batches built ahead of the training step on background threads, handed out in order.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "torchfit/data/detail/batches.hpp"
+#include "torchfit/error.hpp"
+
+namespace torchfit::detail {
+
+/// Hands out the batches of a plan (from batch `first`) or of a stream in order. With `workers` > 0, that many
+/// threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker waiting (HF's default
+/// prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read sequentially), and built in
+/// parallel; each batch is built by the same code whichever thread builds it, so its bits and the order never
+/// depend on the number of workers. A worker's exception reaches the caller of next() for that batch.
+template <typename Data>
+class BatchPrefetcher {
+ public:
+  using Batch = typename DataTraits<Data>::Batch;
+
+  /// The batches of sized data, from batch `first` of `plan` (which must outlive this).
+  BatchPrefetcher(const BatchPlan<Data>& plan, int64_t first, int64_t workers)
+      : limit_(plan.num_batches() - first),
+        take_([&plan, k = first]() mutable { return [&plan, batch = k++] { return plan.batch(batch); }; }) {
+    start(workers);
+  }
+
+  /// The batches of a stream, of `batch_size` examples from this rank's batch `first` on (`data` must outlive
+  /// this).
+  BatchPrefetcher(const Data& data, int64_t batch_size, int64_t first, int64_t workers)
+      : limit_(std::numeric_limits<int64_t>::max()),
+        take_([batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first)] { return batches->take(); }) {
+    start(workers);
+  }
+
+  ~BatchPrefetcher() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    space_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  BatchPrefetcher(const BatchPrefetcher&) = delete;
+  BatchPrefetcher& operator=(const BatchPrefetcher&) = delete;
+
+  Batch next() {
+    if (consumed_ >= limit_) throw Error(fmt::format("the data has no batch after its {} batches", limit_));
+    if (threads_.empty()) {
+      ++consumed_;
+      return take_()();
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    ready_.wait(lock, [&] { return built_.count(consumed_) > 0; });
+    auto node = built_.extract(consumed_++);
+    lock.unlock();
+    space_.notify_all();
+    Built& built = node.mapped();
+    if (built.error) std::rethrow_exception(built.error);
+    return std::move(*built.batch);
+  }
+
+ private:
+  struct Built {
+    std::optional<Batch> batch;
+    std::exception_ptr error;
+  };
+
+  void start(int64_t workers) {
+    depth_ = 2 * workers;
+    for (int64_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
+  }
+
+  void work() {
+    while (true) {
+      int64_t k = 0;
+      Built built;
+      std::function<Batch()> job;
+      {
+        std::lock_guard<std::mutex> taking(take_mutex_);  // jobs are taken one at a time, in order
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          space_.wait(lock, [&] { return stop_ || (taken_ < limit_ && taken_ - consumed_ < depth_); });
+          if (stop_) return;
+          k = taken_++;
+        }
+        try {
+          job = take_();
+        } catch (...) {
+          built.error = std::current_exception();
+        }
+      }
+      if (job) {
+        try {
+          built.batch = job();
+        } catch (...) {
+          built.error = std::current_exception();
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        built_.emplace(k, std::move(built));
+      }
+      ready_.notify_all();
+    }
+  }
+
+  const int64_t limit_;                           // batches that can be read
+  std::function<std::function<Batch()>()> take_;  // the next batch's job, in order
+  int64_t depth_ = 0;
+
+  std::mutex take_mutex_;
+  std::mutex mutex_;  // guards what follows
+  std::condition_variable space_, ready_;
+  int64_t taken_ = 0;
+  int64_t consumed_ = 0;
+  std::map<int64_t, Built> built_;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;  // last: started once everything above exists
+};
+
+}  // namespace torchfit::detail
