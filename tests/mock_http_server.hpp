@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
-// A mock HTTP server on 127.0.0.1 for the tests of trackers that talk to a server (MLflow, W&B).
+// A mock HTTP server on 127.0.0.1 for the tests of trackers that talk to a server (MLflow, W&B, Comet,
+// ClearML), able to fail for a while as a real one does in an outage.
 #pragma once
 
 #include <arpa/inet.h>
@@ -10,8 +11,10 @@
 
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -24,10 +27,17 @@ struct HttpRequest {
 };
 
 // Serves HTTP/1.1 on 127.0.0.1, one connection at a time, answering with `handler` (status 0: never answer,
-// until the client gives up). Records every request. Stops when destroyed.
+// until the client gives up). Records every request it hands to the handler. Stops when destroyed.
 class MockServer {
  public:
   using Handler = std::function<std::pair<int, std::string>(const HttpRequest&)>;
+
+  /// How the server fails during an outage.
+  enum class Outage {
+    unavailable,  // answers 503 to every request
+    drop,         // closes every connection without an answer
+    hang,         // never answers, until the client gives up
+  };
 
   explicit MockServer(Handler handler) : handler_(std::move(handler)) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -54,13 +64,29 @@ class MockServer {
   MockServer& operator=(const MockServer&) = delete;
 
   std::string uri() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  /// From now on and for `duration`, fails as `how` says every request whose target starts with
+  /// `target_prefix`; the handler does not see them. Then answers as before.
+  void fail_for(std::chrono::milliseconds duration, Outage how, std::string target_prefix = "/") {
+    std::lock_guard<std::mutex> lock(mutex_);
+    outage_end_ = std::chrono::steady_clock::now() + duration;
+    outage_ = how;
+    outage_prefix_ = std::move(target_prefix);
+  }
+  /// Ends an outage now.
+  void recover() { fail_for(std::chrono::milliseconds(0), Outage::unavailable); }
+  /// The requests failed by an outage.
+  int failed_requests() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return failed_requests_;
+  }
   std::vector<HttpRequest> requests() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return requests_;
   }
 
  private:
-  static constexpr int max_requests = 1000;
+  static constexpr int max_requests = 100000;
 
   bool wait_readable(int fd) const {
     for (int waited = 0; waited < 10000 && !stop_; waited += 20) {
@@ -104,11 +130,20 @@ class MockServer {
     request.target = data.substr(first_space + 1, data.find(' ', first_space + 1) - first_space - 1);
     request.headers = data.substr(0, header_end + 2);
     request.body = data.substr(header_end + 4, content_length);
+    std::optional<Outage> outage;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      requests_.push_back(request);
+      if (std::chrono::steady_clock::now() < outage_end_ && request.target.rfind(outage_prefix_, 0) == 0) {
+        outage = outage_;
+        ++failed_requests_;
+      } else {
+        requests_.push_back(request);
+      }
     }
-    const auto [status, body] = handler_(request);
+    if (outage == Outage::drop) return;
+    const auto [status, body] = !outage                         ? handler_(request)
+                                : outage == Outage::unavailable ? std::pair<int, std::string>{503, "{}"}
+                                                                : std::pair<int, std::string>{0, ""};
     if (status == 0) {  // hang: read until the client closes the connection
       while (wait_readable(client) && ::recv(client, buffer, sizeof buffer, 0) > 0) {
       }
@@ -128,6 +163,10 @@ class MockServer {
   std::thread thread_;
   mutable std::mutex mutex_;
   std::vector<HttpRequest> requests_;
+  std::chrono::steady_clock::time_point outage_end_{};
+  Outage outage_ = Outage::unavailable;
+  std::string outage_prefix_;
+  int failed_requests_ = 0;
 };
 
 }  // namespace torchfit::test

@@ -20,9 +20,8 @@
 #include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/clearml_api.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
@@ -49,8 +48,12 @@ struct ClearMLOptions {
   std::optional<std::string> task_name;
   /// Seconds between two `tasks.ping` keep-alives (ClearML's client: 30).
   double ping_interval_s = 30;
-  /// How a failed request is retried.
-  RetryPolicy retry{1, 60, 30, 8, 60};
+  /// How a failed request is retried: ClearML's client's back-off (1 s doubling up to 120 s), 30 s per
+  /// attempt, for as long as the run lasts (ClearML's client waits out a server in maintenance).
+  RetryPolicy retry{1, 120, 30};
+  /// How long on_train_end and the end of the task wait for unsent calls, in seconds. Unset:
+  /// TORCHFIT_TRACKER_FLUSH_TIMEOUT, else 60.
+  std::optional<double> flush_timeout_s;
 };
 
 /// Logs the run as a ClearML task like HF's ClearMLCallback:
@@ -67,24 +70,28 @@ struct ClearMLOptions {
 /// The task is completed at finish() or when the callback is destroyed; destroyed while an exception
 /// unwinds (training failed), it is marked failed.
 ///
-/// Every call after the task's creation goes from a background thread, in order, so a slow or retried
-/// request never holds up a training step; `tasks.ping` keeps the task alive every `ping_interval_s`. A call
-/// that fails for good drops the calls behind it and disables the tracker at its next event with one warning.
-/// `CLEARML_OFFLINE_MODE` is refused (no offline session writer).
+/// Every call after the task's creation goes from a background thread, in order, so a slow server or an
+/// outage never holds up a training step: failed calls are retried (`retry`) for as long as the run lasts,
+/// the calls waiting in memory, beyond a few MiB in a file; `tasks.ping` keeps the task alive every
+/// `ping_interval_s`. The end of training waits for the calls at most `flush_timeout_s`, saying how many are
+/// left; calls still unsent then, or after a call the server refuses, are kept in
+/// `<output_dir>/.torchfit/unsent/clearml-<task>.jsonl` and the tracker is disabled with one warning saying
+/// so. `CLEARML_OFFLINE_MODE` is refused (no offline session writer).
 class ClearMLCallback : public TrackerCallback {
  public:
   explicit ClearMLCallback(ClearMLOptions options = {}) : options_(std::move(options)) {}
 
-  /// Ends the task if it is still open (failed when destroyed by a failure); never throws.
+  /// Ends the task if it is still open (failed when destroyed by a failure), and waits for the calls as
+  /// finish() does; a failure is a warning.
   ~ClearMLCallback() override {
-    if (!open_ || queue_.failed()) return;
+    if (!open_ || outbox_->failed()) return;
     try {
       if (std::uncaught_exceptions() > 0)
         end("tasks.failed", {{"status_reason", "training failed: the program ended with an exception"}});
       else
-        finish();
+        end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}});
     } catch (const std::exception& e) {
-      log::warning("ClearMLCallback could not end the ClearML task {}: {}", task_id_, e.what());
+      log::warning("{}", e.what());
     }
   }
   ClearMLCallback(const ClearMLCallback&) = delete;
@@ -94,12 +101,19 @@ class ClearMLCallback : public TrackerCallback {
     if (is_open(state) && open_) flush();
   }
 
-  /// Waits until every call made so far has reached ClearML; rethrows the first failure of a background call.
-  void flush() { queue_.drain(); }
+  /// Waits until every call made so far has reached ClearML (at most `flush_timeout_s`); throws the failure
+  /// of a background call, or the timeout with the number of unsent calls and where they are kept.
+  void flush() {
+    if (open_) outbox_->flush();
+  }
 
-  /// Marks the task completed, stops the keep-alive and waits for the pending calls. Later events are
-  /// ignored.
-  void finish() { end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}}); }
+  /// Marks the task completed and stops the keep-alive after the pending calls, and waits as flush() does.
+  /// Later events are ignored.
+  void finish() {
+    if (!open_) return;
+    end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}});
+    outbox_->flush();
+  }
 
   /// The task and its project (empty before setup), and the task's page in the web app.
   const std::string& task_id() const { return task_id_; }
@@ -107,7 +121,7 @@ class ClearMLCallback : public TrackerCallback {
   std::string link() const {
     if (task_id_.empty()) return {};
     // The web app names tasks "tasks" from API 2.31 on, "experiments" before.
-    const std::string& v = api_->server_api_version();
+    const std::string v = api_->server_api_version();
     const auto dot = v.find('.');
     const bool tasks_route =
         dot != std::string::npos &&
@@ -121,9 +135,9 @@ class ClearMLCallback : public TrackerCallback {
 
   void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     if (!open_) return;
-    queue_.rethrow_if_failed();
+    outbox_->rethrow_if_failed();
     const auto now = detail::unix_time_ms();
-    std::vector<json> events;
+    json events = json::array();
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       const std::string& key = it.key();
       const json& v = it.value();
@@ -150,18 +164,7 @@ class ClearMLCallback : public TrackerCallback {
       event["model_event"] = false;
       events.push_back(std::move(event));
     }
-    if (!events.empty())
-      queue_.submit([api = api_.get(), events = std::move(events)] { api->add_events(events); });
-  }
-
-  // A setting: the option, else the environment variable, else the configuration file's key.
-  std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
-                                     const char* file_key) const {
-    if (option) return option;
-    if (auto value = detail::env_string(variable)) return value;
-    const std::string file =
-        detail::env_string("CLEARML_CONFIG_FILE").value_or(detail::expand_user("~/clearml.conf"));
-    return detail::hocon_value(file, file_key);
+    if (!events.empty()) outbox_->push(detail::call_row("events.add_batch", events));
   }
 
   void open_run(const Args& args, const TrainerState&, const CallbackContext&, OpenedAt) override {
@@ -172,79 +175,85 @@ class ClearMLCallback : public TrackerCallback {
     if (detail::env_true("CLEARML_LOG_MODEL"))
       log::warning("ClearMLCallback: CLEARML_LOG_MODEL is not supported (checkpoints are not uploaded)");
     const auto access_key =
-        setting(options_.access_key, "CLEARML_API_ACCESS_KEY", "api.credentials.access_key");
+        detail::clearml_setting(options_.access_key, "CLEARML_API_ACCESS_KEY", "api.credentials.access_key");
     const auto secret_key =
-        setting(options_.secret_key, "CLEARML_API_SECRET_KEY", "api.credentials.secret_key");
+        detail::clearml_setting(options_.secret_key, "CLEARML_API_SECRET_KEY", "api.credentials.secret_key");
     if (!access_key || !secret_key)
       throw ArgumentError(
           "no ClearML credentials: set CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY, or "
           "api.credentials in ~/clearml.conf (`clearml-init` writes it)");
-    const std::string host =
-        setting(options_.api_host, "CLEARML_API_HOST", "api.api_server").value_or("https://api.clear.ml");
-    web_host_ = setting(options_.web_host, "CLEARML_WEB_HOST", "api.web_server")
+    const std::string host = detail::clearml_setting(options_.api_host, "CLEARML_API_HOST", "api.api_server")
+                                 .value_or("https://api.clear.ml");
+    web_host_ = detail::clearml_setting(options_.web_host, "CLEARML_WEB_HOST", "api.web_server")
                     .value_or(detail::clearml_web_host(host));
     while (!web_host_.empty() && web_host_.back() == '/') web_host_.pop_back();
-    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key, options_.retry);
+    api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key,
+                                                options_.retry.request_timeout_s);
+    const auto wait = [&, limit_s = detail::flush_timeout_s(options_.flush_timeout_s)](auto call) {
+      return detail::with_retries(options_.retry, limit_s, call);
+    };
+    const auto call = [&](const char* endpoint, const json& body) {
+      return wait([&] { return api_->call(endpoint, body); });
+    };
 
+    wait([&] { api_->log_in(); });
     const std::string project =
         options_.project.value_or(detail::env_string("CLEARML_PROJECT").value_or("HuggingFace Transformers"));
-    const json found = api_->call(
+    const json found = call(
         "projects.get_all",
         {{"name", detail::clearml_name_pattern(project)}, {"only_fields", {"id"}}, {"search_hidden", true}});
     const json projects = found.value("projects", json::array());
-    project_id_ = !projects.empty() && projects[0].contains("id")
-                      ? projects[0]["id"].get<std::string>()
-                      : api_->call("projects.create", {{"name", project}, {"description", ""}})
-                            .value("id", std::string());
+    project_id_ =
+        !projects.empty() && projects[0].contains("id")
+            ? projects[0]["id"].get<std::string>()
+            : call("projects.create", {{"name", project}, {"description", ""}}).value("id", std::string());
     const std::string name =
         options_.task_name.value_or(detail::env_string("CLEARML_TASK").value_or("Trainer"));
-    task_id_ = api_->call("tasks.create",
-                          {{"name", name},
-                           {"type", "training"},
-                           {"project", project_id_},
-                           {"system_tags", {"development"}},
-                           {"comment", fmt::format("Created by torchfit on {}", detail::host_name())}})
-                   .value("id", std::string());
+    task_id_ =
+        call("tasks.create", {{"name", name},
+                              {"type", "training"},
+                              {"project", project_id_},
+                              {"system_tags", {"development"}},
+                              {"comment", fmt::format("Created by torchfit on {}", detail::host_name())}})
+            .value("id", std::string());
     if (project_id_.empty() || task_id_.empty())
       throw Error(fmt::format("ClearML at {}: no project or task id in the answers", host));
-    api_->call("tasks.started", {{"task", task_id_}, {"force", false}});
+    call("tasks.started", {{"task", task_id_}, {"force", false}});
     log::info("ClearML task {}: {}", task_id_, link());
 
-    queue_.set_keep_alive(
+    outbox_.emplace(
+        detail::outbox_settings("clearml", args.output_dir, task_id_, options_.retry,
+                                options_.flush_timeout_s),
+        [this](const detail::Outbox::Rows& rows) {
+          const json row = json::parse(rows.front());
+          if (row["call"] == "events.add_batch")
+            api_->add_events(row["body"]);
+          else
+            api_->call(row["call"], row["body"]);
+          return std::size_t{1};
+        },
+        api_->http());
+    outbox_->set_keep_alive(
         std::chrono::duration<double>(options_.ping_interval_s),
-        [api = api_.get(), body = json{{"task", task_id_}}] { api->call("tasks.ping", body); },
+        [this] {
+          api_->call("tasks.ping", {{"task", task_id_}});
+        },
         detail::KeepAlive::periodic);
     open_ = true;
-
-    json section = json::object();
-    detail::clearml_add_hyperparams(section, "Transformers", args.to_json());
-    section["_ignore_hparams_ui_overrides_"] = {
-        {"section", "Transformers"},
-        {"name", "_ignore_hparams_ui_overrides_"},
-        {"value", "True"},
-        {"type", "bool"},
-        {"description",
-         "If True, ignore Transformers hyperparameters overrides done in the UI/backend when running "
-         "remotely. "
-         "Otherwise, the overrides will be applied when running remotely"}};
-    queue_.submit(
-        [api = api_.get(),
-         body = json{{"task", task_id_}, {"force", true}, {"hyperparams", {{"Transformers", section}}}}] {
-          api->call("tasks.edit", body);
-        });
+    outbox_->push(detail::call_row(
+        "tasks.edit", {{"task", task_id_},
+                       {"force", true},
+                       {"hyperparams", {{"Transformers", detail::clearml_hyperparams(args.to_json())}}}}));
   }
 
-  // Ends the task with `endpoint` (tasks.completed or tasks.failed) after the pending calls.
+  // Queues the end of the task with `endpoint` (tasks.completed or tasks.failed) after the pending calls,
+  // with no keep-alive after it.
   void end(const char* endpoint, json body) {
-    if (!open_) return;
     open_ = false;
-    queue_.stop_keep_alive();
+    outbox_->stop_keep_alive();
     body["task"] = task_id_;
     body["force"] = false;
-    queue_.submit([api = api_.get(), endpoint = std::string(endpoint), body = std::move(body)] {
-      api->call(endpoint, body);
-    });
-    queue_.drain();
+    outbox_->push(detail::call_row(endpoint, body));
   }
 
   ClearMLOptions options_;
@@ -254,7 +263,7 @@ class ClearMLCallback : public TrackerCallback {
   std::string task_id_;
   bool open_ = false;
   std::set<std::string> warned_keys_;
-  detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
+  std::optional<detail::Outbox> outbox_;  // last: its thread sends until it is destroyed
 };
 
 namespace integrations {

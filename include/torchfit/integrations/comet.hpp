@@ -20,9 +20,8 @@
 
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/integrations/detail/background_queue.hpp"
 #include "torchfit/integrations/detail/comet_api.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
@@ -43,8 +42,12 @@ struct CometOptions {
   std::optional<std::string> workspace;
   /// Unset: COMET_PROJECT_NAME, else `project_name` in the file, else "huggingface".
   std::optional<std::string> project;
-  /// How a failed request is retried.
-  RetryPolicy retry{2, 60, 10, 3, 60};
+  /// How a failed request is retried: Comet's client's back-off (2 s doubling), up to 120 s, 10 s per
+  /// attempt, for as long as the run lasts.
+  RetryPolicy retry{2, 120, 10};
+  /// How long on_train_end and the end of the experiment wait for unsent calls, in seconds. Unset:
+  /// TORCHFIT_TRACKER_FLUSH_TIMEOUT, else 60.
+  std::optional<double> flush_timeout_s;
 };
 
 /// Logs the run to Comet like HF's CometCallback:
@@ -59,22 +62,26 @@ struct CometOptions {
 /// The experiment ends (its end time is recorded and its heartbeat stops) at finish() or when the callback is
 /// destroyed, as Comet's client ends it at process exit.
 ///
-/// Every call after the experiment's creation goes from a background thread, in order, so a slow or retried
-/// request never holds up a training step; the heartbeat Comet asks for (`write/experiment/set-status`) goes
-/// at the interval the server gives. A call that fails for good drops the calls behind it and disables the
-/// tracker at its next event with one warning. `COMET_MODE=disabled` turns the tracker off; `offline` is
+/// Every call after the experiment's creation goes from a background thread, in order, so a slow server or an
+/// outage never holds up a training step: failed calls are retried (`retry`) for as long as the run lasts,
+/// the calls waiting in memory, beyond a few MiB in a file; the heartbeat Comet asks for
+/// (`write/experiment/set-status`) goes at the interval the server gives. The end of training waits for the
+/// calls at most `flush_timeout_s`, saying how many are left; calls still unsent then, or after a call the
+/// server refuses, are kept in `<output_dir>/.torchfit/unsent/comet_ml-<experiment key>.jsonl` and the
+/// tracker is disabled with one warning saying so. `COMET_MODE=disabled` turns the tracker off; `offline` is
 /// refused (no offline archive writer).
 class CometCallback : public TrackerCallback {
  public:
   explicit CometCallback(CometOptions options = {}) : options_(std::move(options)) {}
 
-  /// Ends the experiment if it is still open; never throws.
+  /// Ends the experiment if it is still open, and waits for the calls as finish() does; a failure is a
+  /// warning.
   ~CometCallback() override {
-    if (!open_ || queue_.failed()) return;
+    if (!open_ || outbox_->failed()) return;
     try {
-      finish();
+      end_experiment();
     } catch (const std::exception& e) {
-      log::warning("CometCallback could not end the Comet experiment {}: {}", experiment_key_, e.what());
+      log::warning("{}", e.what());
     }
   }
   CometCallback(const CometCallback&) = delete;
@@ -90,16 +97,18 @@ class CometCallback : public TrackerCallback {
     if (is_open(state) && open_) flush();
   }
 
-  /// Waits until every call made so far has reached Comet; rethrows the first failure of a background call.
-  void flush() { queue_.drain(); }
+  /// Waits until every call made so far has reached Comet (at most `flush_timeout_s`); throws the failure of
+  /// a background call, or the timeout with the number of unsent calls and where they are kept.
+  void flush() {
+    if (open_) outbox_->flush();
+  }
 
-  /// Records the end time, stops the heartbeat and waits for the pending calls. Later events are ignored.
+  /// Records the end time and stops the heartbeat after the pending calls, and waits as flush() does. Later
+  /// events are ignored.
   void finish() {
     if (!open_) return;
-    open_ = false;
-    queue_.stop_keep_alive();
-    call("set-start-end-time", {{"endTimeMillis", detail::unix_time_ms()}});
-    queue_.drain();
+    end_experiment();
+    outbox_->flush();
   }
 
   /// The experiment's key and page (empty before setup).
@@ -107,40 +116,24 @@ class CometCallback : public TrackerCallback {
   const std::string& link() const { return link_; }
 
  private:
-  // A setting: the option, else the environment variable, else the configuration file's key.
-  std::optional<std::string> setting(const std::optional<std::string>& option, const char* variable,
-                                     const char* file_key) const {
-    if (option) return option;
-    if (auto value = detail::env_string(variable)) return value;
-    const std::string file =
-        detail::env_string("COMET_CONFIG").value_or(detail::expand_user("~/.comet.config"));
-    return detail::ini_value(file, "comet", file_key);
-  }
-
   void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     if (open_) log_metrics(logs, state);
   }
 
   void open_run(const Args& args, const TrainerState&, const CallbackContext& ctx, OpenedAt) override {
-    const std::string mode = detail::lower(detail::env_string("COMET_MODE").value_or("online"));
+    const std::string mode = detail::comet_mode();
     if (mode == "disabled") return;
-    if (mode == "offline")
-      throw ArgumentError(
-          "COMET_MODE=offline: offline Comet experiments are not supported (torchfit talks to the Comet "
-          "server directly); log offline with --report_to tensorboard or csv, or unset COMET_MODE");
-    if (mode != "online" && mode != "get" && mode != "get_or_create" && mode != "create")
-      throw ArgumentError(fmt::format(
-          "COMET_MODE must be online, offline, disabled, get, get_or_create or create (got \"{}\")", mode));
-    if (detail::env_true("COMET_LOG_ASSETS"))
-      log::warning("CometCallback: COMET_LOG_ASSETS is not supported (the output folder is not uploaded)");
-
-    const auto key = setting(options_.api_key, "COMET_API_KEY", "api_key");
+    const auto key = detail::comet_setting(options_.api_key, "COMET_API_KEY", "api_key");
     if (!key)
       throw ArgumentError(
           "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of ~/.comet.config");
-    const std::string root = detail::url_root(
-        setting(options_.url, "COMET_URL_OVERRIDE", "url_override").value_or("https://www.comet.com"));
-    api_ = std::make_unique<detail::CometApi>(root, *key, options_.retry);
+    const std::string root =
+        detail::url_root(detail::comet_setting(options_.url, "COMET_URL_OVERRIDE", "url_override")
+                             .value_or("https://www.comet.com"));
+    api_ = std::make_unique<detail::CometApi>(root, *key, options_.retry.request_timeout_s);
+    const auto wait = [&, limit_s = detail::flush_timeout_s(options_.flush_timeout_s)](auto call) {
+      return detail::with_retries(options_.retry, limit_s, call);
+    };
 
     const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
     if (existing && mode != "create") {
@@ -150,15 +143,28 @@ class CometCallback : public TrackerCallback {
         throw ArgumentError(
             "COMET_MODE=get needs COMET_EXPERIMENT_KEY: the key of the experiment to continue");
       const std::string project =
-          setting(options_.project, "COMET_PROJECT_NAME", "project_name").value_or("huggingface");
-      std::tie(experiment_key_, link_) = api_->create_experiment(workspace(), project, args.run_name);
+          detail::comet_setting(options_.project, "COMET_PROJECT_NAME", "project_name")
+              .value_or("huggingface");
+      const std::string workspace = wait([&] { return this->workspace(); });
+      std::tie(experiment_key_, link_) =
+          wait([&] { return api_->create_experiment(workspace, project, args.run_name); });
       log::info("Comet experiment {}: {}", experiment_key_, link_);
     }
     // Comet names the heartbeat interval in its answer to the first one.
-    const double beat_s = std::max(1e-3, api_->keep_alive(experiment_key_).value_or(10.0));
-    queue_.set_keep_alive(
-        std::chrono::duration<double>(beat_s),
-        [api = api_.get(), key = experiment_key_] { api->keep_alive(key); }, detail::KeepAlive::periodic);
+    const double beat_s =
+        std::max(1e-3, wait([&] { return api_->keep_alive(experiment_key_); }).value_or(10.0));
+    outbox_.emplace(
+        detail::outbox_settings("comet_ml", args.output_dir, experiment_key_, options_.retry,
+                                options_.flush_timeout_s),
+        [this](const detail::Outbox::Rows& rows) {
+          const json row = json::parse(rows.front());
+          api_->write(row["call"], experiment_key_, row["body"]);
+          return std::size_t{1};
+        },
+        api_->http());
+    outbox_->set_keep_alive(
+        std::chrono::duration<double>(beat_s), [this] { api_->keep_alive(experiment_key_); },
+        detail::KeepAlive::periodic);
     open_ = true;
 
     call("set-start-end-time", {{"startTimeMillis", detail::unix_time_ms()}});
@@ -176,7 +182,7 @@ class CometCallback : public TrackerCallback {
 
   // The workspace setting, else the key's only workspace.
   std::string workspace() const {
-    if (auto name = setting(options_.workspace, "COMET_WORKSPACE", "workspace")) return *name;
+    if (auto name = detail::comet_setting(options_.workspace, "COMET_WORKSPACE", "workspace")) return *name;
     const auto names = api_->workspaces();
     if (names.size() == 1) return names[0];
     std::string list;
@@ -187,7 +193,7 @@ class CometCallback : public TrackerCallback {
   }
 
   void log_metrics(const Logs& logs, const TrainerState& state) {
-    queue_.rethrow_if_failed();
+    outbox_->rethrow_if_failed();
     const auto now = detail::unix_time_ms();
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       const json& v = it.value();
@@ -214,10 +220,14 @@ class CometCallback : public TrackerCallback {
     return v;
   }
 
-  // Queues a write to the experiment (the queue sends the heartbeats between writes when they are due).
-  void call(const char* endpoint, json body) {
-    queue_.submit([api = api_.get(), key = experiment_key_, endpoint = std::string(endpoint),
-                   body = std::move(body)] { api->write(endpoint, key, body); });
+  // Queues a write to the experiment (the outbox sends the heartbeats between writes when they are due).
+  void call(const char* endpoint, const json& body) { outbox_->push(detail::call_row(endpoint, body)); }
+
+  // Queues the end time after the pending calls, with no heartbeat after it.
+  void end_experiment() {
+    open_ = false;
+    outbox_->stop_keep_alive();
+    call("set-start-end-time", {{"endTimeMillis", detail::unix_time_ms()}});
   }
 
   CometOptions options_;
@@ -226,7 +236,7 @@ class CometCallback : public TrackerCallback {
   std::string link_;
   bool open_ = false;
   std::set<std::string> warned_keys_;
-  detail::BackgroundQueue queue_;  // last: destroyed (drained) before what its jobs use
+  std::optional<detail::Outbox> outbox_;  // last: its thread sends until it is destroyed
 };
 
 namespace integrations {

@@ -19,8 +19,6 @@
 
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/integrations/detail/background_queue.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/integrations/detail/mlflow_store.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
@@ -35,10 +33,14 @@ struct MLflowOptions {
   /// `http(s)://host:port` (REST), `file:///path` or a plain path (file store).
   /// Unset: MLFLOW_TRACKING_URI, else `./mlruns`.
   std::optional<std::string> tracking_uri;
-  /// REST: how a failed call is retried. MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
-  /// (the first back-off) and MLFLOW_HTTP_REQUEST_TIMEOUT (one attempt), when set, replace the matching
-  /// fields, as they configure MLflow's own client.
-  RetryPolicy retry{0.5, 60, 10, 5, 10};
+  /// REST: how a failed call is retried: MLflow's client's back-off (2 s doubling up to 120 s), 120 s per
+  /// attempt, for as long as the run lasts. MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+  /// MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (the first back-off) and MLFLOW_HTTP_REQUEST_TIMEOUT (one attempt),
+  /// when set, replace the matching fields, as they configure MLflow's own client.
+  RetryPolicy retry{2, 120, 120};
+  /// REST: how long on_train_end waits for unsent calls (and the calls that open the run are retried), in
+  /// seconds. Unset: TORCHFIT_TRACKER_FLUSH_TIMEOUT, else 60.
+  std::optional<double> flush_timeout_s;
 };
 
 /// Logs the run to MLflow like HF's MLflowCallback:
@@ -60,17 +62,18 @@ struct MLflowOptions {
 /// as a child of `MLFLOW_RUN_ID` (tag `mlflow.parentRunId`).
 ///
 /// The back end follows the tracking URI: `http(s)://` is a tracking server (REST API, libcurl;
-/// authentication from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN; calls retried on
-/// 408/429/5xx and transport errors with exponential back-off, within `MLflowOptions::total_timeout_s`),
-/// anything else a local file store, written in place.
+/// authentication from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN), anything else a local
+/// file store, written in place.
 ///
-/// A tracking server is called from a background thread, so that a slow or retried request never holds up a
-/// training step: parameters, metrics and the end of the run go there in the order they were logged. The
-/// training thread keeps the calls that yield the run id (experiment and run creation, resuming) and
-/// on_save's artifact upload, which first waits for the pending calls: the next save's checkpoint rotation
-/// could delete a directory that is still being uploaded. A background call that fails for good (after its
-/// retries) drops the calls queued behind it and surfaces at the tracker's next event as an error, which
-/// disables the tracker with one warning. on_train_end waits for the pending calls (`total_timeout_s` each).
+/// A tracking server is called from a background thread, so that a slow server or an outage never holds up a
+/// training step: parameters, metrics and the end of the run go there in the order they were logged, failed
+/// calls retried (`retry`, on no answer, 408, 409, 429 and 5xx) for as long as the run lasts, the calls
+/// waiting in memory, beyond a few MiB in a file. The training thread keeps the calls that yield the run id
+/// (experiment and run creation, resuming) and on_save's artifact upload, which first waits for the pending
+/// calls: the next save's checkpoint rotation could delete a directory that is still being uploaded.
+/// on_train_end waits for the calls at most `flush_timeout_s`, saying how many are left; calls still unsent
+/// then, or after a call the server refuses, are kept in `<output_dir>/.torchfit/unsent/mlflow-<run>.jsonl`
+/// and the tracker is disabled with one warning saying so.
 class MLflowCallback : public TrackerCallback {
  public:
   explicit MLflowCallback(MLflowOptions options = {}) : options_(std::move(options)) {}
@@ -88,15 +91,16 @@ class MLflowCallback : public TrackerCallback {
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
     if (!is_open(state) || !run_open_) return;
     run_open_ = false;
-    call([store = store_.get(), run_id = run_id_, end = detail::unix_time_ms()] {
-      store->end_run(run_id, detail::MlflowRunStatus::finished, end);
-    });
+    store_->end_run(run_id_, detail::MlflowRunStatus::finished, detail::unix_time_ms());
     flush();
   }
 
-  /// Waits until every call made so far has reached the store; rethrows the first failure of a background
-  /// call (it then reaches the caller rather than the tracker's next event).
-  void flush() { queue_.drain(); }
+  /// Waits until every call made so far has reached the store (a tracking server: at most `flush_timeout_s`);
+  /// throws the failure of a background call, or the timeout with the number of unsent calls and where they
+  /// are kept.
+  void flush() {
+    if (store_) store_->flush();
+  }
 
   /// The run logged to (empty before setup).
   const std::string& run_id() const { return run_id_; }
@@ -106,7 +110,7 @@ class MLflowCallback : public TrackerCallback {
  private:
   void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     // A background failure surfaces here, before this event warns about anything of its own.
-    queue_.rethrow_if_failed();
+    store_->rethrow_if_failed();
     const auto now = detail::unix_time_ms();
     std::vector<detail::MlflowMetric> metrics;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
@@ -129,61 +133,14 @@ class MLflowCallback : public TrackerCallback {
       metrics.push_back(
           {key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
     }
-    call([store = store_.get(), run_id = run_id_, metrics = std::move(metrics)] {
-      detail::mlflow_in_batches(
-          metrics, detail::mlflow_max_metrics_per_batch,
-          [&](const std::vector<detail::MlflowMetric>& batch) { store->log_batch(run_id, batch, {}, {}); });
-    });
-  }
-
-  std::unique_ptr<detail::MlflowStore> make_store() const {
-    std::string uri = options_.tracking_uri.value_or(detail::env_string("MLFLOW_TRACKING_URI").value_or(""));
-    if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
-      RetryPolicy policy = options_.retry;
-      if (const auto retries = detail::env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
-        policy.max_retries = static_cast<int>(*retries);
-      if (const auto backoff = detail::env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
-        policy.initial_backoff_s = *backoff;
-      if (const auto timeout = detail::env_number("MLFLOW_HTTP_REQUEST_TIMEOUT"))
-        policy.request_timeout_s = *timeout;
-      detail::HttpOptions http;
-      const auto user = detail::env_string("MLFLOW_TRACKING_USERNAME");
-      const auto password = detail::env_string("MLFLOW_TRACKING_PASSWORD");
-      if (user && password)
-        http.headers.push_back("Authorization: Basic " + detail::base64(*user + ":" + *password));
-      else if (const auto token = detail::env_string("MLFLOW_TRACKING_TOKEN"))
-        http.headers.push_back("Authorization: Bearer " + *token);
-      http.insecure_tls = detail::env_true("MLFLOW_TRACKING_INSECURE_TLS");
-      http.ca_cert_path = detail::env_string("MLFLOW_TRACKING_SERVER_CERT_PATH").value_or("");
-      http.client_cert_path = detail::env_string("MLFLOW_TRACKING_CLIENT_CERT_PATH").value_or("");
-      return std::make_unique<detail::MlflowRestStore>(uri, policy, std::move(http));
-    }
-    if (uri.rfind("file://", 0) == 0)
-      uri = uri.substr(7);
-    else if (uri.rfind("file:", 0) == 0)
-      uri = uri.substr(5);
-    else if (uri.find("://") != std::string::npos || uri.rfind("sqlite:", 0) == 0 ||
-             uri.rfind("databricks", 0) == 0)
-      throw ArgumentError(
-          fmt::format("MLFLOW_TRACKING_URI \"{}\" is not supported: use an http(s):// tracking "
-                      "server, a file: URI or a directory path",
-                      uri));
-    return std::make_unique<detail::MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
-  }
-
-  // Runs a store call whose result nobody waits for: on the background queue for a tracking server, in place
-  // for a file store. `job` holds copies of what it needs, since it may run after the event has returned.
-  template <typename Job>
-  void call(Job job) {
-    if (background_)
-      queue_.submit(std::move(job));
-    else
-      job();
+    detail::mlflow_in_batches(
+        metrics, detail::mlflow_max_metrics_per_batch,
+        [&](const std::vector<detail::MlflowMetric>& batch) { store_->log_batch(run_id_, batch, {}, {}); });
   }
 
   void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt) override {
-    store_ = make_store();
-    background_ = dynamic_cast<detail::MlflowRestStore*>(store_.get()) != nullptr;
+    store_ = detail::mlflow_store(options_.tracking_uri, options_.retry, args.output_dir,
+                                  options_.flush_timeout_s);
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
     const auto experiment_name = detail::env_string("MLFLOW_EXPERIMENT_NAME");
     experiment_id_ = experiment_name ? store_->experiment_id(*experiment_name)
@@ -248,17 +205,13 @@ class MLflowCallback : public TrackerCallback {
         items.resize(keep);
       }
     }
-    call([store = store_.get(), run_id = run_id_, items = std::move(items)] {
-      detail::mlflow_in_batches(
-          items, detail::mlflow_max_params_tags_per_batch,
-          [&](const std::vector<detail::MlflowKeyValue>& batch) { store->log_batch(run_id, {}, batch, {}); });
-    });
+    detail::mlflow_in_batches(
+        items, detail::mlflow_max_params_tags_per_batch,
+        [&](const std::vector<detail::MlflowKeyValue>& batch) { store_->log_batch(run_id_, {}, batch, {}); });
   }
 
   MLflowOptions options_;
   std::unique_ptr<detail::MlflowStore> store_;
-  detail::BackgroundQueue queue_;  // after store_: its jobs use the store, so it is destroyed (drained) first
-  bool background_ = false;
   bool run_open_ = false;
   bool log_artifacts_ = false;
   std::string experiment_id_;

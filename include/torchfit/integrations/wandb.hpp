@@ -4,7 +4,6 @@
 #pragma once
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -21,10 +20,10 @@
 #include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/integrations/detail/background_queue.hpp"
-#include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/detail/wandb_api.hpp"
+#include "torchfit/integrations/detail/wandb_file_stream.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -48,8 +47,12 @@ struct WandbOptions {
   std::optional<double> transmit_interval_s;
   /// After this many seconds without a request, an empty one tells the server the run is alive (wandb: 30).
   double heartbeat_interval_s = 30;
-  /// How a failed request is retried.
-  RetryPolicy retry{1, 60, 30, 8, 60};
+  /// How a failed request is retried: wandb-core's file_stream policy (2 s doubling up to 60 s, 180 s per
+  /// attempt), for as long as the run lasts.
+  RetryPolicy retry{2, 60, 180};
+  /// How long on_train_end and the end of the run wait for unsent rows, in seconds. Unset:
+  /// TORCHFIT_TRACKER_FLUSH_TIMEOUT, else 60.
+  std::optional<double> flush_timeout_s;
 };
 
 /// Logs the run to Weights & Biases like HF's WandbCallback:
@@ -70,22 +73,22 @@ struct WandbOptions {
 /// training at the next log (a stop reason in the state).
 ///
 /// Every request after the run's creation (history, summary, config changes, heartbeats, the end) goes from
-/// a background thread in order, so a slow or retried request never holds up a training step. A request
-/// that fails for good drops the ones behind it and disables the tracker at its next event with one warning.
+/// a background thread in order, so a slow server or an outage never holds up a training step: failed
+/// requests are retried (`retry`) for as long as the run lasts, the rows waiting in memory, beyond a few MiB
+/// in a file. The end of training waits for them at most `flush_timeout_s`, saying how many are left; rows
+/// still unsent then, or after a request the server refuses, are kept in
+/// `<output_dir>/.torchfit/unsent/wandb-<run>.jsonl` and the tracker is disabled with one warning saying so.
+/// History lines over wandb-core's 10 MiB limit are dropped with a warning, as wandb-core drops them.
 /// `WANDB_MODE=disabled` (or HF's `WANDB_DISABLED`) turns the tracker off; `offline` is refused: there is no
 /// offline `.wandb` writer (log offline with tensorboard or csv).
 class WandbCallback : public TrackerCallback {
  public:
   explicit WandbCallback(WandbOptions options = {}) : options_(std::move(options)) {}
 
-  /// Finishes the run if it is still open (exit code 1 when destroyed by a failure); never throws.
+  /// Ends the run if it is still open (exit code 1 when destroyed by a failure) and waits for what is unsent,
+  /// as finish() does; a failure is a warning.
   ~WandbCallback() override {
-    if (!run_open_ || queue_.failed()) return;
-    try {
-      finish(std::uncaught_exceptions() > 0 ? 1 : 0);
-    } catch (const std::exception& e) {
-      log::warning("WandbCallback could not finish the W&B run {}: {}", run_.run_id, e.what());
-    }
+    if (run_open_ && !stream_->outbox().failed()) end_run(std::uncaught_exceptions() > 0 ? 1 : 0);
   }
   WandbCallback(const WandbCallback&) = delete;
   WandbCallback& operator=(const WandbCallback&) = delete;
@@ -93,34 +96,29 @@ class WandbCallback : public TrackerCallback {
   void on_predict(const Args& args, TrainerState& state, TrainerControl&,
                   const CallbackContext& ctx) override {
     if (!opened(args, state, ctx, OpenedAt::predict) || !run_open_ || ctx.metrics == nullptr) return;
-    queue_.rethrow_if_failed();
+    stream_->outbox().rethrow_if_failed();
     json row = json::object();
     for (auto it = ctx.metrics->begin(); it != ctx.metrics->end(); ++it)
       row[integrations::rewrite_log_key(it.key())] = it.value();
     log_row(std::move(row), state.global_step);
-    send_if_due();
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
-    if (is_open(state) && run_open_) flush();
+    if (is_open(state)) flush();
   }
 
-  /// Sends everything logged so far and waits until the server has it; rethrows the first failure of a
-  /// background request.
+  /// Sends everything logged so far and waits until the server has it (at most `flush_timeout_s`); throws the
+  /// failure of a background request, or the timeout with the number of unsent rows and where they are kept.
   void flush() {
-    if (!run_open_) return;
-    send(false, 0);
-    queue_.drain();
+    if (run_open_) stream_->outbox().flush();
   }
 
-  /// Sends what is pending, marks the run finished with `exit_code` and waits for it. Later events are
-  /// ignored.
+  /// Marks the run finished with `exit_code` after what is pending, and waits as flush() does. Later events
+  /// are ignored.
   void finish(int exit_code = 0) {
     if (!run_open_) return;
-    run_open_ = false;
-    queue_.stop_keep_alive();  // no heartbeats for a finished run
-    send(true, exit_code);
-    queue_.drain();
+    end_run(exit_code);
+    stream_->outbox().flush();
   }
 
   /// The run as the server named it (empty before setup).
@@ -143,48 +141,32 @@ class WandbCallback : public TrackerCallback {
 
   void log_entry(const TrainerState& state, TrainerControl& control, const Logs& logs) override {
     if (!run_open_) return;
-    queue_.rethrow_if_failed();
+    stream_->outbox().rethrow_if_failed();
     json row = json::object();
+    bool single_values = false;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       if (integrations::is_single_value_scalar(it.key())) {
         summary_[it.key()] = it.value();
-        summary_changed_ = true;
+        single_values = true;
       } else {
         row[integrations::rewrite_log_key(it.key())] = it.value();
       }
     }
-    if (!row.empty()) log_row(std::move(row), state.global_step);
-    send_if_due();
-    if (stop_requested_ && !control.should_training_stop)
+    if (!row.empty())
+      log_row(std::move(row), state.global_step);
+    else if (single_values)
+      stream_->summary(detail::python_json_dumps(summary_, -1, false));
+    if (stream_->stopped() && !control.should_training_stop)
       control.stop_training("the W&B run was stopped from its page (W&B's Stop button)");
   }
 
   void open_run(const Args& args, const TrainerState&, const CallbackContext& ctx, OpenedAt) override {
-    const std::string mode = detail::lower(detail::env_string("WANDB_MODE").value_or("online"));
-    if (mode == "disabled" || detail::env_true("WANDB_DISABLED")) return;
-    if (mode == "offline" || mode == "dryrun")
-      throw ArgumentError(fmt::format(
-          "WANDB_MODE={}: offline W&B runs are not supported (torchfit talks to the W&B server directly); "
-          "log offline with --report_to tensorboard or csv, or unset WANDB_MODE",
-          mode));
-    if (mode != "online" && mode != "run" && mode != "shared")
-      throw ArgumentError(fmt::format("WANDB_MODE must be online, offline or disabled (got \"{}\")", mode));
-    for (const char* feature : {"WANDB_LOG_MODEL", "WANDB_WATCH"}) {
-      const auto value = detail::lower(detail::env_string(feature).value_or("false"));
-      if (value != "false" && value != "0" && value != "no" && value != "off")
-        log::warning(
-            "WandbCallback: {}={} is not supported (no model artifacts or gradient histograms); "
-            "ignoring it",
-            feature, value);
-    }
-
+    if (!detail::wandb_enabled()) return;
     const std::string base_url =
         options_.base_url.value_or(detail::env_string("WANDB_BASE_URL").value_or("https://api.wandb.ai"));
-    api_ = std::make_unique<detail::WandbApi>(base_url, api_key(base_url), options_.retry);
-    transmit_interval_ = std::chrono::duration_cast<Clock::duration>(
-        std::chrono::duration<double>(options_.transmit_interval_s.value_or(
-            detail::env_number("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL").value_or(15))));
-
+    api_ = std::make_unique<detail::WandbApi>(base_url, detail::wandb_api_key(options_.api_key, base_url),
+                                              options_.retry.request_timeout_s);
+    const double wait_s = detail::flush_timeout_s(options_.flush_timeout_s);
     const std::string project =
         options_.project.value_or(detail::env_string("WANDB_PROJECT").value_or("huggingface"));
     const std::string entity = options_.entity.value_or(detail::env_string("WANDB_ENTITY").value_or(""));
@@ -195,8 +177,12 @@ class WandbCallback : public TrackerCallback {
     json config = args.to_json();
     if (const auto count = integrations::model_num_parameters(ctx)) config["model/num_parameters"] = *count;
     json stored_config = json::object();
-    if (const auto resumed = resume_status(project, entity, run_id, requested_id.has_value())) {
-      history_offset_ = resumed->history_line_count;
+    std::int64_t history_offset = 0;
+    if (const auto resumed = detail::wandb_resume(project, run_id, requested_id.has_value(), [&] {
+          return detail::with_retries(options_.retry, wait_s,
+                                      [&] { return api_->resume_status(project, entity, run_id); });
+        })) {
+      history_offset = resumed->history_line_count;
       next_step_ = resumed->next_step;
       runtime_before_s_ = resumed->runtime_s;
       summary_ = resumed->summary;
@@ -208,71 +194,21 @@ class WandbCallback : public TrackerCallback {
     stored_config.update(detail::wandb_wrap_config(config));
     stored_config_ = std::move(stored_config);
 
-    json vars = detail::wandb_upsert_variables();
-    vars["name"] = run_id;
-    vars["project"] = project;
-    if (!entity.empty()) vars["entity"] = entity;
-    if (const auto name = detail::env_string("WANDB_NAME"))
-      vars["displayName"] = *name;
-    else if (args.run_name)
-      vars["displayName"] = *args.run_name;
-    if (const auto group = detail::env_string("WANDB_RUN_GROUP")) vars["groupName"] = *group;
-    if (const auto notes = detail::env_string("WANDB_NOTES")) vars["notes"] = *notes;
-    if (const auto job_type = detail::env_string("WANDB_JOB_TYPE")) vars["jobType"] = *job_type;
-    if (const auto tags = detail::env_string("WANDB_TAGS")) vars["tags"] = detail::wandb_split_tags(*tags);
-    vars["host"] = detail::host_name();
-    vars["program"] = detail::program_path();
+    json vars = detail::wandb_new_run_variables(run_id, project, entity, args.run_name);
     vars["config"] = config_text();
-    run_ = api_->upsert_run(vars);
-    // A run that existed without a resume request appends to its history (wandb: the server's line count).
-    history_offset_ = std::max(history_offset_, run_.history_line_count);
+    run_ = detail::with_retries(options_.retry, wait_s, [&] { return api_->upsert_run(vars); });
     started_ = Clock::now();
-    last_sent_ = started_;
     run_open_ = true;
     log::info("W&B run {} ({}): {}", run_.run_id, run_.display_name, run_url());
-    queue_.set_keep_alive(
-        std::chrono::duration<double>(options_.heartbeat_interval_s),
-        [api = api_.get(), run = run_] { api->file_stream(run, "{}"); }, detail::KeepAlive::when_idle);
-  }
 
-  std::string api_key(const std::string& base_url) const {
-    if (options_.api_key) return *options_.api_key;
-    if (const auto key = detail::env_string("WANDB_API_KEY")) return *key;
-    const auto netrc = detail::env_string("NETRC").value_or(detail::expand_user("~/.netrc"));
-    const std::string host = detail::url_authority(base_url);
-    if (const auto key = detail::netrc_password(netrc, host)) return *key;
-    throw ArgumentError(fmt::format(
-        "no W&B API key for {}: set WANDB_API_KEY, or log in with `wandb login` (which stores it in {})",
-        base_url, netrc));
-  }
-
-  // What WANDB_RESUME asks to continue from; nothing for a new run.
-  std::optional<detail::WandbResumeStatus> resume_status(const std::string& project,
-                                                         const std::string& entity, const std::string& run_id,
-                                                         bool id_given) const {
-    const auto requested = detail::env_string("WANDB_RESUME");
-    if (!requested) return std::nullopt;
-    std::string resume = detail::lower(*requested);
-    if (resume == "true" || resume == "1") resume = "auto";
-    if (resume == "false" || resume == "0") return std::nullopt;
-    if (resume != "allow" && resume != "must" && resume != "never" && resume != "auto")
-      throw ArgumentError(
-          fmt::format("WANDB_RESUME must be allow, must, never or auto (got \"{}\")", resume));
-    if (!id_given) {
-      if (resume == "must")
-        throw ArgumentError("WANDB_RESUME=must needs WANDB_RUN_ID: the id of the run to resume");
-      return std::nullopt;
-    }
-    auto status = api_->resume_status(project, entity, run_id);
-    if (resume == "must" && !status)
-      throw ArgumentError(
-          fmt::format("WANDB_RESUME=must, but project \"{}\" has no run \"{}\" to resume (WANDB_RUN_ID)",
-                      project, run_id));
-    if (resume == "never" && status)
-      throw ArgumentError(fmt::format(
-          "WANDB_RESUME=never, but project \"{}\" already has a run \"{}\" (WANDB_RUN_ID): choose another id",
-          project, run_id));
-    return status;
+    auto settings = detail::outbox_settings("wandb", args.output_dir, run_.run_id, options_.retry,
+                                            options_.flush_timeout_s);
+    settings.transmit_interval_s = options_.transmit_interval_s.value_or(
+        detail::env_number("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL").value_or(15));
+    settings.memory_limit_bytes = 3 * detail::wandb_max_request_bytes;  // room for a full request
+    // A run that existed without a resume request appends to its history (wandb: the server's line count).
+    stream_.emplace(*api_, run_, std::max(history_offset, run_.history_line_count), std::move(settings),
+                    options_.heartbeat_interval_s);
   }
 
   std::string config_text() const {
@@ -282,11 +218,13 @@ class WandbCallback : public TrackerCallback {
     return detail::python_json_dumps(config, -1, false);
   }
 
-  // Appends a history row: rewritten values, train/global_step, and wandb's own columns.
+  // Queues a history row (rewritten values, train/global_step, wandb's own columns) and the summary it
+  // updates, after the config update that defines its new keys (HF's define_metric("*", step_metric=...)).
   void log_row(json row, std::int64_t global_step) {
     row["train/global_step"] = global_step;
     const double runtime = runtime_before_s_ + std::chrono::duration<double>(Clock::now() - started_).count();
-    row["_step"] = next_step_++;
+    const std::int64_t step = next_step_++;
+    row["_step"] = step;
     row["_runtime"] = runtime;
     row["_timestamp"] = static_cast<double>(detail::unix_time_ms()) / 1000.0;
     bool new_keys = false;
@@ -296,66 +234,35 @@ class WandbCallback : public TrackerCallback {
       summary_[it.key()] = it.value();
     }
     summary_["_wandb"] = {{"runtime", static_cast<std::int64_t>(runtime)}};
-    summary_changed_ = true;
-    pending_rows_.push_back(detail::python_json_dumps(row, -1, false));
-    // HF's define_metric("*", step_metric=...) expanded here: each new key gets its definition.
     if (new_keys) {
       json vars = detail::wandb_upsert_variables();
       vars["name"] = run_.run_id;
       vars["project"] = run_.project;
       vars["entity"] = run_.entity;
       vars["config"] = config_text();
-      queue_.submit([api = api_.get(), vars = std::move(vars)] { api->upsert_run(vars); });
+      stream_->upsert(vars);
     }
+    stream_->history(detail::python_json_dumps(row, -1, false), step);
+    stream_->summary(detail::python_json_dumps(summary_, -1, false));
   }
 
-  void send_if_due() {
-    if (Clock::now() - last_sent_ >= transmit_interval_) send(false, 0);
-  }
-
-  // Queues one file_stream request with the pending rows and the summary (and the end of the run).
-  void send(bool complete, int exit_code) {
-    json body = json::object();
-    if (!pending_rows_.empty()) {
-      body["files"]["wandb-history.jsonl"] = {{"offset", history_offset_}, {"content", pending_rows_}};
-      history_offset_ += static_cast<std::int64_t>(pending_rows_.size());
-      pending_rows_.clear();
-    }
-    if (summary_changed_) {
-      body["files"]["wandb-summary.json"] = {
-          {"offset", 0}, {"content", json::array({detail::python_json_dumps(summary_, -1, false)})}};
-      summary_changed_ = false;
-    }
-    if (complete) {
-      body["complete"] = true;
-      body["exitcode"] = exit_code;
-    }
-    last_sent_ = Clock::now();
-    if (body.empty()) return;
-    queue_.submit([stopped = &stop_requested_, api = api_.get(), run = run_,
-                   text = detail::python_json_dumps(body, -1, false)] {
-      const json answer = api->file_stream(run, text);
-      if (const auto it = answer.find("stopped"); it != answer.end() && *it == true) *stopped = true;
-    });
+  // Queues the end of the run; its requests are waited for by finish() or the stream's destruction.
+  void end_run(int exit_code) {
+    run_open_ = false;
+    stream_->end(exit_code);
   }
 
   WandbOptions options_;
   std::unique_ptr<detail::WandbApi> api_;
   detail::WandbRunRef run_;
-  bool run_open_ = false;
-  json stored_config_;  // the run's config as stored: a resumed run's, updated with this run's, wrapped
+  bool run_open_ = false;  // created, not finished
+  json stored_config_;     // the run's config as stored: a resumed run's, updated with this run's, wrapped
   std::set<std::string> metric_keys_;
   json summary_ = json::object();
-  bool summary_changed_ = false;
-  std::vector<std::string> pending_rows_;
-  std::int64_t history_offset_ = 0;  // the line index of the first pending row
   std::int64_t next_step_ = 0;
   double runtime_before_s_ = 0;  // a resumed run's runtime
   Clock::time_point started_;
-  Clock::time_point last_sent_;
-  Clock::duration transmit_interval_{};
-  std::atomic<bool> stop_requested_{false};  // set by the background thread
-  detail::BackgroundQueue queue_;            // last: destroyed (drained) before what its jobs use
+  std::optional<detail::WandbFileStream> stream_;  // last: its thread sends until it is destroyed
 };
 
 namespace integrations {

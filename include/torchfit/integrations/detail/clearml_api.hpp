@@ -124,6 +124,31 @@ inline void clearml_add_hyperparams(json& section, const std::string& section_na
   }
 }
 
+/// HF's hyperparameter section `Transformers` of the training arguments `args` (as clearml_add_hyperparams
+/// gives them) with HF's `_ignore_hparams_ui_overrides_`.
+inline json clearml_hyperparams(const json& args) {
+  json section = json::object();
+  clearml_add_hyperparams(section, "Transformers", args);
+  section["_ignore_hparams_ui_overrides_"] = {
+      {"section", "Transformers"},
+      {"name", "_ignore_hparams_ui_overrides_"},
+      {"value", "True"},
+      {"type", "bool"},
+      {"description",
+       "If True, ignore Transformers hyperparameters overrides done in the UI/backend when running remotely. "
+       "Otherwise, the overrides will be applied when running remotely"}};
+  return section;
+}
+
+/// A ClearML setting: `option` when set, else environment variable `variable`, else the dotted `file_key` of
+/// ClearML's configuration file (`$CLEARML_CONFIG_FILE`, else `~/clearml.conf`).
+inline std::optional<std::string> clearml_setting(const std::optional<std::string>& option,
+                                                  const char* variable, const char* file_key) {
+  if (option) return option;
+  if (auto value = env_string(variable)) return value;
+  return hocon_value(env_string("CLEARML_CONFIG_FILE").value_or(expand_user("~/clearml.conf")), file_key);
+}
+
 /// The web app ClearML derives from an API server: `https://api.clear.ml` -> `https://app.clear.ml`,
 /// `://api.` -> `://app.`, port 8008 -> 8080.
 inline std::string clearml_web_host(std::string api_host) {
@@ -173,36 +198,52 @@ inline json jwt_payload(const std::string& token) {
   return payload.is_object() ? payload : json::object();
 }
 
-/// Calls a ClearML API server (`https://api.clear.ml`, or a self-hosted `http://host:8008`): logs in with the
-/// access key and secret (HTTP Basic), then sends each call with the session token, logging in again once
-/// when the server refuses the token. Every failure throws torchfit::Error naming the call, the URL and the
-/// server's result message.
+/// Calls a ClearML API server (`https://api.clear.ml`, or a self-hosted `http://host:8008`), one attempt per
+/// call: log_in() with the access key and secret (HTTP Basic), then each call with the session token, logging
+/// in again once when the server refuses the token. A failure that may pass throws TransientError; any other
+/// throws torchfit::Error naming the call, the URL and the server's result message.
 class ClearMLApi {
  public:
-  ClearMLApi(std::string host, std::string access_key, std::string secret_key, RetryPolicy policy)
-      : host_(std::move(host)),
+  ClearMLApi(std::string host, std::string access_key, std::string secret_key, double request_timeout_s)
+      : host_(trimmed_host(std::move(host))),
         access_key_(std::move(access_key)),
         secret_key_(std::move(secret_key)),
-        policy_(policy) {
-    while (!host_.empty() && host_.back() == '/') host_.pop_back();
-    token_ = login();
-    const json payload = jwt_payload(token_);
+        http_(request_timeout_s, client_options()) {}
+
+  const std::string& host() const { return host_; }
+  HttpClient& http() { return http_; }
+  /// The API version the server reports in its token ("2.34"); empty when it does not say (or before
+  /// log_in()).
+  std::string server_api_version() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return server_api_version_;
+  }
+
+  /// Logs in with the access key and secret: a new session token for the calls.
+  void log_in() const {
+    const std::string url = host_ + "/auth.login";
+    const HttpResponse response =
+        http_.send("POST", url, "{}", "application/json",
+                   {"Authorization: Basic " + base64(access_key_ + ":" + secret_key_)});
+    const json data = checked("auth.login", url, response);
+    if (!data.contains("token") || !data["token"].is_string())
+      throw Error(fmt::format("ClearML auth.login at {}: the answer has no token", url));
+    const std::string token = data["token"].get<std::string>();
+    const json payload = jwt_payload(token);
+    std::lock_guard<std::mutex> lock(mutex_);
+    token_ = token;
     if (payload.contains("api_version") && payload["api_version"].is_string())
       server_api_version_ = payload["api_version"].get<std::string>();
   }
-
-  const std::string& host() const { return host_; }
-  /// The API version the server reports in its token ("2.34"); empty when it does not say.
-  const std::string& server_api_version() const { return server_api_version_; }
 
   /// Calls `<service>.<action>` with a JSON body; returns the answer's `data`.
   json call(const std::string& endpoint, const json& body) const {
     return send(endpoint, body.dump(), "application/json");
   }
 
-  /// Sends scalar events (JSON objects), one per line, to events.add_batch; throws when the server refuses
-  /// any.
-  void add_events(const std::vector<json>& events) const {
+  /// Sends scalar events (a JSON array of objects), one per line, to events.add_batch; throws when the server
+  /// refuses any.
+  void add_events(const json& events) const {
     std::string lines;
     for (const auto& e : events) lines += (lines.empty() ? "" : "\n") + e.dump();
     const json data = send("events.add_batch", lines, "application/json-lines");
@@ -213,24 +254,17 @@ class ClearMLApi {
   }
 
  private:
-  HttpOptions options(const std::string& authorization) const {
+  static std::string trimmed_host(std::string host) {
+    while (!host.empty() && host.back() == '/') host.pop_back();
+    return host;
+  }
+
+  static HttpOptions client_options() {
     HttpOptions o;
-    o.headers = {"Authorization: " + authorization, "X-ClearML-Worker: " + host_name(),
+    o.headers = {"X-ClearML-Worker: " + host_name(),
                  fmt::format("X-ClearML-Client: torchfit-{}.{}.{}", TORCHFIT_VERSION_MAJOR,
                              TORCHFIT_VERSION_MINOR, TORCHFIT_VERSION_PATCH)};
     return o;
-  }
-
-  // A new session token.
-  std::string login() const {
-    const std::string url = host_ + "/auth.login";
-    const HttpResponse response =
-        HttpClient(policy_, options("Basic " + base64(access_key_ + ":" + secret_key_)))
-            .request("POST", url, "{}");
-    const json data = checked("auth.login", url, response);
-    if (!data.contains("token") || !data["token"].is_string())
-      throw Error(fmt::format("ClearML auth.login at {}: the answer has no token", url));
-    return data["token"].get<std::string>();
   }
 
   json send(const std::string& endpoint, const std::string& body, const std::string& content_type) const {
@@ -242,11 +276,9 @@ class ClearMLApi {
         token = token_;
       }
       const HttpResponse response =
-          HttpClient(policy_, options("Bearer " + token)).request("POST", url, body, content_type);
+          http_.send("POST", url, body, content_type, {"Authorization: Bearer " + token});
       if (response.status == 401 && attempt == 0) {  // the token expired or was revoked: log in again, once
-        const std::string fresh = login();
-        std::lock_guard<std::mutex> lock(mutex_);
-        token_ = fresh;
+        log_in();
         continue;
       }
       return checked(endpoint, url, response);
@@ -273,10 +305,10 @@ class ClearMLApi {
   std::string host_;
   std::string access_key_;
   std::string secret_key_;
-  RetryPolicy policy_;
-  std::string server_api_version_;
-  mutable std::mutex mutex_;  // guards token_, which a call on either thread may renew
+  HttpClient http_;
+  mutable std::mutex mutex_;  // guards the token and what it says, which a call on either thread may renew
   mutable std::string token_;
+  mutable std::string server_api_version_;
 };
 
 }  // namespace torchfit::detail

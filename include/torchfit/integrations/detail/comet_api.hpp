@@ -13,9 +13,12 @@
 #include <fmt/format.h>
 
 #include "torchfit/detail/strings.hpp"
+#include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/json.hpp"
+#include "torchfit/log.hpp"
 
 namespace torchfit::detail {
 
@@ -39,12 +42,15 @@ inline std::optional<std::string> ini_value(const std::string& path, const std::
   return std::nullopt;
 }
 
-/// Calls Comet's REST API under `<root>/api/rest/v2/` with the API key as the Authorization header. Every
-/// failure throws torchfit::Error naming the endpoint, the URL and what the server said.
+/// Calls Comet's REST API under `<root>/api/rest/v2/` with the API key as the Authorization header, one
+/// attempt per call. A failure that may pass throws TransientError; any other throws torchfit::Error naming
+/// the endpoint, the URL and what the server said.
 class CometApi {
  public:
-  CometApi(const std::string& root, const std::string& api_key, RetryPolicy policy)
-      : base_(root + "/api/rest/v2/"), http_(policy, auth_options(api_key)) {}
+  CometApi(const std::string& root, const std::string& api_key, double request_timeout_s)
+      : base_(root + "/api/rest/v2/"), http_(request_timeout_s, auth_options(api_key)) {}
+
+  HttpClient& http() { return http_; }
 
   /// The workspaces the key can write to.
   std::vector<std::string> workspaces() const {
@@ -97,7 +103,7 @@ class CometApi {
 
   json call(const std::string& method, const std::string& endpoint, const json& body) const {
     const std::string url = base_ + endpoint;
-    const HttpResponse response = http_.request(method, url, method == "GET" ? std::string() : body.dump());
+    const HttpResponse response = http_.send(method, url, method == "GET" ? std::string() : body.dump());
     const json answer = json::parse(response.body, nullptr, false);
     if (response.status != 200) {
       std::string detail = response.body.substr(0, 300);
@@ -115,5 +121,31 @@ class CometApi {
   std::string base_;
   HttpClient http_;
 };
+
+/// A Comet setting: `option` when set, else environment variable `variable`, else `file_key` in the [comet]
+/// section of Comet's configuration file (`$COMET_CONFIG`, else `~/.comet.config`).
+inline std::optional<std::string> comet_setting(const std::optional<std::string>& option,
+                                                const char* variable, const char* file_key) {
+  if (option) return option;
+  if (auto value = env_string(variable)) return value;
+  return ini_value(env_string("COMET_CONFIG").value_or(expand_user("~/.comet.config")), "comet", file_key);
+}
+
+/// COMET_MODE (lower case; "online" when unset). The modes torchfit lacks (offline) and unknown ones are an
+/// ArgumentError; features it lacks are warned about.
+inline std::string comet_mode() {
+  const std::string mode = lower(env_string("COMET_MODE").value_or("online"));
+  if (mode == "disabled") return mode;
+  if (mode == "offline")
+    throw ArgumentError(
+        "COMET_MODE=offline: offline Comet experiments are not supported (torchfit talks to the Comet "
+        "server directly); log offline with --report_to tensorboard or csv, or unset COMET_MODE");
+  if (mode != "online" && mode != "get" && mode != "get_or_create" && mode != "create")
+    throw ArgumentError(fmt::format(
+        "COMET_MODE must be online, offline, disabled, get, get_or_create or create (got \"{}\")", mode));
+  if (env_true("COMET_LOG_ASSETS"))
+    log::warning("CometCallback: COMET_LOG_ASSETS is not supported (the output folder is not uploaded)");
+  return mode;
+}
 
 }  // namespace torchfit::detail

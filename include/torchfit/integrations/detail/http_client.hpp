@@ -1,17 +1,16 @@
 // SPDX-License-Identifier: MIT
-// A small blocking HTTP client over libcurl, with retries and a bound on the total time a request may take.
+// A small blocking HTTP client over libcurl: one attempt per call, failures that may pass told apart from the
+// others, and a way to cut off an exchange the owner no longer waits for.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -19,33 +18,7 @@
 #include <fmt/format.h>
 
 #include "torchfit/error.hpp"
-
-namespace torchfit::detail {}  // namespace torchfit::detail
-
-namespace torchfit {
-
-/// How an HTTP tracker retries a request that failed for a reason that may pass (no answer: refused, reset or
-/// timed out; or a retryable HTTP status): retry n (n = 0, 1, ...) comes after min(initial_backoff_s * 2^n,
-/// max_backoff_s) seconds, and each attempt is cut off after request_timeout_s.
-struct RetryPolicy {
-  double initial_backoff_s = 1;
-  double max_backoff_s = 60;
-  double request_timeout_s = 30;
-  /// The most retries of one request; unset: no limit.
-  std::optional<int> max_retries;
-  /// A request still failing this many seconds after its first attempt fails; unset: no limit.
-  std::optional<double> total_timeout_s;
-
-  /// The wait before retry `n` (0: the first retry), in seconds.
-  double backoff_s(int n) const { return std::min(max_backoff_s, initial_backoff_s * std::pow(2.0, n)); }
-
-  /// Whether a request tried `attempts` times may be tried again `elapsed_s` seconds after its first attempt.
-  bool allows_retry(int attempts, double elapsed_s) const {
-    return (!max_retries || attempts <= *max_retries) && (!total_timeout_s || elapsed_s < *total_timeout_s);
-  }
-};
-
-}  // namespace torchfit
+#include "torchfit/integrations/detail/retry.hpp"
 
 namespace torchfit::detail {
 
@@ -63,9 +36,10 @@ struct HttpResponse {
   std::string body;
 };
 
-/// Whether a response with this status is worth trying again (urllib3's list, as the MLflow client uses).
-inline bool http_status_is_retryable(long status) {
-  return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+/// Whether an answer with this status may succeed when sent again: 408 (timeout), 409 (conflict), 429 (too
+/// many requests) and every 5xx; other 4xx answers mean the request itself is refused.
+inline bool http_status_is_transient(long status) {
+  return status == 408 || status == 409 || status == 429 || status >= 500;
 }
 
 /// What an error message adds for a status that means the server refused the credentials.
@@ -112,43 +86,36 @@ inline std::string base64(std::string_view bytes) {
   return out;
 }
 
-/// Blocking HTTP requests with the retry policy above. Each failure that outlasts the policy throws
-/// torchfit::Error naming the method, the URL, the attempts made and the last cause.
+/// Blocking HTTP exchanges over libcurl, one attempt per send(), each cut off after the request timeout.
+/// Retrying is the caller's business (with_retries, Outbox), so that a failed row is retried whole.
 class HttpClient {
  public:
-  HttpClient(RetryPolicy policy, HttpOptions options) : policy_(policy), options_(std::move(options)) {
+  HttpClient(double request_timeout_s, HttpOptions options)
+      : request_timeout_s_(request_timeout_s), options_(std::move(options)) {
     static std::once_flag init;
     std::call_once(init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   }
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
 
-  /// Sends `method` (GET, POST, PUT) to `url`; a non-empty `body` goes with `content_type`. Answers that are
-  /// not retried (2xx, most 4xx) are returned as they are, for the caller to interpret.
-  HttpResponse request(const std::string& method, const std::string& url, const std::string& body = {},
-                       const std::string& content_type = "application/json") const {
-    using Clock = std::chrono::steady_clock;
-    const auto start = Clock::now();
-    const auto seconds_since_start = [&] {
-      return std::chrono::duration<double>(Clock::now() - start).count();
-    };
-    std::string last_error;
-    int attempts = 0;
-    for (;;) {
-      ++attempts;
-      double timeout = policy_.request_timeout_s;
-      if (policy_.total_timeout_s)
-        timeout = std::min(timeout, *policy_.total_timeout_s - seconds_since_start());
-      HttpResponse response;
-      const std::string error = perform(method, url, body, content_type, std::max(0.001, timeout), response);
-      if (error.empty() && !http_status_is_retryable(response.status)) return response;
-      last_error =
-          error.empty() ? fmt::format("HTTP {}: {}", response.status, response.body.substr(0, 200)) : error;
-      const double backoff = policy_.backoff_s(attempts - 1);
-      if (!policy_.allows_retry(attempts, seconds_since_start() + backoff)) break;
-      std::this_thread::sleep_for(std::chrono::duration<double>(backoff));
-    }
-    throw Error(fmt::format("{} {} failed after {} attempt{} in {:.1f} s: {}", method, url, attempts,
-                            attempts == 1 ? "" : "s", seconds_since_start(), last_error));
+  /// Sends `method` (GET, POST, PUT) to `url` once; a non-empty `body` goes with `content_type`, `headers`
+  /// ("Name: value") with the client's own. No answer, or an answer whose status is transient, throws
+  /// TransientError; any other answer is returned for the caller to interpret.
+  HttpResponse send(const std::string& method, const std::string& url, const std::string& body = {},
+                    const std::string& content_type = "application/json",
+                    const std::vector<std::string>& headers = {}) const {
+    HttpResponse response;
+    const std::string error = perform(method, url, body, content_type, headers, response);
+    if (!error.empty()) throw TransientError(method + " " + url, error);
+    if (http_status_is_transient(response.status))
+      throw TransientError(method + " " + url,
+                           fmt::format("HTTP {}: {}", response.status, response.body.substr(0, 200)));
+    return response;
   }
+
+  /// Cuts off the exchange in progress and fails every later one as transient: the owner has stopped waiting
+  /// for the server (a hung server must not hold up the end of a run).
+  void interrupt() { interrupted_ = true; }
 
  private:
   struct CurlDeleter {
@@ -161,13 +128,20 @@ class HttpClient {
     return size * count;
   }
 
+  static int abort_if_interrupted(void* client, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+    return static_cast<const HttpClient*>(client)->interrupted_ ? 1 : 0;
+  }
+
   // One attempt; returns the transport error text, or "" when an HTTP answer arrived.
   std::string perform(const std::string& method, const std::string& url, const std::string& body,
-                      const std::string& content_type, double timeout_s, HttpResponse& response) const {
+                      const std::string& content_type, const std::vector<std::string>& extra_headers,
+                      HttpResponse& response) const {
+    if (interrupted_) return "interrupted: the tracker stopped waiting for the server";
     std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
     if (!curl) return "curl_easy_init failed";
     curl_slist* list = nullptr;
     for (const auto& h : options_.headers) list = curl_slist_append(list, h.c_str());
+    for (const auto& h : extra_headers) list = curl_slist_append(list, h.c_str());
     if (!body.empty()) list = curl_slist_append(list, ("Content-Type: " + content_type).c_str());
     list = curl_slist_append(list, "Expect:");  // no 100-continue round trip for larger bodies
     std::unique_ptr<curl_slist, CurlDeleter> headers(list);
@@ -179,8 +153,11 @@ class HttpClient {
       curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
     }
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(timeout_s * 1000)));
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, static_cast<long>(std::ceil(request_timeout_s_ * 1000)));
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);  // libcurl calls the progress function about once a second
+    curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, &HttpClient::abort_if_interrupted);
+    curl_easy_setopt(c, CURLOPT_XFERINFODATA, this);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, &HttpClient::collect);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &response.body);
     if (options_.insecure_tls) {
@@ -196,8 +173,9 @@ class HttpClient {
     return {};
   }
 
-  RetryPolicy policy_;
+  double request_timeout_s_;
   HttpOptions options_;
+  std::atomic<bool> interrupted_{false};
 };
 
 }  // namespace torchfit::detail

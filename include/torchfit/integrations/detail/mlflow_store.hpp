@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <regex>
 #include <string>
@@ -21,6 +22,7 @@
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
 #include "torchfit/integrations/detail/log_files.hpp"
+#include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/json.hpp"
 
@@ -136,6 +138,10 @@ class MlflowStore {
   /// Copies the files under `local_dir` into the run's artifacts, under `artifact_path`.
   virtual void log_artifacts(const std::string& run_id, const std::filesystem::path& local_dir,
                              const std::string& artifact_path) = 0;
+  /// Waits until the batches and ends logged so far are stored; throws what kept them from it.
+  virtual void flush() {}
+  /// Throws what keeps the store from storing, if anything does (a store that stores in the background).
+  virtual void rethrow_if_failed() {}
 };
 
 /// Copies the regular files under `from` into `to` (directories created as needed).
@@ -369,21 +375,30 @@ class MlflowFileStore : public MlflowStore {
   std::map<std::string, std::filesystem::path> runs_;
 };
 
-/// A tracking server's REST API (`<uri>/api/2.0/mlflow/...`), with the Python client's retry behaviour.
+/// A tracking server's REST API (`<uri>/api/2.0/mlflow/...`). Batches and the end of the run are queued and
+/// sent from an Outbox (created with the run), so a slow server or an outage never holds up training; the
+/// calls the caller needs an answer to are retried in place, for at most the flush timeout.
 class MlflowRestStore : public MlflowStore {
  public:
-  MlflowRestStore(std::string uri, RetryPolicy policy, HttpOptions options)
-      : base_(std::move(uri)), http_(policy, std::move(options)) {
+  /// `output_dir` is where the rows it could not send are kept (see outbox_settings).
+  MlflowRestStore(std::string uri, RetryPolicy policy, HttpOptions options, std::string output_dir,
+                  std::optional<double> flush_timeout_s)
+      : base_(std::move(uri)),
+        policy_(policy),
+        http_(policy.request_timeout_s, std::move(options)),
+        output_dir_(std::move(output_dir)),
+        flush_timeout_(flush_timeout_s) {
     while (!base_.empty() && base_.back() == '/') base_.pop_back();
   }
 
   std::string experiment_id(const std::string& name) override {
     if (name.empty()) return "0";
     for (int attempt = 0; attempt < 2; ++attempt) {
-      const auto found = call("GET", "experiments/get-by-name?experiment_name=" + url_encode(name), {},
-                              "RESOURCE_DOES_NOT_EXIST");
+      const auto found = call_waiting("GET", "experiments/get-by-name?experiment_name=" + url_encode(name),
+                                      {}, "RESOURCE_DOES_NOT_EXIST");
       if (!found.is_null()) return id_text(found.at("experiment").at("experiment_id"));
-      const auto created = call("POST", "experiments/create", {{"name", name}}, "RESOURCE_ALREADY_EXISTS");
+      const auto created =
+          call_waiting("POST", "experiments/create", {{"name", name}}, "RESOURCE_ALREADY_EXISTS");
       if (!created.is_null()) return id_text(created.at("experiment_id"));
       // Another client created it between our two calls: look it up again.
     }
@@ -396,14 +411,17 @@ class MlflowRestStore : public MlflowStore {
     json body = {{"experiment_id", experiment_id}, {"start_time", start_time}, {"user_id", user_name()}};
     if (!run_name.empty()) body["run_name"] = run_name;
     body["tags"] = key_values(tags);
-    const auto answer = call("POST", "runs/create", body);
+    const auto answer = call_waiting("POST", "runs/create", body);
     const json& info = answer.at("run").at("info");
     artifact_uri_ = info.value("artifact_uri", "");
-    return info.at("run_id").get<std::string>();
+    const std::string run_id = info.at("run_id").get<std::string>();
+    open_outbox(run_id);
+    return run_id;
   }
 
   void resume_run(const std::string& run_id, std::optional<std::int64_t>) override {
-    call("POST", "runs/update", {{"run_id", run_id}, {"status", "RUNNING"}});
+    call_waiting("POST", "runs/update", {{"run_id", run_id}, {"status", "RUNNING"}});
+    open_outbox(run_id);
   }
 
   void log_batch(const std::string& run_id, const std::vector<MlflowMetric>& metrics,
@@ -415,12 +433,20 @@ class MlflowRestStore : public MlflowStore {
           {{"key", m.key}, {"value", metric_value(m.value)}, {"timestamp", m.timestamp}, {"step", m.step}});
     body["params"] = key_values(params);
     body["tags"] = key_values(tags);
-    call("POST", "runs/log-batch", body);
+    outbox_->push(call_row("runs/log-batch", body));
   }
 
   void end_run(const std::string& run_id, MlflowRunStatus status, std::int64_t end_time) override {
-    call("POST", "runs/update",
-         {{"run_id", run_id}, {"status", mlflow_status_name(status)}, {"end_time", end_time}});
+    outbox_->push(call_row(
+        "runs/update", {{"run_id", run_id}, {"status", mlflow_status_name(status)}, {"end_time", end_time}}));
+  }
+
+  void flush() override {
+    if (outbox_) outbox_->flush();
+  }
+
+  void rethrow_if_failed() override {
+    if (outbox_) outbox_->rethrow_if_failed();
   }
 
   /// Uploads through the server's artifact proxy (`mlflow-artifacts:` artifact URIs) or copies to a
@@ -428,7 +454,7 @@ class MlflowRestStore : public MlflowStore {
   void log_artifacts(const std::string& run_id, const std::filesystem::path& local_dir,
                      const std::string& artifact_path) override {
     if (artifact_uri_.empty())
-      artifact_uri_ = call("GET", "runs/get?run_id=" + url_encode(run_id), {})
+      artifact_uri_ = call_waiting("GET", "runs/get?run_id=" + url_encode(run_id), {})
                           .at("run")
                           .at("info")
                           .value("artifact_uri", "");
@@ -445,7 +471,10 @@ class MlflowRestStore : public MlflowStore {
         const auto bytes = read_file_if_exists(entry.path());
         const auto url = fmt::format("{}/api/2.0/mlflow-artifacts/artifacts/{}/{}/{}", base_, path,
                                      artifact_path, relative);
-        check(http_.request("PUT", url, bytes.value_or(""), "application/octet-stream"), "PUT", url, {});
+        with_retries(policy_, flush_timeout_s(flush_timeout_), [&] {
+          return check(http_.send("PUT", url, bytes.value_or(""), "application/octet-stream"), "PUT", url,
+                       {});
+        });
       }
     } else {
       throw Error(
@@ -472,12 +501,32 @@ class MlflowRestStore : public MlflowStore {
   // int64 fields may come back as strings or numbers.
   static std::string id_text(const json& id) { return id.is_string() ? id.get<std::string>() : id.dump(); }
 
-  // Sends one API call; an error whose code is `tolerated` returns null, any other error throws.
+  // Sends one API call, once; an error whose code is `tolerated` returns null, a failure that may pass throws
+  // TransientError, any other error throws torchfit::Error.
   json call(const std::string& method, const std::string& endpoint, const json& body,
             const std::string& tolerated = {}) {
     const std::string url = base_ + "/api/2.0/mlflow/" + endpoint;
-    const auto response = http_.request(method, url, method == "GET" ? std::string() : body.dump());
+    const auto response = http_.send(method, url, method == "GET" ? std::string() : body.dump());
     return check(response, method, url, tolerated);
+  }
+
+  // call(), retried as the policy allows for at most the flush timeout: the caller waits for the answer.
+  json call_waiting(const std::string& method, const std::string& endpoint, const json& body,
+                    const std::string& tolerated = {}) {
+    return with_retries(policy_, flush_timeout_s(flush_timeout_),
+                        [&] { return call(method, endpoint, body, tolerated); });
+  }
+
+  // The outbox of run `run_id`'s batches and end, each row one call.
+  void open_outbox(const std::string& run_id) {
+    outbox_.emplace(
+        outbox_settings("mlflow", output_dir_, run_id, policy_, flush_timeout_),
+        [this](const Outbox::Rows& rows) {
+          const json row = json::parse(rows.front());
+          call("POST", row["call"], row["body"]);
+          return std::size_t{1};
+        },
+        http_);
   }
 
   static json check(const HttpResponse& response, const std::string& method, const std::string& url,
@@ -493,8 +542,51 @@ class MlflowRestStore : public MlflowStore {
   }
 
   std::string base_;
+  RetryPolicy policy_;
   HttpClient http_;
+  std::string output_dir_;
+  std::optional<double> flush_timeout_;
   std::string artifact_uri_;
+  std::optional<Outbox> outbox_;  // last: its thread sends until it is destroyed
 };
+
+/// The store MLflowCallback logs to: `tracking_uri` when set, else MLFLOW_TRACKING_URI, else `./mlruns`. An
+/// `http(s)://` URI is a tracking server, retried with `retry` (MLFLOW_HTTP_REQUEST_* replace its fields) and
+/// authenticated from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, its unsent calls kept under
+/// `output_dir`; a `file:` URI or a path is a file store; other schemes are an ArgumentError.
+inline std::unique_ptr<MlflowStore> mlflow_store(const std::optional<std::string>& tracking_uri,
+                                                 RetryPolicy retry, const std::string& output_dir,
+                                                 const std::optional<double>& flush_timeout_s) {
+  std::string uri = tracking_uri.value_or(env_string("MLFLOW_TRACKING_URI").value_or(""));
+  if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
+    if (const auto retries = env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+      retry.max_retries = static_cast<int>(*retries);
+    if (const auto backoff = env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
+      retry.initial_backoff_s = *backoff;
+    if (const auto timeout = env_number("MLFLOW_HTTP_REQUEST_TIMEOUT")) retry.request_timeout_s = *timeout;
+    HttpOptions http;
+    const auto user = env_string("MLFLOW_TRACKING_USERNAME");
+    const auto password = env_string("MLFLOW_TRACKING_PASSWORD");
+    if (user && password)
+      http.headers.push_back("Authorization: Basic " + base64(*user + ":" + *password));
+    else if (const auto token = env_string("MLFLOW_TRACKING_TOKEN"))
+      http.headers.push_back("Authorization: Bearer " + *token);
+    http.insecure_tls = env_true("MLFLOW_TRACKING_INSECURE_TLS");
+    http.ca_cert_path = env_string("MLFLOW_TRACKING_SERVER_CERT_PATH").value_or("");
+    http.client_cert_path = env_string("MLFLOW_TRACKING_CLIENT_CERT_PATH").value_or("");
+    return std::make_unique<MlflowRestStore>(uri, retry, std::move(http), output_dir, flush_timeout_s);
+  }
+  if (uri.rfind("file://", 0) == 0)
+    uri = uri.substr(7);
+  else if (uri.rfind("file:", 0) == 0)
+    uri = uri.substr(5);
+  else if (uri.find("://") != std::string::npos || uri.rfind("sqlite:", 0) == 0 ||
+           uri.rfind("databricks", 0) == 0)
+    throw ArgumentError(
+        fmt::format("MLFLOW_TRACKING_URI \"{}\" is not supported: use an http(s):// tracking "
+                    "server, a file: URI or a directory path",
+                    uri));
+  return std::make_unique<MlflowFileStore>(uri.empty() ? std::string("mlruns") : uri);
+}
 
 }  // namespace torchfit::detail

@@ -17,9 +17,12 @@
 
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/detail/strings.hpp"
+#include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/http_client.hpp"
+#include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/json.hpp"
+#include "torchfit/log.hpp"
 
 namespace torchfit::detail {
 
@@ -144,16 +147,18 @@ inline std::vector<std::string> wandb_split_tags(const std::string& text) {
   return tags;
 }
 
-/// Calls a W&B server (`base_url`, e.g. https://api.wandb.ai) with HTTP Basic authentication `api:<key>`.
-/// Every failure throws torchfit::Error naming the call, the URL and what the server said.
+/// Calls a W&B server (`base_url`, e.g. https://api.wandb.ai) with HTTP Basic authentication `api:<key>`, one
+/// attempt per call. A failure that may pass throws TransientError; any other throws torchfit::Error naming
+/// the call, the URL and what the server said.
 class WandbApi {
  public:
-  WandbApi(std::string base_url, const std::string& api_key, RetryPolicy policy)
-      : base_url_(std::move(base_url)), http_(policy, auth_options(api_key)) {
+  WandbApi(std::string base_url, const std::string& api_key, double request_timeout_s)
+      : base_url_(std::move(base_url)), http_(request_timeout_s, auth_options(api_key)) {
     while (!base_url_.empty() && base_url_.back() == '/') base_url_.pop_back();
   }
 
   const std::string& base_url() const { return base_url_; }
+  HttpClient& http() { return http_; }
 
   /// Creates or updates a run (variables from wandb_upsert_variables()); returns where the server put it.
   WandbRunRef upsert_run(const json& variables) const {
@@ -214,7 +219,7 @@ class WandbApi {
   json file_stream(const WandbRunRef& run, const std::string& body) const {
     const std::string url = fmt::format("{}/files/{}/{}/{}/file_stream", base_url_, url_encode(run.entity),
                                         url_encode(run.project), url_encode(run.run_id));
-    const HttpResponse response = http_.request("POST", url, body);
+    const HttpResponse response = http_.send("POST", url, body);
     if (response.status != 200) throw http_error("file_stream", url, response);
     const json answer = json::parse(response.body, nullptr, false);
     return answer.is_discarded() ? json::object() : answer;
@@ -262,7 +267,7 @@ class WandbApi {
   // Sends one GraphQL operation; returns its `data`, or throws with the server's error messages.
   json graphql(const char* operation, const char* query, const json& variables) const {
     const json request = {{"operationName", operation}, {"query", query}, {"variables", variables}};
-    const HttpResponse response = http_.request("POST", graphql_url(), request.dump());
+    const HttpResponse response = http_.send("POST", graphql_url(), request.dump());
     if (response.status != 200) throw http_error(operation, graphql_url(), response);
     const json answer = json::parse(response.body, nullptr, false);
     if (answer.is_discarded() || !answer.is_object())
@@ -282,5 +287,90 @@ class WandbApi {
   std::string base_url_;
   HttpClient http_;
 };
+
+/// The API key for `base_url`: `option` when set, else WANDB_API_KEY, else the password `wandb login` stored
+/// for the server's host in ~/.netrc (or $NETRC).
+inline std::string wandb_api_key(const std::optional<std::string>& option, const std::string& base_url) {
+  if (option) return *option;
+  if (const auto key = env_string("WANDB_API_KEY")) return *key;
+  const auto netrc = env_string("NETRC").value_or(expand_user("~/.netrc"));
+  if (const auto key = netrc_password(netrc, url_authority(base_url))) return *key;
+  throw ArgumentError(fmt::format(
+      "no W&B API key for {}: set WANDB_API_KEY, or log in with `wandb login` (which stores it in {})",
+      base_url, netrc));
+}
+
+/// What WANDB_RESUME asks run `run_id` of `entity`/`project` to continue from (`id_given`: the id came from
+/// WANDB_RUN_ID); nothing for a new run. `lookup` asks the server (WandbApi::resume_status).
+template <typename Lookup>
+std::optional<WandbResumeStatus> wandb_resume(const std::string& project, const std::string& run_id,
+                                              bool id_given, Lookup lookup) {
+  const auto requested = env_string("WANDB_RESUME");
+  if (!requested) return std::nullopt;
+  std::string resume = lower(*requested);
+  if (resume == "true" || resume == "1") resume = "auto";
+  if (resume == "false" || resume == "0") return std::nullopt;
+  if (resume != "allow" && resume != "must" && resume != "never" && resume != "auto")
+    throw ArgumentError(fmt::format("WANDB_RESUME must be allow, must, never or auto (got \"{}\")", resume));
+  if (!id_given) {
+    if (resume == "must")
+      throw ArgumentError("WANDB_RESUME=must needs WANDB_RUN_ID: the id of the run to resume");
+    return std::nullopt;
+  }
+  auto status = lookup();
+  if (resume == "must" && !status)
+    throw ArgumentError(fmt::format(
+        "WANDB_RESUME=must, but project \"{}\" has no run \"{}\" to resume (WANDB_RUN_ID)", project, run_id));
+  if (resume == "never" && status)
+    throw ArgumentError(
+        fmt::format("WANDB_RESUME=never, but project \"{}\" already has a run \"{}\" (WANDB_RUN_ID): choose "
+                    "another id",
+                    project, run_id));
+  return status;
+}
+
+/// Whether W&B logging is on: WANDB_MODE online (or unset) rather than disabled (or HF's WANDB_DISABLED); the
+/// modes torchfit lacks (offline) and unknown ones are an ArgumentError. Features it lacks are warned about.
+inline bool wandb_enabled() {
+  const std::string mode = lower(env_string("WANDB_MODE").value_or("online"));
+  if (mode == "disabled" || env_true("WANDB_DISABLED")) return false;
+  if (mode == "offline" || mode == "dryrun")
+    throw ArgumentError(fmt::format(
+        "WANDB_MODE={}: offline W&B runs are not supported (torchfit talks to the W&B server directly); "
+        "log offline with --report_to tensorboard or csv, or unset WANDB_MODE",
+        mode));
+  if (mode != "online" && mode != "run" && mode != "shared")
+    throw ArgumentError(fmt::format("WANDB_MODE must be online, offline or disabled (got \"{}\")", mode));
+  for (const char* feature : {"WANDB_LOG_MODEL", "WANDB_WATCH"}) {
+    const auto value = lower(env_string(feature).value_or("false"));
+    if (value != "false" && value != "0" && value != "no" && value != "off")
+      log::warning(
+          "WandbCallback: {}={} is not supported (no model artifacts or gradient histograms); ignoring it",
+          feature, value);
+  }
+  return true;
+}
+
+/// The UpsertBucket variables that create run `run_id` in `entity` (empty: the key's) / `project`: its
+/// display name (WANDB_NAME, else `run_name`), WANDB_RUN_GROUP, WANDB_NOTES, WANDB_JOB_TYPE, WANDB_TAGS, the
+/// host and the program.
+inline json wandb_new_run_variables(const std::string& run_id, const std::string& project,
+                                    const std::string& entity, const std::optional<std::string>& run_name) {
+  json vars = wandb_upsert_variables();
+  vars["name"] = run_id;
+  vars["project"] = project;
+  if (!entity.empty()) vars["entity"] = entity;
+  if (const auto name = env_string("WANDB_NAME"))
+    vars["displayName"] = *name;
+  else if (run_name)
+    vars["displayName"] = *run_name;
+  if (const auto group = env_string("WANDB_RUN_GROUP")) vars["groupName"] = *group;
+  if (const auto notes = env_string("WANDB_NOTES")) vars["notes"] = *notes;
+  if (const auto job_type = env_string("WANDB_JOB_TYPE")) vars["jobType"] = *job_type;
+  if (const auto tags = env_string("WANDB_TAGS")) vars["tags"] = wandb_split_tags(*tags);
+  vars["host"] = host_name();
+  vars["program"] = program_path();
+  return vars;
+}
 
 }  // namespace torchfit::detail
