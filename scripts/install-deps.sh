@@ -6,4 +6,4 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -q
 "${sudo[@]}" apt-get install -y -q --no-install-recommends \
   g++ cmake make libtorch-dev libopenblas0-pthread nlohmann-json3-dev libfmt-dev catch2 \
-  zlib1g-dev libsqlite3-dev libcurl4-openssl-dev ccache python3 >/dev/null
+  zlib1g-dev libsqlite3-dev libcurl4-openssl-dev libcsv-dev libgloo-dev ccache python3 >/dev/null

@@ -22,28 +22,35 @@
 
 namespace torchfit::detail {
 
-/// Hands out the batches of a plan (from batch `first`) or of a stream in order. With `workers` > 0, that many
-/// threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker waiting (HF's default
-/// prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read sequentially), and built in
-/// parallel; each batch is built by the same code whichever thread builds it, so its bits and the order never
-/// depend on the number of workers. A worker's exception reaches the caller of next() for that batch.
+/// Hands out the training batches of one epoch in order, from batch `first`: sized data batched by index in an
+/// order fixed by `shuffle_seed` (see BatchPlan), a stream read from this rank's sample `first * batch_size`.
+/// With `workers` > 0, that many threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker
+/// waiting (HF's default prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read
+/// sequentially), and built in parallel; each batch is built by the same code whichever thread builds it, so its
+/// bits and the order never depend on the number of workers. A worker's exception reaches the caller of next()
+/// for that batch. `data` must outlive this.
 template <typename Data>
 class BatchPrefetcher {
  public:
   using Batch = typename DataTraits<Data>::Batch;
 
-  /// The batches of sized data, from batch `first` of `plan` (which must outlive this).
-  BatchPrefetcher(const BatchPlan<Data>& plan, int64_t first, int64_t workers)
-      : limit_(plan.num_batches() - first),
-        take_([&plan, k = first]() mutable { return [&plan, batch = k++] { return plan.batch(batch); }; }) {
+  BatchPrefetcher(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t> shuffle_seed,
+                  int64_t first, int64_t workers) {
+    if constexpr (DataTraits<Data>::sized) {
+      auto plan = std::make_shared<BatchPlan<Data>>(data, batch_size, drop_last, shuffle_seed);
+      limit_ = plan->num_batches() - first;
+      take_ = [plan, k = first]() mutable { return [plan, batch = k++] { return plan->batch(batch); }; };
+    } else {
+      limit_ = std::numeric_limits<int64_t>::max();  // a stream starts a new pass where one ends
+      take_ = [batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first)] { return batches->take(); };
+    }
     start(workers);
   }
 
-  /// The batches of a stream, of `batch_size` examples from this rank's batch `first` on (`data` must outlive
-  /// this).
-  BatchPrefetcher(const Data& data, int64_t batch_size, int64_t first, int64_t workers)
-      : limit_(std::numeric_limits<int64_t>::max()),
-        take_([batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first)] { return batches->take(); }) {
+  /// The batches of `plan` from batch `first` (`plan` must outlive this).
+  BatchPrefetcher(const BatchPlan<Data>& plan, int64_t first, int64_t workers)
+      : limit_(plan.num_batches() - first),
+        take_([&plan, k = first]() mutable { return [&plan, batch = k++] { return plan.batch(batch); }; }) {
     start(workers);
   }
 
@@ -119,12 +126,12 @@ class BatchPrefetcher {
     }
   }
 
-  const int64_t limit_;                           // batches that can be read
+  int64_t limit_ = 0;                             // batches that can be read
   std::function<std::function<Batch()>()> take_;  // the next batch's job, in order
-  int64_t depth_ = 0;
 
   std::mutex take_mutex_;
   std::mutex mutex_;  // guards what follows
+  int64_t depth_ = 0;
   std::condition_variable space_, ready_;
   int64_t taken_ = 0;
   int64_t consumed_ = 0;
