@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The MLflow tracker: the mlruns file store read back with an independent reader, the REST client against a
-// mock tracking server on 127.0.0.1 (request bodies, batching limits, retries, timeouts), resume and failure
-// isolation.
+// mock tracking server on 127.0.0.1 (request bodies, batching limits, retries, timeouts, an outage), resume
+// and failure isolation.
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -603,4 +603,35 @@ TEST_CASE(
   CHECK(order.substr(std::min(params_end, order.size())) == "mmmu");
   CHECK(steps == std::vector<int64_t>{1, 2, 3});
   CHECK(log.text().empty());
+}
+
+TEST_CASE(
+    "MLflow REST: an outage loses no call: calls are retried until the server is back and arrive in order",
+    "[mlflow][outage]") {
+  CleanMlflowEnv env;
+  MockServer server(mlflow_server);
+  TempDir tmp;
+  Run run(tmp / "out");
+  MLflowOptions options = fast_rest(server.uri());
+  options.retry = RetryPolicy{0.01, 0.05, 2};  // no limit: retried for as long as the run lasts
+  auto mlflow = run.handler.add_callback<MLflowCallback>(options);
+  CaptureLog log;
+  server.fail_for(std::chrono::milliseconds(800), MockServer::Outage::drop, "/api/2.0/mlflow/runs/log-batch");
+  simulate(run, 0, 4);  // parameters, metrics and the end queue up; on_train_end waits out the outage
+  CHECK(server.failed_requests() >= 3);
+  CHECK(log.text().find("failed") == std::string::npos);
+  std::string order;
+  std::vector<int64_t> steps;
+  for (const auto& r : server.requests()) {
+    if (r.target == "/api/2.0/mlflow/runs/update") order += 'u';
+    if (r.target != "/api/2.0/mlflow/runs/log-batch") continue;
+    const json body = json::parse(r.body);
+    order += body["metrics"].empty() ? 'p' : 'm';
+    if (!body["metrics"].empty()) steps.push_back(body["metrics"][0]["step"].get<int64_t>());
+  }
+  const auto params_end = order.find_first_not_of('p');
+  CHECK(params_end > 0);
+  CHECK(order.substr(std::min(params_end, order.size())) == "mmmmmmmu");
+  CHECK(steps == std::vector<int64_t>{1, 2, 2, 3, 4, 4, 4});
+  CHECK(mlflow->run_id() == "abc123");
 }

@@ -34,9 +34,9 @@ using torchfit::test::write_file;
 using torchfit::test::ScopedEnv;
 
 using Run = torchfit::test::TrackerRun;
+using torchfit::test::check_disabled_with_one_warning;
 using torchfit::test::Recorder;
 using torchfit::test::simulate;
-using torchfit::test::check_disabled_with_one_warning;
 
 namespace {
 
@@ -184,9 +184,11 @@ TEST_CASE("DVCLive: an unwritable directory disables the tracker with one warnin
   write_file(tmp / "blocker", "a file");
   Run run(tmp / "out");
   run.handler.add_callback<DVCLiveCallback>(DVCLiveOptions{tmp / "blocker" / "dvclive"});
-  check_disabled_with_one_warning(run, "[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of "
-                                       "this run: cannot create the DVCLive directory " +
-                                           (tmp / "blocker" / "dvclive").string() + ": ");
+  check_disabled_with_one_warning(
+      run,
+      "[torchfit] warning: DVCLiveCallback failed and is disabled for the rest of "
+      "this run: cannot create the DVCLive directory " +
+          (tmp / "blocker" / "dvclive").string() + ": ");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -338,8 +340,33 @@ TEST_CASE("Trackio: the directory follows TRACKIO_DIR, else HF_HOME, an unusable
   ScopedEnv dir("TRACKIO_DIR", (tmp / "blocker" / "trackio").string());
   Run run(tmp / "out");
   run.handler.add_callback<TrackioCallback>();
-  check_disabled_with_one_warning(run, "[torchfit] warning: TrackioCallback failed and is disabled for the rest of "
-                                       "this run: cannot create the Trackio directory ");
+  check_disabled_with_one_warning(
+      run,
+      "[torchfit] warning: TrackioCallback failed and is disabled for the rest of "
+      "this run: cannot create the Trackio directory ");
+}
+
+TEST_CASE(
+    "Trackio: without TRACKIO_DIR or HF_HOME, the directory follows XDG_CACHE_HOME as huggingface_hub's does",
+    "[trackers]") {
+  TempDir tmp;
+  ScopedEnv no_dir("TRACKIO_DIR", std::nullopt), no_hf_home("HF_HOME", std::nullopt),
+      home("HOME", (tmp / "home").string());
+  {
+    ScopedEnv xdg("XDG_CACHE_HOME", (tmp / "xdg").string());
+    CHECK(torchfit::detail::trackio_dir() == tmp / "xdg" / "huggingface" / "trackio");
+    Run run(tmp / "out");
+    auto trackio = run.handler.add_callback<TrackioCallback>();
+    run.train_begin();
+    run.log(1, {{"loss", 0.5}});
+    CHECK(trackio->database_path() == tmp / "xdg" / "huggingface" / "trackio" / "huggingface.db");
+    CHECK(fs::exists(tmp / "xdg" / "huggingface" / "trackio" / "huggingface.db"));
+    // HF_HOME, when set, wins over XDG_CACHE_HOME (with ~ expanded).
+    ScopedEnv hf_home("HF_HOME", "~/hf");
+    CHECK(torchfit::detail::trackio_dir() == tmp / "home" / "hf" / "trackio");
+  }
+  ScopedEnv no_xdg("XDG_CACHE_HOME", std::nullopt);
+  CHECK(torchfit::detail::trackio_dir() == tmp / "home" / ".cache" / "huggingface" / "trackio");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 // The W&B tracker against a mock W&B server on 127.0.0.1 that keeps a run as the real one does (GraphQL
 // UpsertBucket and RunResumeStatus, file_stream lines placed by offset): requests, history rows, summary,
-// config and metric definitions, batching, resume, heartbeats, the end of the run, the Stop button and
-// failure isolation.
+// config and metric definitions, batching and wandb-core's size limits, resume, heartbeats, the end of the
+// run, the Stop button, failure isolation, and outages (retried until the server is back, or the rows kept in
+// a file).
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -647,4 +649,169 @@ TEST_CASE("W&B: run_url, netrc entries and a Trainer reporting to wandb", "[wand
     }
     CHECK(stored.summary["train_runtime"] == log_history.back()["train_runtime"]);
   }
+}
+
+namespace {
+
+// Retries a few milliseconds apart, without limit, each attempt cut off after `request_timeout_s`.
+WandbOptions outage_options(const std::string& uri, double request_timeout_s = 2) {
+  WandbOptions o = fast_options(uri);
+  o.retry = RetryPolicy{0.01, 0.05, request_timeout_s};
+  return o;
+}
+
+std::vector<std::int64_t> steps_of(const std::vector<json>& rows) {
+  std::vector<std::int64_t> steps;
+  for (const auto& row : rows) steps.push_back(row["_step"].get<std::int64_t>());
+  return steps;
+}
+
+std::vector<std::int64_t> range(std::int64_t first, std::int64_t last) {
+  std::vector<std::int64_t> values;
+  for (std::int64_t v = first; v <= last; ++v) values.push_back(v);
+  return values;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "W&B: an outage loses no row: requests are retried until the server is back, every row arrives in order",
+    "[wandb][outage]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  const auto how = GENERATE(MockServer::Outage::unavailable, MockServer::Outage::drop);
+  Run run(tmp.path());
+  auto callback = run.handler.add_callback<WandbCallback>(outage_options(server.uri()));
+  CaptureLog log;
+  run.train_begin();
+  server.fail_for(std::chrono::milliseconds(800), how, "/files/");
+  for (std::int64_t step = 1; step <= 20; ++step) run.log(step, {{"loss", 1.0 / double(step)}});
+  CHECK(test::eventually([&] { return server.failed_requests() >= 3; }));
+  callback->finish();  // waits: the outage ends well within the flush timeout
+  CHECK(log.text().empty());
+  const auto stored = wandb.run("team/huggingface/" + callback->run_id());
+  const auto rows = history_of(stored);
+  CHECK(steps_of(rows) == range(0, 19));
+  for (std::size_t i = 0; i < rows.size(); ++i) CHECK(rows[i]["train/global_step"] == std::int64_t(i) + 1);
+  CHECK(stored.summary["train/loss"] == 1.0 / 20);
+  CHECK(stored.exit_code == 0);
+  CHECK_FALSE(fs::exists(tmp.path() / ".torchfit" / "unsent" / ("wandb-" + callback->run_id() + ".jsonl")));
+}
+
+TEST_CASE(
+    "W&B: an outage past the end of training: one warning says how many rows are unsent and where, the "
+    "file holds exactly them",
+    "[wandb][outage]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  std::string id;
+  CaptureLog log;
+  {
+    Run run(tmp.path());
+    WandbOptions options = outage_options(server.uri());
+    options.flush_timeout_s = 0.5;
+    auto callback = run.handler.add_callback<WandbCallback>(options);
+    auto recorder = run.handler.add_callback<Recorder>();
+    run.train_begin();
+    id = callback->run_id();
+    server.fail_for(std::chrono::hours(1), MockServer::Outage::unavailable, "/files/");
+    for (std::int64_t step = 1; step <= 3; ++step) run.log(step, {{"loss", 1.0 / double(step)}});
+    run.train_end();
+    CHECK(recorder->ended);  // training went on to its end
+    CHECK(run.handler.callback_list() == "Recorder");
+  }  // destroyed: nothing more is said or sent
+  const fs::path file = tmp.path() / ".torchfit" / "unsent" / ("wandb-" + id + ".jsonl");
+  const std::string text = log.text();
+  INFO(text);
+  // Progress while waiting (every quarter of the timeout here), then the one warning.
+  const std::string warning =
+      "[torchfit] warning: WandbCallback failed and is disabled for the rest of this run: "
+      "wandb: gave up after 0.5 s (last error: POST " +
+      server.uri() + "/files/team/huggingface/" + id +
+      "/file_stream: HTTP 503: {}); 6 rows unsent, kept in " + file.string() + "\n";
+  REQUIRE(text.size() >= warning.size());
+  CHECK(text.substr(text.size() - warning.size()) == warning);
+  CHECK(text.rfind("[torchfit] warning: waiting for wandb to send 6 rows (0 s left)\n", 0) == 0);
+  // The file: the three history rows, each with the summary after it, in order.
+  std::vector<json> lines;
+  std::istringstream in(test::read_file(file));
+  for (std::string line; std::getline(in, line);) lines.push_back(parse_line(line));
+  REQUIRE(lines.size() == 6);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(lines[2 * i]["history"]["_step"] == std::int64_t(i));
+    CHECK(lines[2 * i]["history"]["train/loss"] == 1.0 / double(i + 1));
+    CHECK(lines[2 * i + 1]["summary"]["_step"] == std::int64_t(i));
+  }
+  CHECK(wandb.run("team/huggingface/" + id).history.empty());
+  CHECK(!wandb.run("team/huggingface/" + id).exit_code);
+}
+
+TEST_CASE("W&B: a training step never waits on the network: logging returns at once while the server hangs",
+          "[wandb][outage]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback =
+      run.handler.add_callback<WandbCallback>(outage_options(server.uri(), /*request_timeout_s=*/1));
+  run.train_begin();
+  server.fail_for(std::chrono::milliseconds(2500), MockServer::Outage::hang, "/files/");
+  run.log(1, {{"loss", 1.0}});
+  REQUIRE(test::eventually([&] { return server.failed_requests() >= 1; }));  // a request hangs now
+  double slowest_s = 0;
+  for (std::int64_t step = 2; step <= 50; ++step) {
+    const auto start = std::chrono::steady_clock::now();
+    run.log(step, {{"loss", 1.0 / double(step)}});
+    slowest_s =
+        std::max(slowest_s, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  INFO("slowest on_log: " << slowest_s << " s");
+  CHECK(slowest_s < 0.5);  // each hung attempt lasts 1 s
+  callback->finish();
+  CHECK(steps_of(history_of(wandb.run("team/huggingface/" + callback->run_id()))) == range(0, 49));
+}
+
+TEST_CASE(
+    "W&B: file_stream requests stay within wandb-core's 10 MiB, a history line over its limit is dropped "
+    "with a warning",
+    "[wandb]") {
+  CleanWandbEnv env;
+  FakeWandb wandb;
+  MockServer server([&](const HttpRequest& r) { return wandb.handle(r); });
+  TempDir tmp;
+  Run run(tmp.path());
+  auto callback =
+      run.handler.add_callback<WandbCallback>(fast_options(server.uri(), /*transmit_interval_s=*/3600));
+  CaptureLog log;
+  run.train_begin();
+  const std::size_t mib = std::size_t{1} << 20;
+  // Four lines of 2.6 MiB: more than one request holds.
+  for (std::int64_t step = 1; step <= 4; ++step) run.log(step, {{"blob", std::string(26 * mib / 10, 'a')}});
+  run.log(5, {{"huge", std::string(10 * mib, 'b')}});  // _step 4: over the 10 MiB - 100 KiB line limit
+  run.log(6, {{"loss", 0.5}});
+  callback->flush();
+  const std::string text = log.text();
+  INFO(text.substr(0, 500));
+  CHECK(text.rfind("[torchfit] warning: W&B: dropping the history row of _step 4: ", 0) == 0);
+  CHECK(text.find(" bytes, over wandb-core's limit of 10383360 bytes per line\n") != std::string::npos);
+  // The summary holds the huge value too: it is not sent, with one warning for the run.
+  CHECK(text.find("[torchfit] warning: W&B: not sending the run's summary: ") != std::string::npos);
+  CHECK(std::count(text.begin(), text.end(), '\n') == 2);
+
+  std::size_t streams_with_history = 0;
+  for (const auto& r : server.requests()) {
+    if (r.target == "/graphql") continue;
+    // The lines' bytes, and a little JSON around them ('a' needs no escaping).
+    CHECK(r.body.size() <= torchfit::detail::wandb_max_request_bytes + 4096);
+    streams_with_history += r.body.find("\"wandb-history.jsonl\"") != std::string::npos;
+  }
+  CHECK(streams_with_history >= 2);
+  const auto rows = history_of(wandb.run("team/huggingface/" + callback->run_id()));
+  CHECK(steps_of(rows) == std::vector<std::int64_t>{0, 1, 2, 3, 5});
+  CHECK(rows.back()["train/loss"] == 0.5);
 }

@@ -101,6 +101,7 @@ class WandbCallback : public TrackerCallback {
     for (auto it = ctx.metrics->begin(); it != ctx.metrics->end(); ++it)
       row[integrations::rewrite_log_key(it.key())] = it.value();
     log_row(std::move(row), state.global_step);
+    queue_summary(false);
   }
 
   void on_train_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
@@ -110,7 +111,9 @@ class WandbCallback : public TrackerCallback {
   /// Sends everything logged so far and waits until the server has it (at most `flush_timeout_s`); throws the
   /// failure of a background request, or the timeout with the number of unsent rows and where they are kept.
   void flush() {
-    if (run_open_) stream_->outbox().flush();
+    if (!run_open_) return;
+    queue_summary(true);
+    stream_->outbox().flush();
   }
 
   /// Marks the run finished with `exit_code` after what is pending, and waits as flush() does. Later events
@@ -143,19 +146,16 @@ class WandbCallback : public TrackerCallback {
     if (!run_open_) return;
     stream_->outbox().rethrow_if_failed();
     json row = json::object();
-    bool single_values = false;
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       if (integrations::is_single_value_scalar(it.key())) {
         summary_[it.key()] = it.value();
-        single_values = true;
+        summary_changed_ = true;
       } else {
         row[integrations::rewrite_log_key(it.key())] = it.value();
       }
     }
-    if (!row.empty())
-      log_row(std::move(row), state.global_step);
-    else if (single_values)
-      stream_->summary(detail::python_json_dumps(summary_, -1, false));
+    if (!row.empty()) log_row(std::move(row), state.global_step);
+    queue_summary(false);
     if (stream_->stopped() && !control.should_training_stop)
       control.stop_training("the W&B run was stopped from its page (W&B's Stop button)");
   }
@@ -197,7 +197,7 @@ class WandbCallback : public TrackerCallback {
     json vars = detail::wandb_new_run_variables(run_id, project, entity, args.run_name);
     vars["config"] = config_text();
     run_ = detail::with_retries(options_.retry, wait_s, [&] { return api_->upsert_run(vars); });
-    started_ = Clock::now();
+    started_ = summary_queued_ = Clock::now();
     run_open_ = true;
     log::info("W&B run {} ({}): {}", run_.run_id, run_.display_name, run_url());
 
@@ -205,6 +205,8 @@ class WandbCallback : public TrackerCallback {
                                             options_.flush_timeout_s);
     settings.transmit_interval_s = options_.transmit_interval_s.value_or(
         detail::env_number("WANDB_X_FILE_STREAM_TRANSMIT_INTERVAL").value_or(15));
+    transmit_interval_ = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(settings.transmit_interval_s));
     settings.memory_limit_bytes = 3 * detail::wandb_max_request_bytes;  // room for a full request
     // A run that existed without a resume request appends to its history (wandb: the server's line count).
     stream_.emplace(*api_, run_, std::max(history_offset, run_.history_line_count), std::move(settings),
@@ -242,13 +244,23 @@ class WandbCallback : public TrackerCallback {
       vars["config"] = config_text();
       stream_->upsert(vars);
     }
+    summary_changed_ = true;
     stream_->history(detail::python_json_dumps(row, -1, false), step);
-    stream_->summary(detail::python_json_dumps(summary_, -1, false));
   }
 
-  // Queues the end of the run; its requests are waited for by finish() or the stream's destruction.
+  // Queues the summary if it changed, at most once per transmit interval unless `now` (it is sent whole).
+  void queue_summary(bool now) {
+    if (!summary_changed_ || (!now && Clock::now() - summary_queued_ < transmit_interval_)) return;
+    stream_->summary(detail::python_json_dumps(summary_, -1, false));
+    summary_changed_ = false;
+    summary_queued_ = Clock::now();
+  }
+
+  // Queues the summary and the end of the run; their requests are waited for by finish() or the stream's
+  // destruction.
   void end_run(int exit_code) {
     run_open_ = false;
+    queue_summary(true);
     stream_->end(exit_code);
   }
 
@@ -261,6 +273,9 @@ class WandbCallback : public TrackerCallback {
   json summary_ = json::object();
   std::int64_t next_step_ = 0;
   double runtime_before_s_ = 0;  // a resumed run's runtime
+  bool summary_changed_ = false;
+  Clock::time_point summary_queued_;
+  Clock::duration transmit_interval_{};
   Clock::time_point started_;
   std::optional<detail::WandbFileStream> stream_;  // last: its thread sends until it is destroyed
 };

@@ -9,8 +9,11 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/integrations/detail/outbox.hpp"
@@ -25,8 +28,9 @@ namespace torchfit::detail {
 inline constexpr std::size_t wandb_max_line_bytes = (std::size_t{10} << 20) - (std::size_t{100} << 10);
 inline constexpr std::size_t wandb_max_request_bytes = std::size_t{10} << 20;
 
-/// The rows of one W&B run, each an Outbox row: `{"history": line}`, `{"summary": text}`, `{"upsert":
-/// variables}` (a config update) and `{"exitcode": n}` (the end). Consecutive history lines and summaries go
+/// The rows of one W&B run, each an Outbox row: `{"history": <line>}`, `{"summary": <summary>}`, `{"upsert":
+/// <variables>}` (a config update) and `{"exitcode": <n>}` (the end), the lines written in as W&B takes them
+/// (Python's JSON: NaN and Infinity bare). Consecutive history lines and summaries go
 /// in one file_stream request of at most wandb_max_request_bytes, with the latest summary only; the end goes
 /// with the last of them. A heartbeat (an empty file_stream request) goes after `heartbeat_interval_s`
 /// without any.
@@ -52,24 +56,25 @@ class WandbFileStream {
       return log::warning(
           "W&B: dropping the history row of _step {}: {} bytes, over wandb-core's limit of {} bytes per line",
           step, line.size(), wandb_max_line_bytes);
-    outbox_.push(row_text({{"history", line}}));
+    outbox_.push(row("history", line));
   }
 
-  /// Queues the run's summary (its JSON text); one over wandb-core's line limit is skipped with a warning.
+  /// Queues the run's summary (its JSON text). One over wandb-core's line limit is not sent (as wandb-core
+  /// skips it), with one warning for the run.
   void summary(const std::string& text) {
-    if (text.size() > wandb_max_line_bytes)
-      return log::warning("W&B: not sending the run's summary: {} bytes, over wandb-core's limit of {} bytes",
-                          text.size(), wandb_max_line_bytes);
-    outbox_.push(row_text({{"summary", text}}));
+    if (text.size() <= wandb_max_line_bytes) return outbox_.push(row("summary", text));
+    if (std::exchange(summary_warned_, true)) return;
+    log::warning("W&B: not sending the run's summary: {} bytes, over wandb-core's limit of {} bytes per line",
+                 text.size(), wandb_max_line_bytes);
   }
 
   /// Queues a config update (UpsertBucket variables).
-  void upsert(const json& variables) { outbox_.push(row_text({{"upsert", variables}})); }
+  void upsert(const json& variables) { outbox_.push(row("upsert", row_text(variables))); }
 
   /// Queues the end of the run with `exit_code`; no heartbeat follows it.
   void end(int exit_code) {
     outbox_.stop_keep_alive();
-    outbox_.push(row_text({{"exitcode", exit_code}}));
+    outbox_.push(row("exitcode", std::to_string(exit_code)));
   }
 
   /// Whether the server asked the run to stop (the Stop button on its page).
@@ -78,40 +83,53 @@ class WandbFileStream {
   Outbox& outbox() { return outbox_; }
 
  private:
+  // The row `{"<kind>": <text>}`: the text goes in as it is, not escaped into a string (history lines are
+  // big).
+  static std::string row(std::string_view kind, std::string_view text) {
+    return fmt::format("{{\"{}\": {}}}", kind, text);
+  }
+
+  // The text of `row` when it is of `kind`; nothing otherwise.
+  static std::optional<std::string_view> payload(std::string_view row, std::string_view kind) {
+    const std::string prefix = fmt::format("{{\"{}\": ", kind);
+    if (row.substr(0, prefix.size()) != prefix) return std::nullopt;
+    return row.substr(prefix.size(), row.size() - prefix.size() - 1);
+  }
+
   // Sends a config update alone, or the history lines and summaries up to the next config update, within the
   // request size (the first line always goes), with the end of the run when it follows them.
   std::size_t send(const Outbox::Rows& rows) {
-    const json first = json::parse(rows.front());
-    if (const auto upsert = first.find("upsert"); upsert != first.end()) {
-      api_.upsert_run(*upsert);
+    if (const auto upsert = payload(rows.front(), "upsert")) {
+      api_.upsert_run(json::parse(*upsert));
       return 1;
     }
     std::vector<std::string> lines;
-    std::optional<std::string> summary;
-    std::optional<int> exit_code;
+    std::optional<std::string_view> summary;
+    std::optional<std::string_view> exit_code;
     std::size_t taken = 0;
-    std::size_t bytes = 0;
+    std::size_t lines_bytes = 0;  // the request's size is its lines' and its (latest) summary's
     for (const auto& text : rows) {
-      const json row = json::parse(text);
-      const auto line = row.find("history");
-      const auto latest = row.find("summary");
-      const std::size_t size = line != row.end()     ? line->get_ref<const std::string&>().size()
-                               : latest != row.end() ? latest->get_ref<const std::string&>().size()
-                                                     : 0;
-      if (row.contains("upsert") || (bytes > 0 && bytes + size > wandb_max_request_bytes)) break;
-      bytes += size;
+      if (payload(text, "upsert")) break;
+      const auto line = payload(text, "history");
+      const auto latest = payload(text, "summary");
+      const std::size_t line_bytes = line ? line->size() : 0;
+      const std::size_t summary_bytes = latest ? latest->size() : summary ? summary->size() : 0;
+      if (taken > 0 && lines_bytes + line_bytes + summary_bytes > wandb_max_request_bytes) break;
       ++taken;
-      if (line != row.end()) lines.push_back(line->get<std::string>());
-      if (latest != row.end()) summary = latest->get<std::string>();
-      if (const auto code = row.find("exitcode"); code != row.end()) exit_code = code->get<int>();
+      lines_bytes += line_bytes;
+      if (line) lines.emplace_back(*line);
+      if (latest) summary = latest;
+      if (const auto code = payload(text, "exitcode")) exit_code = code;
     }
     json body = json::object();
     if (!lines.empty())
       body["files"]["wandb-history.jsonl"] = {{"offset", history_offset_}, {"content", lines}};
-    if (summary) body["files"]["wandb-summary.json"] = {{"offset", 0}, {"content", json::array({*summary})}};
+    if (summary)
+      body["files"]["wandb-summary.json"] = {{"offset", 0},
+                                             {"content", json::array({std::string(*summary)})}};
     if (exit_code) {
       body["complete"] = true;
-      body["exitcode"] = *exit_code;
+      body["exitcode"] = std::stoi(std::string(*exit_code));
     }
     const json answer = api_.file_stream(run_, python_json_dumps(body, -1, false));
     history_offset_ += static_cast<std::int64_t>(lines.size());
@@ -123,6 +141,7 @@ class WandbFileStream {
   WandbRunRef run_;
   std::int64_t history_offset_;  // the line of the next history line; the sending thread's
   std::atomic<bool> stopped_{false};
+  bool summary_warned_ = false;
   Outbox outbox_;  // last: stopped before what its thread uses
 };
 
