@@ -18,6 +18,7 @@ inline Matchers::StringContainsMatcher Contains(const std::string& substring,
                                                 CaseSensitive case_sensitivity = CaseSensitive::Yes) {
   return Matchers::ContainsSubstring(substring, case_sensitivity);
 }
+using Matchers::EndsWith;
 using Matchers::StartsWith;
 
 }  // namespace Catch
