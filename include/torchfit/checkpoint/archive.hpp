@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/detail/durable_file.hpp"
@@ -32,7 +33,7 @@ inline torch::serialize::InputArchive parse_archive(const std::string& bytes, co
   try {
     archive.load_from(bytes.data(), bytes.size());
   } catch (const c10::Error& e) {
-    throw CheckpointError(source + " is corrupt or truncated: " + e.what_without_backtrace());
+    throw CheckpointError(fmt::format("{} is corrupt or truncated: {}", source, e.what_without_backtrace()));
   }
   return archive;
 }

@@ -14,6 +14,8 @@
 #include <system_error>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "torchfit/checkpoint/layout.hpp"
 #include "torchfit/detail/durable_file.hpp"
 #include "torchfit/error.hpp"
@@ -40,7 +42,7 @@ inline bool is_leftover(const fs::path& path) {
 }
 
 [[noreturn]] inline void throw_fs_error(const std::string& what, const std::error_code& ec) {
-  throw CheckpointError(what + ": " + ec.message());
+  throw CheckpointError(fmt::format("{}: {}", what, ec.message()));
 }
 
 /// Renames `dir` to a hidden `.deleting-` name and flushes the rename, so that whatever happens to the deletion
@@ -49,7 +51,7 @@ inline fs::path move_aside(const fs::path& dir) {
   const fs::path aside = hidden_sibling(dir, deleting_tag);
   std::error_code ec;
   fs::rename(dir, aside, ec);
-  if (ec) throw_fs_error("cannot move " + dir.string() + " aside to delete it", ec);
+  if (ec) throw_fs_error(fmt::format("cannot move {} aside to delete it", dir.string()), ec);
   torchfit::detail::sync_directory(dir.parent_path());
   return aside;
 }
@@ -80,10 +82,10 @@ class AtomicWriter {
   AtomicWriter(const fs::path& output_dir, int64_t step) : final_(dir_for(output_dir, step)) {
     std::error_code ec;
     fs::create_directories(output_dir, ec);
-    if (ec) detail::throw_fs_error("cannot create the output directory " + output_dir.string(), ec);
+    if (ec) detail::throw_fs_error(fmt::format("cannot create the output directory {}", output_dir.string()), ec);
     tmp_ = detail::hidden_sibling(final_, detail::temporary_tag);
     if (!fs::create_directory(tmp_, ec))
-      detail::throw_fs_error("cannot create " + tmp_.string(),
+      detail::throw_fs_error(fmt::format("cannot create {}", tmp_.string()),
                              ec ? ec : std::make_error_code(std::errc::file_exists));
   }
   ~AtomicWriter() {
@@ -108,7 +110,7 @@ class AtomicWriter {
     if (ec) {
       std::error_code ignored;
       if (replaced) fs::rename(*replaced, final_, ignored);  // put the older one back
-      detail::throw_fs_error("cannot rename " + tmp_.string() + " to " + final_.string(), ec);
+      detail::throw_fs_error(fmt::format("cannot rename {} to {}", tmp_.string(), final_.string()), ec);
     }
     committed_ = true;
     torchfit::detail::sync_directory(parent);

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/detail/safetensors.hpp"
@@ -35,20 +36,19 @@ inline ModelStateCopies read_model_state(const torch::nn::Module& model, const s
   for (const auto& [name, target] : model_state(model)) {
     auto it = by_name.find(name);
     if (it == by_name.end())
-      throw CheckpointError(file.string() + " has no tensor \"" + name + "\" that the model expects");
+      throw CheckpointError(fmt::format("{} has no tensor \"{}\" that the model expects", file.string(), name));
     if (it->second.sizes() != target.sizes())
-      throw CheckpointError(file.string() + ": tensor \"" + name + "\" has shape " + c10::str(it->second.sizes()) +
-                            " but the model expects " + c10::str(target.sizes()));
+      throw CheckpointError(fmt::format("{}: tensor \"{}\" has shape {} but the model expects {}", file.string(), name,
+                                        c10::str(it->second.sizes()), c10::str(target.sizes())));
     if (it->second.scalar_type() != target.scalar_type())
-      throw CheckpointError(file.string() + ": tensor \"" + name + "\" has dtype " +
-                            std::string(c10::toString(it->second.scalar_type())) + " but the model expects " +
-                            std::string(c10::toString(target.scalar_type())));
+      throw CheckpointError(fmt::format("{}: tensor \"{}\" has dtype {} but the model expects {}", file.string(), name,
+                                        c10::toString(it->second.scalar_type()), c10::toString(target.scalar_type())));
     copies.emplace_back(target, it->second);
     by_name.erase(it);
   }
   if (!by_name.empty())
-    throw CheckpointError(file.string() + " has tensor \"" + by_name.begin()->first +
-                          "\" that the model does not have (a checkpoint of another model?)");
+    throw CheckpointError(fmt::format("{} has tensor \"{}\" that the model does not have (a checkpoint of another model?)",
+                                      file.string(), by_name.begin()->first));
   return copies;
 }
 

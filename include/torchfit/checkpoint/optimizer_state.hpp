@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/checkpoint/archive.hpp"
@@ -64,9 +65,9 @@ inline void check_state_shapes(const torch::optim::Optimizer& optimizer, const s
       if (found == states.end()) continue;
       for (const torch::Tensor& t : parameter_shaped(*found->second))
         if (t.defined() && t.sizes() != parameter.sizes())
-          throw CheckpointError(file.string() + ": the state of parameter " + std::to_string(i) + " of group " +
-                                std::to_string(g) + " has shape " + c10::str(t.sizes()) + " but the parameter has " +
-                                c10::str(parameter.sizes()) + " (a checkpoint of another model?)");
+          throw CheckpointError(fmt::format("{}: the state of parameter {} of group {} has shape {} but the parameter "
+                                            "has {} (a checkpoint of another model?)",
+                                            file.string(), i, g, c10::str(t.sizes()), c10::str(parameter.sizes())));
     }
 }
 
@@ -101,7 +102,7 @@ inline void load_optimizer_state(torch::optim::Optimizer& optimizer, torch::seri
     detail::check_state_shapes(optimizer, file);
   } catch (const c10::Error& e) {  // libtorch refuses midway, after loading the groups before the bad one
     before.restore(optimizer);
-    throw CheckpointError(file.string() + " does not fit this optimizer: " + e.what_without_backtrace());
+    throw CheckpointError(fmt::format("{} does not fit this optimizer: {}", file.string(), e.what_without_backtrace()));
   } catch (...) {
     before.restore(optimizer);
     throw;

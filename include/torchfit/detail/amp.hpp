@@ -9,6 +9,7 @@
 #include <string>
 
 #include <ATen/autocast_mode.h>
+#include <fmt/format.h>
 #include <torch/torch.h>
 #include <torch/version.h>
 
@@ -95,11 +96,11 @@ class GradScaler {
     const double scale = number_member(s, what, "scale");
     const int64_t growth_tracker = integer_member(s, what, "growth_tracker");
     if (!(std::isfinite(scale) && scale > 0))
-      throw CheckpointError(std::string(what) + ": \"scale\" must be a positive finite number (got " +
-                            kind_of(s.at("scale")) + ")");
+      throw CheckpointError(fmt::format("{}: \"scale\" must be a positive finite number (got {})", what,
+                                        kind_of(s.at("scale"))));
     if (growth_tracker < 0 || growth_tracker > std::numeric_limits<int32_t>::max())
-      throw CheckpointError(std::string(what) + ": \"growth_tracker\" must be a count of steps (got " +
-                            std::to_string(growth_tracker) + ")");
+      throw CheckpointError(
+          fmt::format("{}: \"growth_tracker\" must be a count of steps (got {})", what, growth_tracker));
     scale_.fill_(scale);
     growth_tracker_.fill_(growth_tracker);
   }

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <utility>
 
+#include <fmt/format.h>
+
 #include "torchfit/error.hpp"
 
 namespace torchfit::detail {
@@ -23,7 +25,7 @@ namespace torchfit::detail {
 /// "cannot <action> <path>: <reason of errno>"; reads errno before anything can change it.
 [[noreturn]] inline void throw_file_error(const char* action, const std::filesystem::path& path) {
   const int error = errno;
-  throw CheckpointError(std::string("cannot ") + action + " " + path.string() + ": " + std::strerror(error));
+  throw CheckpointError(fmt::format("cannot {} {}: {}", action, path.string(), std::strerror(error)));
 }
 
 /// A file written from the start and flushed to stable storage by finish(). Destroyed before finish() (a write

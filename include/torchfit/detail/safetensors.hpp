@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/detail/durable_file.hpp"
@@ -59,7 +60,7 @@ inline std::size_t dtype_index(torch::ScalarType type) {
 }
 
 [[noreturn]] inline void fail(const std::filesystem::path& path, const std::string& problem) {
-  throw CheckpointError(path.string() + " is not a valid safetensors file: " + problem);
+  throw CheckpointError(fmt::format("{} is not a valid safetensors file: {}", path.string(), problem));
 }
 
 // What the Rust library refuses to parse as a header (it would be a corrupt length field, not a real header).
@@ -91,28 +92,28 @@ struct Header {
 inline uint64_t unsigned_field(const std::filesystem::path& path, const std::string& name, const char* field,
                                const json& value) {
   if (!value.is_number_unsigned())
-    fail(path, "tensor \"" + name + "\" has " + field + " entry " + brief(value) +
-                   " where a non-negative integer belongs");
+    fail(path, fmt::format("tensor \"{}\" has {} entry {} where a non-negative integer belongs", name, field,
+                           brief(value)));
   return value.get<uint64_t>();
 }
 
 inline Entry parse_entry(const std::filesystem::path& path, const std::string& name, const json& info,
                          uint64_t data_size) {
   if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-    fail(path, "tensor \"" + name + "\" needs \"dtype\", \"shape\" and \"data_offsets\" (got " + brief(info) + ")");
+    fail(path, fmt::format("tensor \"{}\" needs \"dtype\", \"shape\" and \"data_offsets\" (got {})", name, brief(info)));
   const json& dtype = info.at("dtype");
   const auto& dtypes = safetensors_dtypes();
   const auto d = std::find_if(dtypes.begin(), dtypes.end(), [&](const SafetensorsDtype& x) {
     return dtype.is_string() && dtype.get<std::string>() == x.name;
   });
   if (d == dtypes.end())
-    fail(path, "tensor \"" + name + "\" has unsupported dtype " + brief(dtype) + " (supported: " +
-                   supported_dtypes() + ")");
+    fail(path, fmt::format("tensor \"{}\" has unsupported dtype {} (supported: {})", name, brief(dtype),
+                           supported_dtypes()));
   const json& shape = info.at("shape");
   const json& offsets = info.at("data_offsets");
-  if (!shape.is_array()) fail(path, "tensor \"" + name + "\" has shape " + brief(shape) + ", not an array");
+  if (!shape.is_array()) fail(path, fmt::format("tensor \"{}\" has shape {}, not an array", name, brief(shape)));
   if (!offsets.is_array() || offsets.size() != 2)
-    fail(path, "tensor \"" + name + "\" has data_offsets " + brief(offsets) + ", not [begin, end]");
+    fail(path, fmt::format("tensor \"{}\" has data_offsets {}, not [begin, end]", name, brief(offsets)));
 
   Entry e{name, &*d, {}, unsigned_field(path, name, "data_offsets", offsets[0]),
           unsigned_field(path, name, "data_offsets", offsets[1])};
@@ -122,36 +123,33 @@ inline Entry parse_entry(const std::filesystem::path& path, const std::string& n
     const uint64_t n = unsigned_field(path, name, "shape", dim);
     if (n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
         (n != 0 && bytes > std::numeric_limits<uint64_t>::max() / n))
-      fail(path, "tensor \"" + name + "\" has shape " + brief(shape) + ", too large to address");
+      fail(path, fmt::format("tensor \"{}\" has shape {}, too large to address", name, brief(shape)));
     bytes *= n;
     e.shape.push_back(static_cast<int64_t>(n));
   }
   if (e.end < e.begin || e.end - e.begin != bytes)
-    fail(path, "tensor \"" + name + "\" has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
-                   "] but its shape " + brief(shape) + " and dtype " + d->name + " need " + std::to_string(bytes) +
-                   " bytes");
+    fail(path, fmt::format("tensor \"{}\" has data_offsets [{}, {}] but its shape {} and dtype {} need {} bytes", name,
+                           e.begin, e.end, brief(shape), d->name, bytes));
   if (e.end > data_size)
-    fail(path, "tensor \"" + name + "\" ends at byte " + std::to_string(e.end) + " of a " + std::to_string(data_size) +
-                   "-byte data section (truncated?)");
+    fail(path, fmt::format("tensor \"{}\" ends at byte {} of a {}-byte data section (truncated?)", name, e.end,
+                           data_size));
   return e;
 }
 
 // Reads and validates the header, leaving `in` anywhere; the file is `file_size` bytes long.
 inline Header read_header(std::ifstream& in, const std::filesystem::path& path, uint64_t file_size) {
-  if (file_size < 8) fail(path, "it has " + std::to_string(file_size) + " bytes, shorter than its 8-byte header length");
+  if (file_size < 8) fail(path, fmt::format("it has {} bytes, shorter than its 8-byte header length", file_size));
   unsigned char prefix[8];
   in.read(reinterpret_cast<char*>(prefix), 8);
   uint64_t length = 0;
   for (int i = 7; i >= 0; --i) length = (length << 8) | prefix[i];
   if (length > file_size - 8)
-    fail(path, "header length " + std::to_string(length) + " runs past the end of the file (" +
-                   std::to_string(file_size) + " bytes; truncated?)");
+    fail(path, fmt::format("header length {} runs past the end of the file ({} bytes; truncated?)", length, file_size));
   if (length > max_header_size)
-    fail(path, "header length " + std::to_string(length) + " is over the " + std::to_string(max_header_size) +
-                   "-byte limit");
+    fail(path, fmt::format("header length {} is over the {}-byte limit", length, max_header_size));
   std::string text(length, '\0');
   in.read(text.data(), static_cast<std::streamsize>(length));
-  if (!in) throw CheckpointError("cannot read the header of " + path.string());
+  if (!in) throw CheckpointError(fmt::format("cannot read the header of {}", path.string()));
 
   // nlohmann keeps one of two equal keys silently; the callback sees every top-level key to catch duplicates.
   std::set<std::string> keys;
@@ -167,11 +165,11 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
       return !too_deep;
     });
   } catch (const json::exception& e) {  // parse_error, or out_of_range for a number such as 1e999
-    fail(path, std::string("the header is not valid JSON (") + e.what() + ")");
+    fail(path, fmt::format("the header is not valid JSON ({})", e.what()));
   }
-  if (too_deep) fail(path, "the header nests deeper than " + std::to_string(max_header_depth) + " levels");
-  if (!parsed.is_object()) fail(path, "the header is " + std::string(parsed.type_name()) + ", not a JSON object");
-  if (!duplicate.empty()) fail(path, "the header names \"" + duplicate + "\" twice");
+  if (too_deep) fail(path, fmt::format("the header nests deeper than {} levels", max_header_depth));
+  if (!parsed.is_object()) fail(path, fmt::format("the header is {}, not a JSON object", parsed.type_name()));
+  if (!duplicate.empty()) fail(path, fmt::format("the header names \"{}\" twice", duplicate));
 
   Header h;
   h.data_start = 8 + length;
@@ -180,10 +178,11 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
       h.entries.push_back(parse_entry(path, item.key(), item.value(), file_size - h.data_start));
       continue;
     }
-    if (!item.value().is_object()) fail(path, "__metadata__ is " + brief(item.value()) + ", not an object of strings");
+    if (!item.value().is_object())
+      fail(path, fmt::format("__metadata__ is {}, not an object of strings", brief(item.value())));
     for (const auto& m : item.value().items()) {
       if (!m.value().is_string())
-        fail(path, "__metadata__ entry \"" + m.key() + "\" is " + brief(m.value()) + ", not a string");
+        fail(path, fmt::format("__metadata__ entry \"{}\" is {}, not a string", m.key(), brief(m.value())));
       h.metadata[m.key()] = m.value().get<std::string>();
     }
   }
@@ -197,13 +196,12 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
   uint64_t covered = 0;
   for (const Entry* e : by_offset) {
     if (e->begin != covered)
-      fail(path, "tensor \"" + e->name + "\" starts at byte " + std::to_string(e->begin) + " where byte " +
-                     std::to_string(covered) + " was expected (overlapping tensors or a gap)");
+      fail(path, fmt::format("tensor \"{}\" starts at byte {} where byte {} was expected (overlapping tensors or a gap)",
+                             e->name, e->begin, covered));
     covered = e->end;
   }
   if (covered != file_size - h.data_start)
-    fail(path, "the data section has " + std::to_string(file_size - h.data_start) +
-                   " bytes but the tensors cover " + std::to_string(covered));
+    fail(path, fmt::format("the data section has {} bytes but the tensors cover {}", file_size - h.data_start, covered));
   return h;
 }
 
@@ -211,9 +209,9 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
 inline std::ifstream open(const std::filesystem::path& path, uint64_t& file_size) {
   std::error_code ec;
   file_size = std::filesystem::file_size(path, ec);
-  if (ec) throw CheckpointError("cannot read " + path.string() + ": " + ec.message());
+  if (ec) throw CheckpointError(fmt::format("cannot read {}: {}", path.string(), ec.message()));
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw CheckpointError("cannot read " + path.string());
+  if (!in) throw CheckpointError(fmt::format("cannot read {}", path.string()));
   return in;
 }
 
@@ -237,7 +235,7 @@ inline void save_safetensors(const std::filesystem::path& path,
     const std::string& name = entry.first;
     const torch::Tensor& t = entry.second;
     const auto refuse = [&](const std::string& why) {
-      throw CheckpointError("cannot save tensor \"" + name + "\" to " + path.string() + ": " + why);
+      throw CheckpointError(fmt::format("cannot save tensor \"{}\" to {}: {}", name, path.string(), why));
     };
     if (name == "__metadata__") refuse("the name is reserved for the file's metadata");
     if (!names.insert(name).second) refuse("another tensor has the same name");
@@ -245,8 +243,8 @@ inline void save_safetensors(const std::filesystem::path& path,
     if (t.layout() != torch::kStrided) refuse("only dense (strided) tensors can be saved");
     const std::size_t dtype = safetensors_impl::dtype_index(t.scalar_type());
     if (dtype == std::string::npos)
-      refuse(std::string("dtype ") + c10::toString(t.scalar_type()) + " has no safetensors equivalent (supported: " +
-             safetensors_impl::supported_dtypes() + ")");
+      refuse(fmt::format("dtype {} has no safetensors equivalent (supported: {})", c10::toString(t.scalar_type()),
+                         safetensors_impl::supported_dtypes()));
     items.push_back({&name, &t, dtype});
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
@@ -293,13 +291,13 @@ inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(const
     try {
       t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
     } catch (const c10::Error& error) {  // a shape libtorch cannot hold, e.g. an element count past int64
-      safetensors_impl::fail(path, "tensor \"" + e.name + "\" of shape " + c10::str(c10::IntArrayRef(e.shape)) +
-                                       " cannot be allocated: " + error.what_without_backtrace());
+      safetensors_impl::fail(path, fmt::format("tensor \"{}\" of shape {} cannot be allocated: {}", e.name,
+                                               c10::str(c10::IntArrayRef(e.shape)), error.what_without_backtrace()));
     }
     if (e.end > e.begin) {
       in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));
       in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.end - e.begin));
-      if (!in) throw CheckpointError("cannot read tensor \"" + e.name + "\" from " + path.string());
+      if (!in) throw CheckpointError(fmt::format("cannot read tensor \"{}\" from {}", e.name, path.string()));
     }
     out.emplace_back(e.name, std::move(t));
   }

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "torchfit/error.hpp"
 #include "torchfit/json.hpp"
 
@@ -21,15 +23,15 @@ inline std::string kind_of(const json& value) {
 
 /// `state[key]`; `what` names the state in messages ("scheduler state", a file's path).
 inline const json& state_member(const json& state, const std::string& what, const char* key) {
-  if (!state.is_object()) throw CheckpointError(what + " must be a JSON object (got " + kind_of(state) + ")");
+  if (!state.is_object()) throw CheckpointError(fmt::format("{} must be a JSON object (got {})", what, kind_of(state)));
   const auto found = state.find(key);
-  if (found == state.end()) throw CheckpointError(what + " has no \"" + key + "\"");
+  if (found == state.end()) throw CheckpointError(fmt::format("{} has no \"{}\"", what, key));
   return *found;
 }
 
 [[noreturn]] inline void throw_wrong_member(const std::string& what, const char* key, const char* expected,
                                             const json& value) {
-  throw CheckpointError(what + ": \"" + key + "\" must be " + expected + " (got " + kind_of(value) + ")");
+  throw CheckpointError(fmt::format("{}: \"{}\" must be {} (got {})", what, key, expected, kind_of(value)));
 }
 
 inline int64_t integer_member(const json& state, const std::string& what, const char* key) {
