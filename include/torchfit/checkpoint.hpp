@@ -6,6 +6,7 @@
 //   optimizer.pt          optimizer state (torch::save's format)          } absent with save_only_model
 //   scheduler.json        LR scheduler state                               }
 //   rng_state.pt          CPU and CUDA generator states                    }
+//                         (rng_state_<rank>.pt, one per process of a job)  }
 //   trainer_progress.json loss accumulators, so logged losses after resume equal an uninterrupted run's
 //   scaler.json           fp16 loss-scaler state (only with fp16)
 //   trainer_state.json    HF-compatible TrainerState (with stateful_callbacks)

@@ -26,4 +26,10 @@ struct FormatError : Error {
   using Error::Error;
 };
 
+/// A multi-process run that cannot start or cannot go on: a bad launch environment, a failed rendezvous, a rank
+/// that died or hangs. The message names the rank, the address or the variable.
+struct DistributedError : Error {
+  using Error::Error;
+};
+
 }  // namespace torchfit

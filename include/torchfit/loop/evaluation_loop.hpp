@@ -14,6 +14,8 @@
 #include "torchfit/detail/host_reads.hpp"
 #include "torchfit/detail/model_traits.hpp"
 #include "torchfit/detail/speed_metrics.hpp"
+#include "torchfit/distributed/collectives.hpp"
+#include "torchfit/distributed/gather.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/loop/loop_context.hpp"
 #include "torchfit/outputs.hpp"
@@ -42,9 +44,14 @@ class EvaluationLoop {
   Result run(const Data& dataset, const std::string& prefix, bool gather) {
     const auto start = std::chrono::steady_clock::now();
     const TrainingArguments& args = loop_.args;
-    detail::BatchPlan<Data> plan(dataset, args.per_device_eval_batch_size, false, std::nullopt);
-    if (plan.num_samples() == 0) throw Error(fmt::format("{} dataset is empty: there is nothing to evaluate", prefix));
-    loader_info_ = LoaderInfo{plan.num_batches(), plan.num_samples(), args.per_device_eval_batch_size};
+    // Each rank evaluates its share; counts, loss and outputs are then summed or gathered over the ranks.
+    const distributed::World& world = distributed::world();
+    detail::BatchPlan<Data> plan(dataset, args.per_device_eval_batch_size, false, std::nullopt,
+                                 distributed::Shard{world.rank, world.size, /*even=*/false});
+    const auto num_samples = static_cast<int64_t>(
+        distributed::sum_over_ranks({static_cast<double>(plan.num_samples())}, "counting eval samples").front());
+    if (num_samples == 0) throw Error(fmt::format("{} dataset is empty: there is nothing to evaluate", prefix));
+    loader_info_ = LoaderInfo{plan.num_batches(), num_samples, args.per_device_eval_batch_size};
     loop_.handler.context().eval_dataloader = &loader_info_;
 
     const auto module = detail::module_of(model_);
@@ -55,14 +62,16 @@ class EvaluationLoop {
     if (was_training) module->train();
 
     result.metrics = Logs::object();
-    result.metrics[prefix + "_loss"] = detail::to_host(loss_sum) / static_cast<double>(plan.num_samples());
+    result.metrics[prefix + "_loss"] =
+        distributed::sum_over_ranks({detail::to_host(loss_sum)}, "summing eval losses").front() /
+        static_cast<double>(num_samples);
     if (compute_metrics_) {
       const Logs user = compute_metrics_(EvalPrediction{result.predictions, result.labels});
       for (const auto& item : user.items())
         result.metrics[item.key().rfind(prefix + "_", 0) == 0 ? item.key() : prefix + "_" + item.key()] =
             item.value();
     }
-    detail::add_speed_metrics(result.metrics, prefix, detail::seconds_since(start), plan.num_samples(),
+    detail::add_speed_metrics(result.metrics, prefix, detail::seconds_since(start), num_samples,
                               plan.num_batches());
     return result;
   }
@@ -94,8 +103,8 @@ class EvaluationLoop {
       }
       loop_.handler.on_prediction_step(args, loop_.state, loop_.control);
     }
-    result.predictions = predictions.result();
-    result.labels = labels.result();
+    result.predictions = distributed::gather_for_metrics(predictions.result(), plan, "gathering eval predictions");
+    result.labels = distributed::gather_for_metrics(labels.result(), plan, "gathering eval labels");
     return loss_sum;
   }
 

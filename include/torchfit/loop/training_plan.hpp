@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "torchfit/distributed/shard.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/training_args.hpp"
 
@@ -15,26 +16,29 @@ namespace torchfit {
 /// set_initial_training_values derives them (in binary doubles, as Python computes them).
 struct TrainingPlan {
   int64_t num_samples = 0;        ///< samples in the train dataset
-  int64_t batch_size = 0;         ///< samples per micro-batch
-  int64_t batches_per_epoch = 0;  ///< micro-batches per epoch (HF's len(train_dataloader))
+  int64_t batch_size = 0;         ///< samples per micro-batch of each process
+  int64_t batches_per_epoch = 0;  ///< micro-batches per epoch of each process (HF's len(train_dataloader))
+  int64_t total_batch_size = 0;   ///< samples per update over all processes (HF's total_train_batch_size)
   int64_t updates_per_epoch = 0;  ///< optimizer steps per epoch: ceil(batches / GA), at least 1
   int64_t max_steps = 0;          ///< optimizer steps of the whole run
   int64_t num_train_epochs = 0;   ///< epochs the loop iterates (the last one may stop early)
 
-  /// The plan for `num_samples` training samples; ArgumentError naming the flag when there is nothing to
-  /// train or the step count does not fit in 64 bits.
-  static TrainingPlan make(const TrainingArguments& args, int64_t num_samples) {
+  /// The plan for `num_samples` training samples shared by `world_size` processes; ArgumentError naming the flag
+  /// when there is nothing to train or the step count does not fit in 64 bits.
+  static TrainingPlan make(const TrainingArguments& args, int64_t num_samples, int64_t world_size = 1) {
     if (num_samples == 0) throw Error("train dataset is empty: there is nothing to train on");
     TrainingPlan plan;
     plan.num_samples = num_samples;
     plan.batch_size = args.per_device_train_batch_size;
-    plan.batches_per_epoch = args.dataloader_drop_last ? num_samples / plan.batch_size
-                                                       : (num_samples + plan.batch_size - 1) / plan.batch_size;
+    plan.batches_per_epoch =
+        distributed::Shard{0, world_size}.num_batches(num_samples, plan.batch_size, args.dataloader_drop_last);
     if (plan.batches_per_epoch == 0)
       throw ArgumentError(fmt::format("--dataloader_drop_last drops every batch: the train dataset has {} samples, "
-                                      "fewer than --per_device_train_batch_size {}",
-                                      num_samples, plan.batch_size));
+                                      "fewer than --per_device_train_batch_size {}{}",
+                                      num_samples, plan.batch_size,
+                                      world_size > 1 ? fmt::format(" × {} processes", world_size) : ""));
     const int64_t ga = args.gradient_accumulation_steps;
+    plan.total_batch_size = plan.batch_size * ga * world_size;
     plan.updates_per_epoch = std::max<int64_t>((plan.batches_per_epoch + ga - 1) / ga, 1);
     if (args.max_steps > 0) {
       plan.max_steps = args.max_steps;
