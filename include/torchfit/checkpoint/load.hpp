@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/callback_handler.hpp"
@@ -53,11 +54,12 @@ struct Checkpoint {
 /// Checks that `dir` is a checkpoint holding `files`, naming the first missing one.
 inline void require_files(const fs::path& dir, const std::vector<const char*>& files) {
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) throw CheckpointError("checkpoint directory " + dir.string() + " does not exist");
+  if (!fs::is_directory(dir, ec))
+    throw CheckpointError(fmt::format("checkpoint directory {} does not exist", dir.string()));
   for (const char* f : files)
     if (!fs::is_regular_file(dir / f, ec))
-      throw CheckpointError("checkpoint " + dir.string() + " is missing " + f +
-                            (std::string(f) == optimizer_file ? " (was it saved with --save_only_model?)" : ""));
+      throw CheckpointError(fmt::format("checkpoint {} is missing {}{}", dir.string(), f,
+                                        std::string(f) == optimizer_file ? " (was it saved with --save_only_model?)" : ""));
 }
 
 /// Reads every file of the checkpoint in `dir` and checks what can be checked without loading it: the weights
@@ -91,7 +93,7 @@ void loading(const fs::path& file, Load&& load) {
   try {
     load();
   } catch (const CheckpointError& e) {
-    throw CheckpointError(file.string() + ": " + e.what());
+    throw CheckpointError(fmt::format("{}: {}", file.string(), e.what()));
   }
 }
 

@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/checkpoint/archive.hpp"
@@ -48,8 +49,8 @@ inline void check_generator_state(c10::DeviceIndex cuda_device, const torch::Ten
   try {
     probe.set_state(state);
   } catch (const c10::Error& e) {
-    throw CheckpointError(file.string() + ": entry \"" + key + "\" is not a state of this generator: " +
-                          e.what_without_backtrace());
+    throw CheckpointError(fmt::format("{}: entry \"{}\" is not a state of this generator: {}", file.string(), key,
+                                      e.what_without_backtrace()));
   }
 }
 
@@ -81,7 +82,7 @@ inline RngState read_rng_state(const std::filesystem::path& file) {
   auto archive = read_archive(file);
   RngState out;
   if (!archive.try_read("cpu", out.cpu))
-    throw CheckpointError(file.string() + " has no \"cpu\" entry (the CPU generator's state)");
+    throw CheckpointError(fmt::format("{} has no \"cpu\" entry (the CPU generator's state)", file.string()));
   detail::check_generator_state(-1, out.cpu, file, "cpu");
   for (c10::DeviceIndex i = 0; i < detail::cuda_device_count(); ++i) {
     torch::Tensor state;

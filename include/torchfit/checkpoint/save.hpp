@@ -6,8 +6,8 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <optional>
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include "torchfit/checkpoint/directory.hpp"
@@ -44,7 +44,7 @@ fs::path save(const fs::path& output_dir, int64_t step, WriteFiles&& write_files
     write_files(writer.dir());
     writer.commit();
   } catch (const CheckpointError& e) {
-    throw CheckpointError("cannot save checkpoint " + final_dir.string() + ": " + e.what());
+    throw CheckpointError(fmt::format("cannot save checkpoint {}: {}", final_dir.string(), e.what()));
   }
   return final_dir;
 }
