@@ -29,6 +29,24 @@ inline constexpr const char* scaler_file = "scaler.json";
 inline constexpr const char* state_file = "trainer_state.json";
 inline constexpr const char* args_file = "training_args.json";
 
+/// The generator states of `rank` in a job of several processes: rng_state_<rank>.pt (HF's rng_state_<rank>.pth).
+inline std::string rank_rng_file(int64_t rank) { return "rng_state_" + std::to_string(rank) + ".pt"; }
+
+/// The generator states of `rank` in a job of `world_size` processes (rng_state.pt for a process alone).
+inline std::string rng_file_of(int64_t rank, int64_t world_size) {
+  return world_size == 1 ? rng_file : rank_rng_file(rank);
+}
+
+/// How many processes saved the checkpoint in `dir`, told by its generator files; nullopt without any (a
+/// checkpoint saved with save_only_model).
+inline std::optional<int64_t> saved_world_size(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::is_regular_file(dir / rng_file, ec)) return 1;
+  int64_t ranks = 0;
+  while (fs::is_regular_file(dir / rank_rng_file(ranks), ec)) ++ranks;
+  return ranks > 0 ? std::optional<int64_t>(ranks) : std::nullopt;
+}
+
 /// `<output_dir>/checkpoint-<step>`.
 inline fs::path dir_for(const fs::path& output_dir, int64_t step) {
   return output_dir / ("checkpoint-" + std::to_string(step));

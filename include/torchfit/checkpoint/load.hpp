@@ -37,6 +37,8 @@ struct Targets {
   torchfit::detail::GradScaler* scaler = nullptr;  ///< set when training with fp16 loss scaling
   CallbackHandler* callbacks = nullptr;            ///< set to restore the callbacks' states and `control`
   TrainerControl* control = nullptr;
+  int64_t rank = 0;  ///< this process in a job of world_size processes, whose generator states are loaded
+  int64_t world_size = 1;
 };
 
 /// A checkpoint read whole and checked; apply() loads it.
@@ -66,8 +68,15 @@ inline void require_files(const fs::path& dir, const std::vector<const char*>& f
 /// against the model, the generator states against the generators, the JSON files' contents. Throws
 /// CheckpointError naming the first file that is missing, unreadable, corrupt or does not fit.
 inline Checkpoint read(const fs::path& dir, const Targets& targets) {
-  std::vector<const char*> files{model_file, state_file, optimizer_file, scheduler_file, rng_file, progress_file};
+  const std::string rank_rng_file = rng_file_of(targets.rank, targets.world_size);
+  std::vector<const char*> files{model_file, state_file, optimizer_file, scheduler_file, rank_rng_file.c_str(),
+                                 progress_file};
   if (targets.scaler) files.push_back(scaler_file);
+  // The data position and the generator states belong to each process: another number of them cannot resume.
+  if (const auto saved = saved_world_size(dir); saved && *saved != targets.world_size)
+    throw CheckpointError(fmt::format("checkpoint {} was saved by {} process(es) and this run has {}: resume it with "
+                                      "{} (torchrun --nproc_per_node, --nnodes)",
+                                      dir.string(), *saved, targets.world_size, *saved));
   require_files(dir, files);
   Checkpoint c;
   c.dir = dir;
@@ -80,7 +89,7 @@ inline Checkpoint read(const fs::path& dir, const Targets& targets) {
   c.progress = Progress::from_json(read_json(dir / progress_file), dir / progress_file);
   if (targets.scaler) c.scaler_state = read_json(dir / scaler_file);
   c.optimizer = read_archive(dir / optimizer_file);
-  c.rng = read_rng_state(dir / rng_file);
+  c.rng = read_rng_state(dir / rank_rng_file);
   c.model = read_model_state(targets.model, dir / model_file);
   return c;
 }

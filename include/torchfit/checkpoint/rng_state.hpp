@@ -68,12 +68,18 @@ inline RngState capture_rng_state() {
   return out;
 }
 
-/// Writes the states as a libtorch archive with entries "cpu" and "cuda_<device>", flushed to disk.
-inline void save_rng_state(const RngState& state, const std::filesystem::path& file) {
+/// The states as the bytes of a libtorch archive with entries "cpu" and "cuda_<device>" (what save_rng_state
+/// writes; a job's rank 0 writes every rank's).
+inline std::string rng_state_bytes(const RngState& state) {
   torch::serialize::OutputArchive archive;
   archive.write("cpu", state.cpu);
   for (const auto& [device, tensor] : state.cuda) archive.write(detail::cuda_key(device), tensor);
-  save_archive(archive, file);
+  return archive_bytes(archive);
+}
+
+/// Writes rng_state_bytes(state) to `file`, flushed to disk.
+inline void save_rng_state(const RngState& state, const std::filesystem::path& file) {
+  torchfit::detail::write_file_durably(file, rng_state_bytes(state));
 }
 
 /// Reads save_rng_state's file and checks each state against its generator without changing any. States of CUDA

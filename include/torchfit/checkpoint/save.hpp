@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -49,14 +51,18 @@ fs::path save(const fs::path& output_dir, int64_t step, WriteFiles&& write_files
   return final_dir;
 }
 
-/// Writes what resuming needs besides the weights: optimizer.pt, scheduler.json, rng_state.pt,
-/// trainer_progress.json and, with a loss scaler, scaler.json.
+/// Writes what resuming needs besides the weights: optimizer.pt, scheduler.json, the generator states
+/// (`rng_states`: rng_state_bytes of each process, in rank order; rng_state.pt for a process alone,
+/// rng_state_<rank>.pt for each rank of a job), trainer_progress.json and, with a loss scaler, scaler.json.
 inline void save_training_state(const fs::path& dir, const torch::optim::Optimizer& optimizer,
                                 const LRScheduler& scheduler, const torchfit::detail::GradScaler* scaler,
-                                const Progress& progress) {
+                                const Progress& progress, const std::vector<std::string>& rng_states) {
   save_optimizer_state(optimizer, dir / optimizer_file);
   save_json(scheduler.state(), dir / scheduler_file);
-  save_rng_state(capture_rng_state(), dir / rng_file);
+  const auto world_size = static_cast<int64_t>(rng_states.size());
+  for (int64_t rank = 0; rank < world_size; ++rank)
+    torchfit::detail::write_file_durably(dir / rng_file_of(rank, world_size),
+                                         rng_states[static_cast<std::size_t>(rank)]);
   save_json(progress.to_json(), dir / progress_file);
   if (scaler) save_json(scaler->state(), dir / scaler_file);
 }
