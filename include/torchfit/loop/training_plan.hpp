@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -15,7 +16,7 @@ namespace torchfit {
 /// The sizes of a training run, derived from the arguments and the train dataset's length as HF's
 /// set_initial_training_values derives them (in binary doubles, as Python computes them).
 struct TrainingPlan {
-  int64_t num_samples = 0;        ///< samples in the train dataset
+  int64_t num_samples = 0;        ///< samples in the train dataset (a stream: those --max_steps reads)
   int64_t batch_size = 0;         ///< samples per micro-batch of each process
   int64_t batches_per_epoch = 0;  ///< micro-batches per epoch of each process (HF's len(train_dataloader))
   int64_t total_batch_size = 0;   ///< samples per update over all processes (HF's total_train_batch_size)
@@ -23,9 +24,12 @@ struct TrainingPlan {
   int64_t max_steps = 0;          ///< optimizer steps of the whole run
   int64_t num_train_epochs = 0;   ///< epochs the loop iterates (the last one may stop early)
 
-  /// The plan for `num_samples` training samples shared by `world_size` processes; ArgumentError naming the flag
-  /// when there is nothing to train or the step count does not fit in 64 bits.
-  static TrainingPlan make(const TrainingArguments& args, int64_t num_samples, int64_t world_size = 1) {
+  /// The plan for a train dataset of `length` samples (nullopt: a stream) shared by `world_size` processes;
+  /// ArgumentError naming the flag when there is nothing to train, the step count does not fit in 64 bits, or a
+  /// stream comes without --max_steps.
+  static TrainingPlan make(const TrainingArguments& args, std::optional<int64_t> length, int64_t world_size = 1) {
+    if (!length) return unsized(args, world_size);
+    const int64_t num_samples = *length;
     if (num_samples == 0) throw Error("train dataset is empty: there is nothing to train on");
     TrainingPlan plan;
     plan.num_samples = num_samples;
@@ -53,6 +57,25 @@ struct TrainingPlan {
                                       args.num_train_epochs, args.num_train_epochs, plan.updates_per_epoch));
     plan.max_steps = static_cast<int64_t>(steps);
     plan.num_train_epochs = static_cast<int64_t>(std::ceil(args.num_train_epochs));
+    return plan;
+  }
+
+ private:
+  // A stream has no length: it trains for --max_steps, which it needs (HF's rule for an IterableDataset), in one
+  // epoch, reading its next pass where one ends (HF would count a new epoch there).
+  static TrainingPlan unsized(const TrainingArguments& args, int64_t world_size) {
+    if (args.max_steps <= 0)
+      throw ArgumentError(fmt::format("--max_steps must be set (> 0, got {}) to train on a streaming dataset, which "
+                                      "has no length to count epochs by",
+                                      args.max_steps));
+    TrainingPlan plan;
+    plan.batch_size = args.per_device_train_batch_size;
+    plan.total_batch_size = plan.batch_size * args.gradient_accumulation_steps * world_size;
+    plan.max_steps = args.max_steps;
+    plan.updates_per_epoch = args.max_steps;
+    plan.batches_per_epoch = args.max_steps * args.gradient_accumulation_steps;
+    plan.num_samples = plan.batches_per_epoch * plan.batch_size;
+    plan.num_train_epochs = 1;
     return plan;
   }
 };
