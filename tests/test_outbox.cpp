@@ -121,6 +121,16 @@ TEST_CASE("Outbox: rows go in order, a real failure stops it and keeps the rows 
     CHECK_THROWS_WITH(out->push("row 3"), failure);
     CHECK(lines_of(read_file(out.file())) == numbered_rows(2, 1));
   }
+  SECTION("rows an earlier run left in the unsent file are left alone") {
+    torchfit::test::write_file(tmp / "unsent.jsonl", "an earlier run's row\n");
+    TestOutbox out(tmp.path(), [](const std::string& row) {
+      if (row == "row 1") throw std::runtime_error("refused");
+    });
+    push_all(*out, numbered_rows(3));
+    CHECK_THROWS_WITH(out->flush(), "refused; 2 rows unsent, kept in " + (tmp / "unsent.1.jsonl").string());
+    CHECK(read_file(tmp / "unsent.jsonl") == "an earlier run's row\n");
+    CHECK(lines_of(read_file(tmp / "unsent.1.jsonl")) == numbered_rows(2, 1));
+  }
   SECTION("destruction waits for the rows pushed") {
     TestOutbox out(tmp.path(),
                    [](const std::string&) { std::this_thread::sleep_for(std::chrono::milliseconds(5)); });

@@ -12,12 +12,10 @@
 #include <set>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <fmt/format.h>
 
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/strings.hpp"
 #include "torchfit/detail/system.hpp"
 #include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/clearml_api.hpp"
@@ -25,8 +23,6 @@
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 
@@ -84,15 +80,13 @@ class ClearMLCallback : public TrackerCallback {
   /// Ends the task if it is still open (failed when destroyed by a failure), and waits for the calls as
   /// finish() does; a failure is a warning.
   ~ClearMLCallback() override {
-    if (!open_ || outbox_->failed()) return;
-    try {
+    if (!open_) return;
+    detail::end_in_destructor(*outbox_, [this] {
       if (std::uncaught_exceptions() > 0)
         end("tasks.failed", {{"status_reason", "training failed: the program ended with an exception"}});
       else
         end("tasks.completed", {{"status_reason", "completed"}, {"publish", false}});
-    } catch (const std::exception& e) {
-      log::warning("{}", e.what());
-    }
+    });
   }
   ClearMLCallback(const ClearMLCallback&) = delete;
   ClearMLCallback& operator=(const ClearMLCallback&) = delete;
@@ -189,9 +183,7 @@ class ClearMLCallback : public TrackerCallback {
     while (!web_host_.empty() && web_host_.back() == '/') web_host_.pop_back();
     api_ = std::make_unique<detail::ClearMLApi>(host, *access_key, *secret_key,
                                                 options_.retry.request_timeout_s);
-    const auto wait = [&, limit_s = detail::flush_timeout_s(options_.flush_timeout_s)](auto call) {
-      return detail::with_retries(options_.retry, limit_s, call);
-    };
+    const detail::RetryingCalls wait(options_.retry, options_.flush_timeout_s);
     const auto call = [&](const char* endpoint, const json& body) {
       return wait([&] { return api_->call(endpoint, body); });
     };
@@ -221,18 +213,15 @@ class ClearMLCallback : public TrackerCallback {
     call("tasks.started", {{"task", task_id_}, {"force", false}});
     log::info("ClearML task {}: {}", task_id_, link());
 
-    outbox_.emplace(
-        detail::outbox_settings("clearml", args.output_dir, task_id_, options_.retry,
-                                options_.flush_timeout_s),
-        [this](const detail::Outbox::Rows& rows) {
-          const json row = json::parse(rows.front());
-          if (row["call"] == "events.add_batch")
-            api_->add_events(row["body"]);
-          else
-            api_->call(row["call"], row["body"]);
-          return std::size_t{1};
-        },
-        api_->http());
+    outbox_.emplace(detail::outbox_settings("clearml", args.output_dir, task_id_, options_.retry,
+                                            options_.flush_timeout_s),
+                    detail::call_sender([this](const std::string& endpoint, const json& body) {
+                      if (endpoint == "events.add_batch")
+                        api_->add_events(body);
+                      else
+                        api_->call(endpoint, body);
+                    }),
+                    api_->http());
     outbox_->set_keep_alive(
         std::chrono::duration<double>(options_.ping_interval_s),
         [this] {

@@ -13,8 +13,6 @@
 #include "torchfit/integrations/detail/emissions_estimator.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 

@@ -13,8 +13,6 @@
 #include <sstream>
 #include <string>
 #include <tuple>
-#include <utility>
-#include <vector>
 
 #include <fmt/format.h>
 
@@ -25,8 +23,6 @@
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 
@@ -77,12 +73,7 @@ class CometCallback : public TrackerCallback {
   /// Ends the experiment if it is still open, and waits for the calls as finish() does; a failure is a
   /// warning.
   ~CometCallback() override {
-    if (!open_ || outbox_->failed()) return;
-    try {
-      end_experiment();
-    } catch (const std::exception& e) {
-      log::warning("{}", e.what());
-    }
+    if (open_) detail::end_in_destructor(*outbox_, [this] { end_experiment(); });
   }
   CometCallback(const CometCallback&) = delete;
   CometCallback& operator=(const CometCallback&) = delete;
@@ -131,9 +122,7 @@ class CometCallback : public TrackerCallback {
         detail::url_root(detail::comet_setting(options_.url, "COMET_URL_OVERRIDE", "url_override")
                              .value_or("https://www.comet.com"));
     api_ = std::make_unique<detail::CometApi>(root, *key, options_.retry.request_timeout_s);
-    const auto wait = [&, limit_s = detail::flush_timeout_s(options_.flush_timeout_s)](auto call) {
-      return detail::with_retries(options_.retry, limit_s, call);
-    };
+    const detail::RetryingCalls wait(options_.retry, options_.flush_timeout_s);
 
     const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
     if (existing && mode != "create") {
@@ -153,15 +142,12 @@ class CometCallback : public TrackerCallback {
     // Comet names the heartbeat interval in its answer to the first one.
     const double beat_s =
         std::max(1e-3, wait([&] { return api_->keep_alive(experiment_key_); }).value_or(10.0));
-    outbox_.emplace(
-        detail::outbox_settings("comet_ml", args.output_dir, experiment_key_, options_.retry,
-                                options_.flush_timeout_s),
-        [this](const detail::Outbox::Rows& rows) {
-          const json row = json::parse(rows.front());
-          api_->write(row["call"], experiment_key_, row["body"]);
-          return std::size_t{1};
-        },
-        api_->http());
+    outbox_.emplace(detail::outbox_settings("comet_ml", args.output_dir, experiment_key_, options_.retry,
+                                            options_.flush_timeout_s),
+                    detail::call_sender([this](const std::string& call, const json& body) {
+                      api_->write(call, experiment_key_, body);
+                    }),
+                    api_->http());
     outbox_->set_keep_alive(
         std::chrono::duration<double>(beat_s), [this] { api_->keep_alive(experiment_key_); },
         detail::KeepAlive::periodic);

@@ -11,8 +11,6 @@
 
 #include "torchfit/integrations/detail/log_files.hpp"
 #include "torchfit/integrations/integration.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 

@@ -7,10 +7,8 @@
 #include <filesystem>
 #include <set>
 #include <string>
-#include <string_view>
 #include <system_error>
 #include <utility>
-#include <vector>
 
 #include <fmt/format.h>
 
@@ -21,8 +19,6 @@
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 

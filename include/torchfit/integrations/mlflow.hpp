@@ -3,15 +3,11 @@
 // Link torchfit::mlflow (libcurl).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -23,8 +19,6 @@
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 

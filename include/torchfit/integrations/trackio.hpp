@@ -12,8 +12,6 @@
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/detail/trackio_database.hpp"
 #include "torchfit/integrations/integration.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 

@@ -17,17 +17,12 @@
 #include <fmt/format.h>
 
 #include "torchfit/detail/py_json.hpp"
-#include "torchfit/detail/strings.hpp"
-#include "torchfit/detail/system.hpp"
-#include "torchfit/error.hpp"
 #include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/detail/wandb_api.hpp"
 #include "torchfit/integrations/detail/wandb_file_stream.hpp"
 #include "torchfit/integrations/integration.hpp"
 #include "torchfit/log.hpp"
-#include "torchfit/trainer_state.hpp"
-#include "torchfit/training_args.hpp"
 
 namespace torchfit {
 
@@ -88,7 +83,9 @@ class WandbCallback : public TrackerCallback {
   /// Ends the run if it is still open (exit code 1 when destroyed by a failure) and waits for what is unsent,
   /// as finish() does; a failure is a warning.
   ~WandbCallback() override {
-    if (run_open_ && !stream_->outbox().failed()) end_run(std::uncaught_exceptions() > 0 ? 1 : 0);
+    if (run_open_)
+      detail::end_in_destructor(stream_->outbox(),
+                                [this] { end_run(std::uncaught_exceptions() > 0 ? 1 : 0); });
   }
   WandbCallback(const WandbCallback&) = delete;
   WandbCallback& operator=(const WandbCallback&) = delete;
@@ -166,7 +163,7 @@ class WandbCallback : public TrackerCallback {
         options_.base_url.value_or(detail::env_string("WANDB_BASE_URL").value_or("https://api.wandb.ai"));
     api_ = std::make_unique<detail::WandbApi>(base_url, detail::wandb_api_key(options_.api_key, base_url),
                                               options_.retry.request_timeout_s);
-    const double wait_s = detail::flush_timeout_s(options_.flush_timeout_s);
+    const detail::RetryingCalls wait(options_.retry, options_.flush_timeout_s);
     const std::string project =
         options_.project.value_or(detail::env_string("WANDB_PROJECT").value_or("huggingface"));
     const std::string entity = options_.entity.value_or(detail::env_string("WANDB_ENTITY").value_or(""));
@@ -179,8 +176,7 @@ class WandbCallback : public TrackerCallback {
     json stored_config = json::object();
     std::int64_t history_offset = 0;
     if (const auto resumed = detail::wandb_resume(project, run_id, requested_id.has_value(), [&] {
-          return detail::with_retries(options_.retry, wait_s,
-                                      [&] { return api_->resume_status(project, entity, run_id); });
+          return wait([&] { return api_->resume_status(project, entity, run_id); });
         })) {
       history_offset = resumed->history_line_count;
       next_step_ = resumed->next_step;
@@ -196,7 +192,7 @@ class WandbCallback : public TrackerCallback {
 
     json vars = detail::wandb_new_run_variables(run_id, project, entity, args.run_name);
     vars["config"] = config_text();
-    run_ = detail::with_retries(options_.retry, wait_s, [&] { return api_->upsert_run(vars); });
+    run_ = wait([&] { return api_->upsert_run(vars); });
     started_ = summary_queued_ = Clock::now();
     run_open_ = true;
     log::info("W&B run {} ({}): {}", run_.run_id, run_.display_name, run_url());

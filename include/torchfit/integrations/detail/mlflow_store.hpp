@@ -471,7 +471,7 @@ class MlflowRestStore : public MlflowStore {
         const auto bytes = read_file_if_exists(entry.path());
         const auto url = fmt::format("{}/api/2.0/mlflow-artifacts/artifacts/{}/{}/{}", base_, path,
                                      artifact_path, relative);
-        with_retries(policy_, flush_timeout_s(flush_timeout_), [&] {
+        RetryingCalls(policy_, flush_timeout_)([&] {
           return check(http_.send("PUT", url, bytes.value_or(""), "application/octet-stream"), "PUT", url,
                        {});
         });
@@ -513,19 +513,14 @@ class MlflowRestStore : public MlflowStore {
   // call(), retried as the policy allows for at most the flush timeout: the caller waits for the answer.
   json call_waiting(const std::string& method, const std::string& endpoint, const json& body,
                     const std::string& tolerated = {}) {
-    return with_retries(policy_, flush_timeout_s(flush_timeout_),
-                        [&] { return call(method, endpoint, body, tolerated); });
+    return RetryingCalls(policy_, flush_timeout_)([&] { return call(method, endpoint, body, tolerated); });
   }
 
   // The outbox of run `run_id`'s batches and end, each row one call.
   void open_outbox(const std::string& run_id) {
     outbox_.emplace(
         outbox_settings("mlflow", output_dir_, run_id, policy_, flush_timeout_),
-        [this](const Outbox::Rows& rows) {
-          const json row = json::parse(rows.front());
-          call("POST", row["call"], row["body"]);
-          return std::size_t{1};
-        },
+        call_sender([this](const std::string& endpoint, const json& body) { call("POST", endpoint, body); }),
         http_);
   }
 

@@ -45,7 +45,9 @@ enum class KeepAlive {
 /// with no end unless the policy sets one; any other failure stops the outbox. flush() waits, for at most the
 /// flush timeout, until the rows pushed so far are delivered. When the outbox stops without delivering every
 /// row (a real failure, a flush that timed out), the rows left are written to `unsent_file`, one per line,
-/// and the error that says so (how many, where) is rethrown by push(), flush() and rethrow_if_failed().
+/// and the error that says so (how many, where) is rethrown by push(), flush() and rethrow_if_failed(). A file
+/// an earlier run left at `unsent_file` is left alone: this outbox then uses `<stem>.1<ext>` (or the next free
+/// number).
 class Outbox {
  public:
   using Rows = std::deque<std::string>;
@@ -66,6 +68,7 @@ class Outbox {
   /// so that giving up never waits on a hung server.
   Outbox(Settings settings, Sender send, HttpClient& client)
       : settings_(std::move(settings)), send_(std::move(send)), client_(client) {
+    settings_.unsent_file = unused_path(settings_.unsent_file);
     next_transmit_ = Clock::now() + seconds(settings_.transmit_interval_s);
     worker_ = std::thread([this] { run(); });
   }
@@ -175,6 +178,14 @@ class Outbox {
 
  private:
   using Clock = std::chrono::steady_clock;
+
+  // `path`, or when a file is there (rows an earlier run of this name left), `<stem>.1<ext>`, `<stem>.2<ext>`, ...
+  static std::filesystem::path unused_path(const std::filesystem::path& path) {
+    std::filesystem::path candidate = path;
+    for (int n = 1; std::filesystem::exists(candidate); ++n)
+      candidate = path.parent_path() / fmt::format("{}.{}{}", path.stem().string(), n, path.extension().string());
+    return candidate;
+  }
 
   static Clock::duration seconds(double s) {
     return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
@@ -388,6 +399,18 @@ inline Outbox::Settings outbox_settings(const std::string& tracker, const std::s
 
 namespace torchfit::detail {
 
+/// For an owner's destructor: runs `end` (it queues the rows that end the run) unless `outbox` has failed; an
+/// error is one warning, since a destructor does not throw. The outbox's destruction then waits for the rows.
+template <typename End>
+void end_in_destructor(Outbox& outbox, End end) noexcept {
+  if (outbox.failed()) return;
+  try {
+    end();
+  } catch (const std::exception& e) {
+    log::warning("{}", e.what());
+  }
+}
+
 /// A value as an Outbox row: its JSON text on one line (text that is not UTF-8 replaced, so that a bad log
 /// value cannot stop the outbox).
 inline std::string row_text(const json& value) {
@@ -397,6 +420,16 @@ inline std::string row_text(const json& value) {
 /// The row of one API call: `{"call": name, "body": body}`.
 inline std::string call_row(const std::string& call, const json& body) {
   return row_text({{"call", call}, {"body", body}});
+}
+
+/// The Sender of call rows: one request per row, made by `call(name, body)`.
+template <typename Call>
+Outbox::Sender call_sender(Call call) {
+  return [call](const Outbox::Rows& rows) {
+    const json row = json::parse(rows.front());
+    call(row["call"].get<std::string>(), row["body"]);
+    return std::size_t{1};
+  };
 }
 
 }  // namespace torchfit::detail

@@ -110,4 +110,21 @@ auto with_retries(const RetryPolicy& policy, double limit_s, Attempt&& attempt) 
   });
 }
 
+/// The calls the training thread waits for (opening a run): each retried as `policy` allows, for at most the
+/// tracker's flush timeout (see flush_timeout_s).
+class RetryingCalls {
+ public:
+  RetryingCalls(const RetryPolicy& policy, const std::optional<double>& flush_timeout)
+      : policy_(policy), limit_s_(flush_timeout_s(flush_timeout)) {}
+
+  template <typename Call>
+  auto operator()(Call&& call) const -> decltype(call()) {
+    return with_retries(policy_, limit_s_, std::forward<Call>(call));
+  }
+
+ private:
+  RetryPolicy policy_;
+  double limit_s_;
+};
+
 }  // namespace torchfit::detail
