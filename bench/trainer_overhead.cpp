@@ -247,8 +247,10 @@ std::vector<Row> measure(const Workload<Model>& w, int reps, const fs::path& dir
       // adamw_torch: same initial weights, data order, dropout draws and arithmetic, so the weights should agree
       // exactly on the CPU; CUDA kernels (atomics in embedding backward) may round differently from run to run.
       // The fused kernel rounds differently from libtorch's AdamW (tests/unit/test_optimizers.cpp checks 1e-5
-      // over 100 steps); over the benchmark's steps the difference grows to about 1e-5.
-      const double tolerance = w.device.is_cuda() ? 1e-2 : optim == "adamw_torch" ? 1e-6 : 1e-4;
+      // over 100 steps of a regression). Fitting random labels amplifies that: on the MLP, PyTorch's own fused and
+      // for-loop AdamW end 400 steps 1.5e-2 apart in training loss, torchfit's fused AdamW 4e-4 from the
+      // hand-written loop in this evaluation loss.
+      const double tolerance = w.device.is_cuda() || optim != "adamw_torch" ? 1e-2 : 1e-6;
       const double torchfit_loss = evaluation_loss(w, fitted, 256);
       const double param_diff = max_parameter_difference(*hand, *fitted);
       const bool ok = out.global_step == w.steps &&
