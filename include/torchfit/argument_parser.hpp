@@ -47,9 +47,11 @@ struct Codec<
   static T narrow(std::string_view where, int64_t value, const std::string& shown) {
     constexpr auto lowest = std::numeric_limits<T>::min();
     constexpr auto highest = std::numeric_limits<T>::max();
-    const bool fits = std::is_signed_v<T>
-                          ? value >= static_cast<int64_t>(lowest) && value <= static_cast<int64_t>(highest)
-                          : value >= 0 && static_cast<uint64_t>(value) <= highest;
+    bool fits = false;
+    if constexpr (std::is_signed_v<T>)
+      fits = value >= lowest && value <= highest;
+    else
+      fits = value >= 0 && static_cast<uint64_t>(value) <= highest;
     if (!fits) bad_value(where, fmt::format("an integer in [{}, {}]", lowest, highest), shown);
     return static_cast<T>(value);
   }

@@ -137,7 +137,7 @@ inline std::pair<torch::Tensor, torch::Tensor> values(std::string_view metric, c
   return {y_true.reshape({samples, -1}), y_pred.reshape({samples, -1})};
 }
 
-/// a / b where b > 0, else 0 (scikit-learn's default zero_division, without its warning).
+/// a / b for counts b, 0 where b is 0 (scikit-learn's default zero_division, without its warning).
 inline torch::Tensor safe_divide(const torch::Tensor& a, const torch::Tensor& b) {
   return torch::where(b > 0, a / b.clamp_min(1), torch::zeros_like(a));
 }
