@@ -3,7 +3,11 @@
 // self-attention, and a tied-free output head. Shared by the char_gpt example and the benchmarks.
 #pragma once
 
+#include <string_view>
+#include <vector>
+
 #include <torch/torch.h>
+#include <torchfit/data.hpp>
 
 struct GptConfig {
   int64_t vocab_size = 256;
@@ -24,10 +28,11 @@ struct BlockImpl : torch::nn::Module {
         proj(register_module("proj", torch::nn::Linear(4 * c.d_model, c.d_model))),
         drop(register_module("drop", torch::nn::Dropout(c.dropout))) {}
 
-  // x: [time, batch, d_model] (MultiheadAttention's layout); mask: [time, time] additive causal mask.
-  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask) {
+  // x: [time, batch, d_model] (MultiheadAttention's layout); mask: [time, time] additive causal mask;
+  // padding: [batch, time], true at padded positions (or undefined).
+  torch::Tensor forward(torch::Tensor x, const torch::Tensor& mask, const torch::Tensor& padding) {
     auto h = ln1(x);
-    x = x + std::get<0>(attn->forward(h, h, h, /*key_padding_mask=*/torch::Tensor(), /*need_weights=*/false, mask));
+    x = x + std::get<0>(attn->forward(h, h, h, padding, /*need_weights=*/false, mask));
     return x + drop(proj(torch::gelu(fc(ln2(x)))));
   }
 
@@ -50,15 +55,18 @@ struct CharGptImpl : torch::nn::Module {
     for (int64_t i = 0; i < c.layers; ++i) blocks->push_back(Block(c));
   }
 
-  /// idx: [batch, time] token ids -> logits [batch, time, vocab].
-  torch::Tensor forward(const torch::Tensor& idx) {
+  /// idx: [batch, time] token ids -> logits [batch, time, vocab]. `attention_mask` (a padding collator's, 0 at
+  /// padded positions) keeps real tokens from attending to padding; causal attention alone already keeps them
+  /// from right padding, but not a padded position's own output.
+  torch::Tensor forward(const torch::Tensor& idx, const torch::Tensor& attention_mask = {}) {
     const int64_t t = idx.size(1);
     auto pos = torch::arange(t, torch::TensorOptions().dtype(torch::kLong).device(idx.device()));
     auto x = (tokens(idx) + positions(pos)).transpose(0, 1);  // [time, batch, d]
     auto mask = torch::full({t, t}, -std::numeric_limits<float>::infinity(),
                             torch::TensorOptions().dtype(x.scalar_type()).device(idx.device()))
                     .triu(1);
-    for (const auto& block : *blocks) x = block->as<BlockImpl>()->forward(x, mask);
+    const torch::Tensor padding = attention_mask.defined() ? attention_mask == 0 : torch::Tensor();
+    for (const auto& block : *blocks) x = block->as<BlockImpl>()->forward(x, mask, padding);
     return head(ln_f(x)).transpose(0, 1);
   }
 
@@ -95,7 +103,25 @@ inline torch::Tensor next_token_loss(CharGpt& model, const torch::data::Example<
   return torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), batch.target.reshape({-1}));
 }
 
-/// Non-overlapping windows of `context` bytes: inputs text[i:i+context], targets shifted by one.
+/// The same from a TensorDict batch whose labels are already shifted (TokenFileDataset's windows, or a
+/// LanguageModelingCollator with shift_labels): positions labelled -100 (padding, a line's last token) do not
+/// count.
+inline torch::Tensor next_token_loss(CharGpt& model, const torchfit::TensorDict& batch) {
+  const torch::Tensor* mask = batch.find("attention_mask");
+  auto logits = model->forward(batch.at("input_ids"), mask != nullptr ? *mask : torch::Tensor());
+  return torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), batch.at("labels").reshape({-1}));
+}
+
+/// One token per byte: the model's vocabulary is the 256 byte values.
+inline std::vector<int64_t> byte_tokens(std::string_view text) {
+  std::vector<int64_t> ids;
+  ids.reserve(text.size());
+  for (const char c : text) ids.push_back(static_cast<unsigned char>(c));
+  return ids;
+}
+
+/// Non-overlapping windows of `context` bytes: inputs text[i:i+context], targets shifted by one, in memory (the
+/// benchmark's data; the example reads a token file).
 inline std::pair<torch::Tensor, torch::Tensor> byte_windows(const std::string& text, int64_t context) {
   const int64_t n = (static_cast<int64_t>(text.size()) - 1) / context;
   auto bytes = torch::empty({static_cast<int64_t>(text.size())}, torch::kLong);

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
 // A tiny character-level transformer trained on a public-domain text, printing a generated sample at every
-// evaluation from a custom callback.
+// evaluation from a custom callback. The data goes the way of a real language model's: the text becomes a token
+// file (nanoGPT's train.bin) read as TensorDict windows {input_ids, labels}; the held-out verses are evaluated
+// one per row, padded by a LanguageModelingCollator.
 //
 //   ./char_gpt                        # defaults below (a few minutes on 2 CPU cores)
 //   ./char_gpt --max_steps 2000 --layers 4 --d_model 256
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -25,7 +28,7 @@ class SampleCallback : public torchfit::TrainerCallback {
                    const torchfit::CallbackContext& ctx) override {
     if (!state.is_world_process_zero) return;
     auto& model = ctx.model_as<CharGptImpl>();
-    auto prompt_ids = byte_windows(prompt_ + " ", static_cast<int64_t>(prompt_.size())).first.view({-1});
+    const auto prompt_ids = torch::tensor(byte_tokens(prompt_), torch::kLong);
     auto ids = model.generate(prompt_ids, length_, 0.8, at::detail::createCPUGenerator(state.global_step));
     std::string text;
     for (int64_t i = 0; i < ids.numel(); ++i) text += static_cast<char>(ids[i].item<int64_t>());
@@ -44,6 +47,12 @@ std::string read_text(const std::string& path) {
   std::ostringstream out;
   out << in.rdbuf();
   return out.str();
+}
+
+void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out.flush()) throw std::runtime_error("cannot write " + path.string());
 }
 
 }  // namespace
@@ -84,12 +93,25 @@ int main(int argc, char** argv) try {
                                        " (char_gpt adds --text_file, --prompt, --context, --d_model, --layers)");
   }
 
+  // The first 90% of the text (cut at a line end) becomes the training token file, the rest the eval lines.
   const std::string text = read_text(text_file);
-  const auto split = text.size() * 9 / 10;
-  torch::manual_seed(static_cast<uint64_t>(args.seed));  // reproducible initial weights
+  const auto split = text.rfind('\n', text.size() * 9 / 10) + 1;
+  const std::filesystem::path data_dir = std::filesystem::path(args.output_dir) / "data";
+  std::filesystem::create_directories(data_dir);
+  const auto train_ids = byte_tokens(std::string_view(text).substr(0, split));
+  torchfit::write_token_file(data_dir / "train.bin", torch::tensor(train_ids, torch::kLong));
+  write_text(data_dir / "eval.txt", text.substr(split));
+
+  torchfit::TokenFileDataset train(data_dir / "train.bin", config.context);
+  const int64_t context = config.context;  // the longest sequence the position embedding covers
+  const auto truncated_bytes = [context](std::string_view line) { return byte_tokens(line.substr(0, context)); };
+  torchfit::Collated eval(torchfit::TextLineDataset(data_dir / "eval.txt", truncated_bytes),
+                          torchfit::LanguageModelingCollator(/*pad_token=*/0, /*pad_to_multiple=*/8,
+                                                             /*shift=*/true));
+  torchfit::set_seed(args.seed);  // before the model: the same initial weights on every run
   CharGpt model(config);
-  torchfit::Trainer trainer(model, args, byte_windows(text.substr(0, split), config.context),
-                            byte_windows(text.substr(split), config.context), next_token_loss);
+  auto loss = [](CharGpt& m, const torchfit::TensorDict& batch) { return next_token_loss(m, batch); };
+  torchfit::Trainer trainer(model, args, train, eval, loss);
   trainer.add_callback<SampleCallback>(prompt, 200);
   const auto result = trainer.train();
   double eval_loss = NAN;

@@ -18,40 +18,37 @@
 #include <fmt/format.h>
 
 #include "torchfit/data/detail/batches.hpp"
+#include "torchfit/distributed/shard.hpp"
 #include "torchfit/error.hpp"
 
 namespace torchfit::detail {
 
 /// Hands out the training batches of one epoch in order, from batch `first`: sized data batched by index in an
-/// order fixed by `shuffle_seed` (see BatchPlan), a stream read from this rank's sample `first * batch_size`.
-/// With `workers` > 0, that many threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker
-/// waiting (HF's default prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read
-/// sequentially), and built in parallel; each batch is built by the same code whichever thread builds it, so its
-/// bits and the order never depend on the number of workers. A worker's exception reaches the caller of next()
-/// for that batch. `data` must outlive this.
+/// order fixed by `shuffle_seed` (see BatchPlan), this rank's `shard` of it; a stream read from this rank's sample
+/// `first * batch_size` (a stream shards itself, by the rank and world size it was built with). With `workers`
+/// > 0, that many threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker waiting (HF's
+/// default prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read sequentially), and
+/// built in parallel; each batch is built by the same code whichever thread builds it, so its bits and the order
+/// never depend on the number of workers. A worker's exception reaches the caller of next() for that batch.
+/// `data` must outlive this.
 template <typename Data>
 class BatchPrefetcher {
  public:
   using Batch = typename DataTraits<Data>::Batch;
 
   BatchPrefetcher(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t> shuffle_seed,
-                  int64_t first, int64_t workers) {
+                  int64_t first, int64_t workers, distributed::Shard shard = {}) {
     if constexpr (DataTraits<Data>::sized) {
-      auto plan = std::make_shared<BatchPlan<Data>>(data, batch_size, drop_last, shuffle_seed);
+      auto plan = std::make_shared<BatchPlan<Data>>(data, batch_size, drop_last, shuffle_seed, shard);
       limit_ = plan->num_batches() - first;
       take_ = [plan, k = first]() mutable { return [plan, batch = k++] { return plan->batch(batch); }; };
     } else {
+      check_stream_shard(DataTraits<Data>::stream(data), shard);
       limit_ = std::numeric_limits<int64_t>::max();  // a stream starts a new pass where one ends
       take_ = [batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first)] { return batches->take(); };
     }
-    start(workers);
-  }
-
-  /// The batches of `plan` from batch `first` (`plan` must outlive this).
-  BatchPrefetcher(const BatchPlan<Data>& plan, int64_t first, int64_t workers)
-      : limit_(plan.num_batches() - first),
-        take_([&plan, k = first]() mutable { return [&plan, batch = k++] { return plan.batch(batch); }; }) {
-    start(workers);
+    depth_ = 2 * workers;
+    for (int64_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
   }
 
   ~BatchPrefetcher() {
@@ -86,11 +83,6 @@ class BatchPrefetcher {
     std::optional<Batch> batch;
     std::exception_ptr error;
   };
-
-  void start(int64_t workers) {
-    depth_ = 2 * workers;
-    for (int64_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
-  }
 
   void work() {
     while (true) {
