@@ -38,7 +38,8 @@ TEST_CASE("an update clips, steps between HF's two events, reports the lr it use
   CHECK(update.grad_norm().item<double>() == Approx(expected_norm.item<double>()));  // before clipping
   CHECK(update.learning_rate() == 0.5);                                              // used by this update
   CHECK(scheduler->get_last_lr().at(0) == Approx(0.375));                            // the schedule moved on
-  for (const auto& p : model->parameters()) CHECK(p.grad().abs().sum().item<double>() == 0);  // zeroed
+  for (const auto& p : model->parameters())  // zeroed, or unset by libtorch 2.x's zero_grad (set_to_none)
+    CHECK((!p.grad().defined() || p.grad().abs().sum().item<double>() == 0));
 
   SECTION("without clipping there is no norm") {
     OptimizationStep unclipped(optimizer, *scheduler, nullptr, model->parameters(), 0);
