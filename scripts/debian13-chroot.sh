@@ -24,8 +24,14 @@ MIRROR=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2
          awk '/^deb /{print $2; exit}' /etc/apt/sources.list)
 cmd=${1:-setup}; shift || true
 
-mount_src() {  # DIR: bind it at /src inside the chroot
-  mkdir -p "$ROOT/src"; mountpoint -q "$ROOT/src" && umount "$ROOT/src"; mount --bind "$1" "$ROOT/src"
+mount_src() {  # DIR: bind it at /src inside the chroot (left as it is when DIR is there already, so that
+               # several commands can run on one tree at once)
+  mkdir -p "$ROOT/src"
+  if mountpoint -q "$ROOT/src"; then
+    [ "$(stat -c %d:%i "$ROOT/src")" = "$(stat -c %d:%i "$1")" ] && return
+    umount "$ROOT/src"
+  fi
+  mount --bind "$1" "$ROOT/src"
 }
 
 mounts() {
