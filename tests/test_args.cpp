@@ -108,7 +108,9 @@ TEST_CASE("defaults are HF v4.57's, except report_to and restore_callback_states
     "load_best_model_at_end": false, "metric_for_best_model": null, "greater_is_better": null,
     "seed": 42, "data_seed": null, "full_determinism": false, "dataloader_drop_last": false,
     "dataloader_num_workers": 0,
-    "use_cpu": false, "bf16": false, "fp16": false,
+    "use_cpu": false, "tune_cpu_allocator": true, "bf16": false, "fp16": false,
+    "ddp_backend": null, "ddp_timeout": 1800, "ddp_bucket_cap_mb": null, "ddp_find_unused_parameters": null,
+    "ddp_broadcast_buffers": null,
     "disable_tqdm": false, "skip_memory_metrics": true, "include_num_input_tokens_seen": "no",
     "include_tokens_per_second": false, "report_to": ["none"], "run_name": null
   })");

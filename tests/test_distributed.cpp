@@ -169,8 +169,9 @@ TEST_CASE("data-parallel tests need torchfit::distributed", "[distributed]") {
 
 TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B; logs and checkpoints are written once",
           "[distributed]") {
-  const std::vector<std::string> common{"--num_train_epochs", "2",  "--learning_rate", "1e-2", "--logging_steps",
-                                        "2",                  "--save_steps", "4", "--report_to", "jsonl"};
+  const std::vector<std::string> common{"--num_train_epochs", "2", "--learning_rate", "1e-2", "--logging_steps", "2",
+                                        "--save_steps", "4", "--report_to", "jsonl", "--include_num_input_tokens_seen",
+                                        "all"};
   const auto with = [&](std::vector<std::string> more) {
     more.insert(more.begin(), common.begin(), common.end());
     return more;
@@ -189,12 +190,14 @@ TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B; lo
   CHECK(single["global_step"] == 8);
   CHECK(rank0["weights"] == rank1["weights"]);
   CHECK(max_difference(rank0["weights"], single["weights"]) < 1e-6);
-  // The logged loss is the mean over the ranks: the single process's mean over the doubled batch.
+  // The logged loss is the mean over the ranks: the single process's mean over the doubled batch; the tokens
+  // seen are every rank's.
   const auto logs = training_logs(rank0["log_history"]), single_logs = training_logs(single["log_history"]);
   REQUIRE(logs.size() == single_logs.size());
   for (std::size_t i = 0; i < logs.size(); ++i) {
     CHECK(logs[i]["loss"].get<double>() == Approx(single_logs[i]["loss"].get<double>()).epsilon(1e-5));
     CHECK(logs[i]["grad_norm"].get<double>() == Approx(single_logs[i]["grad_norm"].get<double>()).epsilon(1e-5));
+    CHECK(logs[i]["num_input_tokens_seen"] == single_logs[i]["num_input_tokens_seen"]);
   }
   CHECK(training_logs(rank0["log_history"]) == training_logs(rank1["log_history"]));
 

@@ -176,7 +176,7 @@ TEST_CASE("Outbox: failures that may pass are retried until the row goes, rows n
                            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     INFO("slowest push: " << slowest_s << " s");
-    CHECK(slowest_s < 0.5);  // a hung request would hold a push for as long as it hangs
+    CHECK(slowest_s < 1);  // a push waiting for the network would wait until the release below
     CHECK(out.delivered().empty());
     release = true;
     out->flush();

@@ -21,6 +21,7 @@
 #include "torchfit/callbacks/progress.hpp"
 #include "torchfit/callbacks/terminate_on_nan.hpp"
 #include "torchfit/checkpoint.hpp"
+#include "torchfit/cpu_allocator.hpp"
 #include "torchfit/data.hpp"
 #include "torchfit/detail/amp.hpp"
 #include "torchfit/detail/host_reads.hpp"
@@ -29,8 +30,12 @@
 #include "torchfit/detail/py_json.hpp"
 #include "torchfit/detail/speed_metrics.hpp"
 #include "torchfit/detail/stop_signals.hpp"
+#include "torchfit/distributed/agreement.hpp"
+#include "torchfit/distributed/collectives.hpp"
+#include "torchfit/distributed/data_parallel.hpp"
+#include "torchfit/distributed/world.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/integrations/integration.hpp"
+#include "torchfit/report_to.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/loop/best_metric.hpp"
 #include "torchfit/loop/evaluation_loop.hpp"
@@ -39,9 +44,11 @@
 #include "torchfit/loop/optimization_step.hpp"
 #include "torchfit/loop/token_counter.hpp"
 #include "torchfit/loop/training_plan.hpp"
+#include "torchfit/model_summary.hpp"
 #include "torchfit/optimizers.hpp"
 #include "torchfit/outputs.hpp"
 #include "torchfit/schedulers.hpp"
+#include "torchfit/seed.hpp"
 #include "torchfit/trainer_state.hpp"
 #include "torchfit/training_args.hpp"
 
@@ -56,7 +63,8 @@ using NamedDatasets = std::vector<std::pair<std::string, Data>>;
 /// TrainerState kept as HF keeps it, checkpoints and exact resume.
 ///
 /// `Model` is a module holder (`Net`, i.e. torch::nn::ModuleHolder<NetImpl>) or a std::shared_ptr to a module;
-/// `TrainData`/`EvalData` are TensorPairDataset, std::pair<Tensor, Tensor> or map-style torch datasets.
+/// `TrainData`/`EvalData` are TensorPairDataset, std::pair<Tensor, Tensor>, TensorDictDataset, map-style torch
+/// datasets, StreamingDataset (which needs --max_steps) or Collated over one of these (see docs/data.md).
 /// `loss_fn(model, batch)` returns a scalar loss tensor or a LossOutput.
 template <typename Model, typename TrainData, typename EvalData = TrainData>
 class Trainer {
@@ -90,18 +98,20 @@ class Trainer {
         compute_metrics_(std::move(compute_metrics)) {
     args_.validate();
     if (args_.eval_strategy != IntervalStrategy::no && eval_sets_.empty())
-      throw ArgumentError("--eval_strategy \"" + to_string(args_.eval_strategy) +
-                          "\" needs an eval dataset; pass one to the Trainer or use --eval_strategy no");
+      throw ArgumentError(fmt::format("--eval_strategy \"{}\" needs an eval dataset; pass one to the Trainer or use "
+                                      "--eval_strategy no",
+                                      to_string(args_.eval_strategy)));
     if (args_.eval_on_start && eval_sets_.empty())
       throw ArgumentError("--eval_on_start needs an eval dataset; pass one to the Trainer or drop --eval_on_start");
     check_eval_dataset_names();
-    torch::manual_seed(static_cast<uint64_t>(args_.seed));
-    if (args_.full_determinism) at::globalContext().setDeterministicAlgorithms(true, false);
-    device_ = (!args_.use_cpu && torch::cuda::is_available()) ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+    detail::seed_trainer(args_.seed, args_.full_determinism);  // HF: set_seed, or enable_full_determinism
+    device_ = distributed::join(args_);  // this rank's GPU or the CPU; the job's process group when launched
+    distributed::mark_process(state_);
     memory_.start("init", device_);
     if ((args_.fp16 || args_.bf16) && !device_.is_cuda())
       log::warning("--{} needs CUDA; training in fp32 on the CPU", args_.fp16 ? "fp16" : "bf16");
     module_->to(device_);
+    if (device_.is_cpu() && args_.tune_cpu_allocator) detail::tune_cpu_allocator_for_training();
 
     handler_.add_callback<DefaultFlowCallback>();
     if (args_.terminate_on_nan) handler_.add_callback<TerminateOnNanCallback>();
@@ -179,9 +189,13 @@ class Trainer {
   /// newest complete checkpoint in output_dir; defaults to args.resume_from_checkpoint).
   TrainOutput train(std::optional<std::string> resume_from_checkpoint = std::nullopt) {
     memory_.start("train", device_);
+    log::info("{}", model_summary(*module_));
     detail::StopSignals stop_signals;
     // Sizes, optimizer and scheduler (HF's set_initial_training_values, create_optimizer_and_scheduler).
-    const TrainingPlan plan = TrainingPlan::make(args_, detail::DataTraits<TrainData>::size(train_data_));
+    const distributed::World& world = distributed::world();
+    const TrainingPlan plan = TrainingPlan::make(args_, detail::num_samples_of(train_data_), world.size);
+    log::info("{} updates of {} samples ({} per process × {} accumulated × {} processes)", plan.max_steps,
+              plan.total_batch_size, plan.batch_size, args_.gradient_accumulation_steps, world.size);
     create_optimizer_and_scheduler(plan.max_steps);
     // A fresh state, replaced by the checkpoint's when resuming; on_train_begin; eval_on_start.
     interrupted_by_ = 0;
@@ -192,10 +206,13 @@ class Trainer {
         args_.ignore_data_skip ? 0 : (state_.global_step % plan.updates_per_epoch) * args_.gradient_accumulation_steps;
     const bool done = control_.should_training_stop || state_.global_step >= plan.max_steps;
     for (int64_t epoch = epochs_trained; epoch < plan.num_train_epochs && !done; ++epoch) {
-      detail::BatchPlan<TrainData> batches(train_data_, plan.batch_size, args_.dataloader_drop_last,
-                                           static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch));
       handler_.on_epoch_begin(args_, state_, control_);
-      run_epoch(batches, epoch, epoch == epochs_trained ? skip_in_first_epoch : 0, stop_signals);
+      const int64_t first = epoch == epochs_trained ? skip_in_first_epoch : 0;
+      detail::BatchPrefetcher<TrainData> batches(train_data_, plan.batch_size, args_.dataloader_drop_last,
+                                                 static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch),
+                                                 first, args_.dataloader_num_workers,
+                                                 distributed::Shard{world.rank, world.size});
+      run_epoch(batches, plan.batches_per_epoch, epoch, first, stop_signals);
       handler_.on_epoch_end(args_, state_, control_);
       maybe_log_save_evaluate();
       if (control_.should_training_stop) break;
@@ -231,14 +248,16 @@ class Trainer {
   }
 
   /// Writes state.json of the trainer to `<output_dir>/trainer_state.json` (HF's save_state; includes the
-  /// final summary entry, which checkpoints never contain).
+  /// final summary entry, which checkpoints never contain). Only the world process zero writes, as HF.
   void save_state() const {
+    if (!state_.is_world_process_zero) return;
     std::filesystem::create_directories(args_.output_dir);
     state_.save_to_json(std::filesystem::path(args_.output_dir) / checkpoint::state_file);
   }
 
-  /// Saves the model weights as `<dir>/model.safetensors` (default: output_dir).
+  /// Saves the model weights as `<dir>/model.safetensors` (default: output_dir), on the world process zero only.
   void save_model(const std::optional<std::string>& dir = std::nullopt) const {
+    if (!state_.is_world_process_zero) return;
     const std::filesystem::path target = dir.value_or(args_.output_dir);
     std::filesystem::create_directories(target);
     checkpoint::save_model_state(*module_, target / checkpoint::model_file);
@@ -278,6 +297,7 @@ class Trainer {
     session_ = Session{std::chrono::steady_clock::now(), state_.global_step, 0, {}};
     tokens_.start(args_, pad_token_id_, device_, state_.num_input_tokens_seen);
     optimization_.emplace(*optimizer_, *scheduler_, scaler_.get(), trainable_parameters(), args_.max_grad_norm);
+    data_parallel_.start(*module_, trainable_parameters(), args_);
 
     train_loader_info_ = LoaderInfo{plan.batches_per_epoch, plan.num_samples, plan.batch_size};
     auto& ctx = handler_.context();
@@ -285,6 +305,7 @@ class Trainer {
     ctx.lr_scheduler = scheduler_.get();
     ctx.train_dataloader = &train_loader_info_;
     state_.init_training_references(plan.max_steps, plan.num_train_epochs);
+    distributed::mark_process(state_);
     optimizer_->zero_grad();
 
     const std::string recorded_stop = control_.should_training_stop ? control_.stop_reason : std::string();
@@ -293,6 +314,7 @@ class Trainer {
       log::info("Not training further: the checkpoint recorded a stop ({})", recorded_stop);
       control_.stop_training(recorded_stop);
     }
+    distributed::agree(control_);
     if (args_.eval_on_start && !control_.should_training_stop) evaluate_all();
     module_->train();
   }
@@ -300,16 +322,15 @@ class Trainer {
   // One epoch's micro-batches from `first_micro_step` on (HF's inner loop): a training step each, an optimizer
   // update at the end of each accumulation group (or of the epoch), then on_step_end and its log/evaluate/save
   // pass. A stop flag ends the epoch after any micro-batch; a stop signal after the current update.
-  void run_epoch(const detail::BatchPlan<TrainData>& batches, int64_t epoch, int64_t first_micro_step,
-                 const detail::StopSignals& stop_signals) {
-    const int64_t steps_in_epoch = batches.num_batches();
+  void run_epoch(detail::BatchPrefetcher<TrainData>& batches, int64_t steps_in_epoch, int64_t epoch,
+                 int64_t first_micro_step, const detail::StopSignals& stop_signals) {
     const int64_t ga = args_.gradient_accumulation_steps;
-    detail::BatchPrefetcher<TrainData> prefetch(batches, first_micro_step, args_.dataloader_num_workers);
     for (int64_t step = first_micro_step; step < steps_in_epoch; ++step) {
       if (step % ga == 0) handler_.on_step_begin(args_, state_, control_);
       const int64_t group_start = step - step % ga;
-      training_step(prefetch.next(), std::min(ga, steps_in_epoch - group_start));
-      if ((step + 1) % ga == 0 || step + 1 == steps_in_epoch) {
+      const bool ends_update = (step + 1) % ga == 0 || step + 1 == steps_in_epoch;
+      training_step(batches.next(), std::min(ga, steps_in_epoch - group_start), ends_update);
+      if (ends_update) {
         optimization_->run(handler_, args_, state_, control_);
         state_.global_step += 1;
         state_.epoch = static_cast<double>(epoch) + static_cast<double>(step + 1) / static_cast<double>(steps_in_epoch);
@@ -318,6 +339,7 @@ class Trainer {
         maybe_log_save_evaluate();
       } else {
         handler_.on_substep_end(args_, state_, control_);
+        distributed::agree(control_);
       }
       if (control_.should_epoch_stop || control_.should_training_stop) break;
     }
@@ -325,9 +347,11 @@ class Trainer {
   }
 
   // HF's training_step: forward and backward of one micro-batch, its loss divided by the size of its accumulation
-  // group so that the group's gradients and summed losses are means; nothing is read back from the device.
-  void training_step(const Batch& host_batch, int64_t group_size) {
+  // group so that the group's gradients and summed losses are means; nothing is read back from the device. The
+  // backward of an update's last micro-batch averages the gradients over the processes.
+  void training_step(const Batch& host_batch, int64_t group_size, bool ends_update) {
     const Batch batch = detail::to_device(host_batch, device_);
+    data_parallel_.before_forward();
     torch::Tensor loss;
     {
       detail::AutocastScope scope(device_.is_cuda() && (args_.fp16 || args_.bf16),
@@ -335,18 +359,20 @@ class Trainer {
       loss = checked_loss(loss_fn_(model_, batch));
       if (group_size > 1) loss = loss / static_cast<double>(group_size);  // no extra graph node without accumulation
     }
-    optimization_->backward(loss);
+    data_parallel_.backward(loss, ends_update, [&] { optimization_->backward(loss); });
     session_.last_loss = loss.detach();
     handler_.context().loss = &session_.last_loss;
     loss_.add(session_.last_loss, state_.global_step);
     session_.samples += detail::batch_size_of(batch);
-    tokens_.count(batch.data, state_.num_input_tokens_seen);
+    tokens_.count(detail::input_of(batch), state_.num_input_tokens_seen);
     if constexpr (detail::has_floating_point_ops<Model, Batch>::value)
       state_.total_flos += static_cast<double>(model_->floating_point_ops(batch));
   }
 
-  // HF's _maybe_log_save_evaluate, after every on_step_end and on_epoch_end.
+  // HF's _maybe_log_save_evaluate, after every on_step_end and on_epoch_end. Every process acts on the same flags.
   void maybe_log_save_evaluate() {
+    distributed::agree(control_);
+    const bool acts = control_.should_log || control_.should_evaluate || control_.should_save;
     if (control_.should_log && state_.global_step > loss_.last_logged()) log_training_loss();
     if (control_.should_evaluate) {
       const Logs metrics = evaluate_all();
@@ -359,11 +385,12 @@ class Trainer {
       const auto dir = save_checkpoint();
       handler_.on_save(args_, state_, control_, dir);
     }
+    if (acts) distributed::agree(control_);  // what on_log, on_evaluate or on_save decided
   }
 
   void log_training_loss() {
     Logs logs = Logs::object();
-    logs["loss"] = loss_.close(state_.global_step);
+    logs["loss"] = distributed::mean_over_ranks(loss_.close(state_.global_step), "averaging the training loss");
     const torch::Tensor& grad_norm = optimization_->grad_norm();
     if (args_.max_grad_norm > 0 && grad_norm.defined()) logs["grad_norm"] = detail::to_host(grad_norm);
     logs["learning_rate"] = optimization_->learning_rate();
@@ -374,13 +401,15 @@ class Trainer {
   // over this call's work: HF divides totals since step 0 by this call's time, #40560), on_train_end.
   TrainOutput finish_training() {
     if (args_.load_best_model_at_end && state_.best_model_checkpoint) {
-      log::info("Loading best model from {} (score: {}).", *state_.best_model_checkpoint,
-                detail::python_float_repr(state_.best_metric.value_or(NAN)));
+      log::notice("Loading best model from {} (score: {}).", *state_.best_model_checkpoint,
+                  detail::python_float_repr(state_.best_metric.value_or(NAN)));
       checkpoint::load_model_state(*module_, std::filesystem::path(*state_.best_model_checkpoint) / checkpoint::model_file);
     }
-    const double train_loss = loss_.total() / static_cast<double>(std::max<int64_t>(state_.global_step, 1));
+    const double train_loss = distributed::mean_over_ranks(loss_.total(), "averaging the training loss") /
+                              static_cast<double>(std::max<int64_t>(state_.global_step, 1));
     Logs metrics = Logs::object();
-    detail::add_speed_metrics(metrics, "train", detail::seconds_since(session_.start), session_.samples,
+    detail::add_speed_metrics(metrics, "train", detail::seconds_since(session_.start),
+                              session_.samples * distributed::world().size,
                               state_.global_step - session_.start_step,
                               args_.include_tokens_per_second ? std::optional<int64_t>(tokens_.session_tokens())
                                                               : std::nullopt);
@@ -462,9 +491,9 @@ class Trainer {
     for (std::size_t i = 0; i < eval_sets_.size(); ++i) {
       const std::string& name = eval_sets_[i].first;
       if (eval_sets_.size() > 1 && name.empty())
-        throw ArgumentError("eval dataset " + std::to_string(i) + " has no name: name every one of several eval datasets");
+        throw ArgumentError(fmt::format("eval dataset {} has no name: name every one of several eval datasets", i));
       for (std::size_t j = 0; j < i; ++j)
-        if (eval_sets_[j].first == name) throw ArgumentError("two eval datasets are named \"" + name + "\"");
+        if (eval_sets_[j].first == name) throw ArgumentError(fmt::format("two eval datasets are named \"{}\"", name));
     }
   }
 
@@ -503,13 +532,16 @@ class Trainer {
 
   torch::Tensor checked_loss(const LossOutput& out) const {
     const torch::Tensor& loss = out.loss;
-    if (!loss.defined()) throw Error("loss_fn returned an undefined tensor at step " + std::to_string(state_.global_step + 1));
+    const int64_t step = state_.global_step + 1;
+    if (!loss.defined()) throw Error(fmt::format("loss_fn returned an undefined tensor at step {}", step));
     if (loss.numel() != 1)
-      throw Error("loss_fn must return a scalar tensor, got shape " + c10::str(loss.sizes()) + " at step " +
-                  std::to_string(state_.global_step + 1) + " (reduce it, e.g. with .mean())");
+      throw Error(fmt::format("loss_fn must return a scalar tensor, got shape {} at step {} (reduce it, e.g. with "
+                              ".mean())",
+                              c10::str(loss.sizes()), step));
     if (!loss.requires_grad())
-      throw Error("loss_fn returned a tensor that does not require grad at step " +
-                  std::to_string(state_.global_step + 1) + " (was it computed under NoGradGuard or detached?)");
+      throw Error(fmt::format("loss_fn returned a tensor that does not require grad at step {} (was it computed under "
+                              "NoGradGuard or detached?)",
+                              step));
     return loss.dim() == 0 ? loss : loss.reshape({});
   }
 
@@ -523,22 +555,46 @@ class Trainer {
  private:
   checkpoint::SaveErrorPolicy save_error_policy_ = checkpoint::SaveErrorPolicy::raise;
 
+  // Every process takes part (the loss sums averaged, each one's generator states collected); the world process
+  // zero writes (HF's should_save) and tells the others how it went, which also holds them until the checkpoint
+  // is complete.
   std::filesystem::path save_checkpoint() {
     const auto best_before = state_.best_model_checkpoint;
-    try {
-      const auto dir = checkpoint::save(args_.output_dir, state_.global_step,
-                                        [&](const std::filesystem::path& tmp) { write_checkpoint_files(tmp); });
-      checkpoint::rotate(args_.output_dir, args_.save_total_limit, state_.best_model_checkpoint);
-      return dir;
-    } catch (const CheckpointError& e) {
-      state_.best_model_checkpoint = best_before;  // a best step whose save failed has no checkpoint to point at
-      if (save_error_policy_ == checkpoint::SaveErrorPolicy::raise) throw;
-      log::warning("{}; training goes on without this checkpoint", e.what());
-      return checkpoint::dir_for(args_.output_dir, state_.global_step);
+    checkpoint::Progress progress = loss_.progress();
+    const auto sums = distributed::sum_over_ranks({progress.loss_since_last_log, progress.loss_total},
+                                                  "averaging the loss sums for the checkpoint");
+    progress.loss_since_last_log = sums[0] / static_cast<double>(distributed::world().size);
+    progress.loss_total = sums[1] / static_cast<double>(distributed::world().size);
+    const std::vector<std::string> rng_states =
+        args_.save_only_model ? std::vector<std::string>()
+                              : distributed::all_gather_bytes(checkpoint::rng_state_bytes(checkpoint::capture_rng_state()),
+                                                              "collecting the generator states");
+    tokens_.flush(state_.num_input_tokens_seen);
+    json outcome = json::object();
+    if (state_.is_world_process_zero) {
+      try {
+        checkpoint::save(args_.output_dir, state_.global_step, [&](const std::filesystem::path& tmp) {
+          write_checkpoint_files(tmp, progress, rng_states);
+        });
+        checkpoint::rotate(args_.output_dir, args_.save_total_limit, state_.best_model_checkpoint);
+      } catch (const CheckpointError& e) {
+        outcome["error"] = e.what();
+      }
+      if (state_.best_model_checkpoint) outcome["best"] = *state_.best_model_checkpoint;
     }
+    outcome = json::parse(distributed::from_rank_zero(outcome.dump(), "waiting for the checkpoint"));
+    if (outcome.contains("best")) state_.best_model_checkpoint = outcome["best"].get<std::string>();
+    if (outcome.contains("error")) {
+      state_.best_model_checkpoint = best_before;  // a best step whose save failed has no checkpoint to point at
+      const std::string error = outcome["error"].get<std::string>();
+      if (save_error_policy_ == checkpoint::SaveErrorPolicy::raise) throw CheckpointError(error);
+      log::warning("{}; training goes on without this checkpoint", error);
+    }
+    return checkpoint::dir_for(args_.output_dir, state_.global_step);
   }
 
-  void write_checkpoint_files(const std::filesystem::path& dir) {
+  void write_checkpoint_files(const std::filesystem::path& dir, const checkpoint::Progress& progress,
+                              const std::vector<std::string>& rng_states) {
     checkpoint::save_model_state(*module_, dir / checkpoint::model_file);
     // A new best records itself: evaluation precedes saving in the same step (HF §8.6).
     if (state_.best_global_step && args_.save_strategy != SaveStrategy::no) {
@@ -547,15 +603,15 @@ class Trainer {
         state_.best_model_checkpoint = best_dir.string();
     }
     if (!args_.save_only_model)
-      checkpoint::save_training_state(dir, *optimizer_, *scheduler_, scaler_.get(), loss_.progress());
+      checkpoint::save_training_state(dir, *optimizer_, *scheduler_, scaler_.get(), progress, rng_states);
     state_.stateful_callbacks = handler_.states(control_);
-    tokens_.flush(state_.num_input_tokens_seen);
     checkpoint::save_state_and_args(dir, state_, args_);
   }
 
   checkpoint::Targets checkpoint_targets() {
     CallbackHandler* callbacks = args_.restore_callback_states_from_checkpoint ? &handler_ : nullptr;
-    return {*module_, *optimizer_, *scheduler_, scaler_.get(), callbacks, &control_};
+    return {*module_, *optimizer_, *scheduler_, scaler_.get(), callbacks, &control_, distributed::world().rank,
+            distributed::world().size};
   }
 
   // The checkpoint is read and checked whole before anything is loaded, so a refused one changes nothing.
@@ -604,6 +660,7 @@ class Trainer {
   LossWindow loss_;
   TokenCounter tokens_;
   std::optional<OptimizationStep> optimization_;
+  distributed::DataParallel data_parallel_;
   LoaderInfo train_loader_info_;
   EvaluationLoop<Model, EvalData> evaluation_{LoopContext{args_, state_, control_, handler_, device_}, model_,
                                               loss_fn_, compute_metrics_};

@@ -160,8 +160,15 @@ struct TrainingArguments {
   int64_t dataloader_num_workers = 0;
 
   bool use_cpu = false;
+  bool tune_cpu_allocator = true;  // torchfit: keep freed CPU buffers in the process (cpu_allocator.hpp)
   bool bf16 = false;
   bool fp16 = false;
+
+  std::optional<std::string> ddp_backend;           // "gloo" or "nccl"; None: nccl on CUDA, gloo on the CPU
+  int64_t ddp_timeout = 1800;                        // seconds the rendezvous or a collective may wait
+  std::optional<int64_t> ddp_bucket_cap_mb;          // None: 25, DistributedDataParallel's
+  std::optional<bool> ddp_find_unused_parameters;    // None: true (HF's value for models other than HF's)
+  std::optional<bool> ddp_broadcast_buffers;         // None: true, DistributedDataParallel's
 
   bool disable_tqdm = false;
   bool skip_memory_metrics = true;
@@ -304,8 +311,19 @@ inline const ArgumentFields<TrainingArguments>& training_fields() {
                "data loading worker threads; 0: main thread")
           .section("Hardware")
           .add("use_cpu", &A::use_cpu, "train on the CPU even when CUDA is available")
+          .add("tune_cpu_allocator", &A::tune_cpu_allocator,
+               "on the CPU, let glibc's malloc keep freed buffers for reuse (faster steps, more memory held)")
           .add("bf16", &A::bf16, "bfloat16 mixed precision (CUDA)")
           .add("fp16", &A::fp16, "float16 mixed precision with loss scaling (CUDA)")
+          .section("Several processes (torchrun)")
+          .add("ddp_backend", &A::ddp_backend, "gloo or nccl; None: nccl on CUDA, gloo on the CPU")
+          .add("ddp_timeout", &A::ddp_timeout,
+               "seconds the rendezvous or a collective may wait for the other processes")
+          .add("ddp_bucket_cap_mb", &A::ddp_bucket_cap_mb, "gradient all-reduce bucket size in MiB; None: 25")
+          .add("ddp_find_unused_parameters", &A::ddp_find_unused_parameters,
+               "allow parameters without gradient in a step; None: true")
+          .add("ddp_broadcast_buffers", &A::ddp_broadcast_buffers,
+               "copy rank 0's buffers to every rank before each forward; None: true")
           .section("Reporting")
           .add("disable_tqdm", &A::disable_tqdm, "print log lines instead of a progress bar")
           .add("skip_memory_metrics", &A::skip_memory_metrics, "do not add memory usage to metrics")

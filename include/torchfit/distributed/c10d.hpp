@@ -85,32 +85,41 @@ inline std::string get_text(c10d::Store& store, const std::string& key) {
 
 // Every rank announces "<world size> <host> <pid>" and waits for all the others: a rank started twice, world sizes
 // that differ, and ranks that never come are named instead of leaving the others to wait in the process group.
+// The other ranks read rank 0's announcement before making their own, so that rank 0, which stops (with its store)
+// once it has seen theirs, cannot leave before they have compared.
 inline void check_members(c10d::Store& store, const Launch& launch, std::chrono::milliseconds timeout) {
   const auto member = [](int64_t rank) { return "torchfit/member/" + std::to_string(rank); };
   if (store.add("torchfit/claim/" + std::to_string(launch.rank), 1) > 1)
     throw DistributedError(fmt::format("two processes were started as rank {} (RANK={}): give each process of the "
                                        "job its own rank",
                                        launch.rank, launch.rank));
-  set_text(store, member(launch.rank),
-           fmt::format("{} {} {}", launch.world_size, torchfit::detail::host_name(), ::getpid()));
-  const auto world_size_of = [&](int64_t rank) {
+  const auto size_of = [&](int64_t rank) {
     std::istringstream in(get_text(store, member(rank)));
     int64_t size = 0;
     in >> size;
     return size;
   };
-  const auto check_size = [&](int64_t rank) {
-    const int64_t size = world_size_of(rank);
+  const auto check_size = [&](int64_t rank, int64_t size) {
     if (size != launch.world_size)
       throw DistributedError(fmt::format("rank {} was started with WORLD_SIZE={} but rank {} with WORLD_SIZE={}: "
                                          "start every process of the job with the same world size",
                                          rank, size, launch.rank, launch.world_size));
   };
+  const auto announce = [&] {
+    set_text(store, member(launch.rank),
+             fmt::format("{} {} {}", launch.world_size, torchfit::detail::host_name(), ::getpid()));
+  };
   std::vector<std::string> keys;
   for (int64_t r = 0; r < launch.world_size; ++r) keys.push_back(member(r));
   try {
-    store.wait({member(0)}, timeout);
-    check_size(0);
+    if (launch.rank == 0) {
+      announce();
+    } else {
+      store.wait({member(0)}, timeout);
+      const int64_t rank0_size = size_of(0);
+      announce();  // also when the sizes differ, so that rank 0 names the difference too
+      check_size(0, rank0_size);
+    }
     store.wait(keys, timeout);
   } catch (const DistributedError&) {
     throw;
@@ -128,7 +137,8 @@ inline void check_members(c10d::Store& store, const Launch& launch, std::chrono:
                                        "were they started, with the same MASTER_ADDR and MASTER_PORT?",
                                        missing, launch.world_size, seconds(timeout), joined));
   }
-  for (int64_t r = 1; r < launch.world_size; ++r) check_size(r);
+  if (launch.rank == 0)
+    for (int64_t r = 1; r < launch.world_size; ++r) check_size(r, size_of(r));
 }
 
 inline c10::intrusive_ptr<c10d::ProcessGroup> process_group(const c10::intrusive_ptr<c10d::Store>& store,

@@ -12,7 +12,6 @@
 #include <set>
 #include <string>
 #include <utility>
-#include <vector>
 
 #include <fmt/format.h>
 
@@ -191,7 +190,7 @@ class WandbCallback : public TrackerCallback {
     stored_config_ = std::move(stored_config);
 
     json vars = detail::wandb_new_run_variables(run_id, project, entity, args.run_name);
-    vars["config"] = config_text();
+    vars["config"] = detail::wandb_config_text(stored_config_, metric_keys_);
     run_ = wait([&] { return api_->upsert_run(vars); });
     started_ = summary_queued_ = Clock::now();
     run_open_ = true;
@@ -207,13 +206,6 @@ class WandbCallback : public TrackerCallback {
     // A run that existed without a resume request appends to its history (wandb: the server's line count).
     stream_.emplace(*api_, run_, std::max(history_offset, run_.history_line_count), std::move(settings),
                     options_.heartbeat_interval_s);
-  }
-
-  std::string config_text() const {
-    json config = stored_config_;
-    std::vector<std::string> keys(metric_keys_.begin(), metric_keys_.end());
-    config["_wandb"] = {{"value", {{"t", json::object()}, {"m", detail::wandb_metric_definitions(keys)}}}};
-    return detail::python_json_dumps(config, -1, false);
   }
 
   // Queues a history row (rewritten values, train/global_step, wandb's own columns) and the summary it
@@ -232,14 +224,7 @@ class WandbCallback : public TrackerCallback {
       summary_[it.key()] = it.value();
     }
     summary_["_wandb"] = {{"runtime", static_cast<std::int64_t>(runtime)}};
-    if (new_keys) {
-      json vars = detail::wandb_upsert_variables();
-      vars["name"] = run_.run_id;
-      vars["project"] = run_.project;
-      vars["entity"] = run_.entity;
-      vars["config"] = config_text();
-      stream_->upsert(vars);
-    }
+    if (new_keys) stream_->upsert(detail::wandb_config_update(run_, stored_config_, metric_keys_));
     summary_changed_ = true;
     stream_->history(detail::python_json_dumps(row, -1, false), step);
   }

@@ -19,6 +19,7 @@
 #include "torchfit/data/collators.hpp"
 #include "torchfit/data/streaming.hpp"
 #include "torchfit/data/tensor_datasets.hpp"
+#include "torchfit/distributed/shard.hpp"
 #include "torchfit/error.hpp"
 
 namespace torchfit::detail {
@@ -140,37 +141,67 @@ struct DataTraits<Collated<StreamingDataset<Example>>> {
   }
 };
 
-/// The batches of one pass over sized data: the order (shuffled or not) is fixed at construction, batch k is
-/// built on demand, so any batch can be the first one read.
+/// The number of samples in `data`, or nullopt for a stream.
+template <typename Data>
+std::optional<int64_t> num_samples_of(const Data& data) {
+  if constexpr (DataTraits<Data>::sized)
+    return DataTraits<Data>::size(data);
+  else
+    return std::nullopt;
+}
+
+/// The batches of one pass over sized data, or of this rank's shard of it: the order (shuffled or not, the same
+/// on every rank) is fixed at construction, batch k is built on demand, so any batch can be the first one read.
 template <typename Data, typename = void>
 class BatchPlan {
  public:
   using Traits = DataTraits<Data>;
   using Batch = typename Traits::Batch;
 
-  BatchPlan(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t> shuffle_seed)
-      : data_(&data), batch_size_(batch_size) {
+  BatchPlan(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t> shuffle_seed,
+            distributed::Shard shard = {})
+      : data_(&data), batch_size_(batch_size), shard_(shard) {
     const int64_t n = Traits::size(data);
     order_ = shuffle_seed ? torch::randperm(n, at::detail::createCPUGenerator(*shuffle_seed), torch::kLong)
                           : torch::arange(n, torch::kLong);
-    num_batches_ = drop_last ? n / batch_size : (n + batch_size - 1) / batch_size;
+    num_batches_ = shard.num_batches(n, batch_size, drop_last);
+    for (int64_t k = 0; k < num_batches_; ++k) {
+      const auto [begin, end] = shard.batch_span(k, batch_size, n);
+      num_samples_ += end - begin;
+    }
   }
 
   int64_t num_batches() const { return num_batches_; }
-  int64_t num_samples() const { return order_.numel(); }
+  /// Samples this rank reads in the pass (every sample of the data for a process alone).
+  int64_t num_samples() const { return num_samples_; }
 
   Batch batch(int64_t k) const {
-    const int64_t begin = k * batch_size_;
-    const int64_t end = std::min(begin + batch_size_, order_.numel());
-    return Traits::batch(*data_, order_.slice(0, begin, end));
+    const auto [begin, end] = shard_.batch_span(k, batch_size_, order_.numel());
+    if (end <= order_.numel()) return Traits::batch(*data_, order_.slice(0, begin, end));
+    return Traits::batch(*data_, order_.index_select(0, torch::arange(begin, end).remainder(order_.numel())));
   }
+
+  /// The positions in the pass's order of the samples this rank reads, in reading order (where
+  /// distributed::gather_for_metrics puts each rank's evaluation outputs).
+  torch::Tensor positions() const { return shard_.positions(num_batches_, batch_size_, order_.numel()); }
 
  private:
   const Data* data_;
   int64_t batch_size_;
+  distributed::Shard shard_;
   torch::Tensor order_;
   int64_t num_batches_ = 0;
+  int64_t num_samples_ = 0;
 };
+
+/// A stream is split by its own rank and world_size, which must match `shard` in a job of several processes.
+template <typename Example>
+void check_stream_shard(const StreamingDataset<Example>& stream, const distributed::Shard& shard) {
+  if (shard.count > 1 && (stream.rank() != shard.rank || stream.world_size() != shard.count))
+    throw Error(fmt::format("this streaming dataset is shard {} of {}, but it is read by rank {} of {}: build it "
+                            "with torchfit::distributed::world()'s rank and size",
+                            stream.rank(), stream.world_size(), shard.rank, shard.count));
+}
 
 /// Evaluating on a stream: its first pass (this rank's shard) is read into memory, then batched in order.
 template <typename Data>
@@ -179,9 +210,13 @@ class BatchPlan<Data, std::enable_if_t<!DataTraits<Data>::sized>> {
   using Traits = DataTraits<Data>;
   using Batch = typename Traits::Batch;
 
-  BatchPlan(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t>)
+  BatchPlan(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t>,
+            distributed::Shard shard = {})
       : data_(&data), batch_size_(batch_size) {
     const auto& stream = Traits::stream(data);
+    check_stream_shard(stream, shard);
+    rank_ = stream.rank();
+    world_size_ = stream.world_size();
     ShardPass<Example> pass(stream.open(0), stream.rank(), stream.world_size());
     while (auto sample = pass.next()) examples_.push_back(std::move(*sample));
     const auto n = static_cast<int64_t>(examples_.size());
@@ -190,6 +225,8 @@ class BatchPlan<Data, std::enable_if_t<!DataTraits<Data>::sized>> {
 
   int64_t num_batches() const { return num_batches_; }
   int64_t num_samples() const { return static_cast<int64_t>(examples_.size()); }
+  /// The positions in the stream's first pass of the samples this rank reads (rank, rank + world_size, ...).
+  torch::Tensor positions() const { return torch::arange(num_samples()) * world_size_ + rank_; }
 
   Batch batch(int64_t k) const {
     const auto begin = examples_.begin() + k * batch_size_;
@@ -203,6 +240,8 @@ class BatchPlan<Data, std::enable_if_t<!DataTraits<Data>::sized>> {
   int64_t batch_size_;
   std::vector<Example> examples_;
   int64_t num_batches_ = 0;
+  int64_t rank_ = 0;
+  int64_t world_size_ = 1;
 };
 
 /// Training batches from a stream: `batch_size` examples at a time from this rank's sample position

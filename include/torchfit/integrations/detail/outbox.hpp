@@ -140,7 +140,7 @@ class Outbox {
       idle_.wait_until(lock, std::min(deadline, next_progress));
       if (Clock::now() >= next_progress && delivered_ < target && !failure_) {
         log::warning("waiting for {} to send {} rows ({:.0f} s left)", settings_.tracker, target - delivered_,
-                     std::chrono::duration<double>(deadline - Clock::now()).count());
+                     std::max(0.0, std::chrono::duration<double>(deadline - Clock::now()).count()));
         next_progress += progress_period;
       }
     }

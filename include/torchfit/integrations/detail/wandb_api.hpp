@@ -9,6 +9,7 @@
 #include <fstream>
 #include <initializer_list>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -117,6 +118,26 @@ inline json wandb_metric_definitions(const std::vector<std::string>& keys) {
   for (const auto& key : keys)
     m.push_back({{"1", key}, {"5", 1}, {"6", json::array({1, 3})}, {"7", json::array()}});
   return m;
+}
+
+/// A run's config as UpsertBucket takes it: `stored_config` (values wrapped as {"value": v}) with the
+/// `_wandb` entry that defines HF's step metric for `metric_keys`, as JSON text.
+inline std::string wandb_config_text(const json& stored_config, const std::set<std::string>& metric_keys) {
+  json config = stored_config;
+  const std::vector<std::string> keys(metric_keys.begin(), metric_keys.end());
+  config["_wandb"] = {{"value", {{"t", json::object()}, {"m", wandb_metric_definitions(keys)}}}};
+  return python_json_dumps(config, -1, false);
+}
+
+/// The UpsertBucket variables of a config update of `run` (its other fields unchanged).
+inline json wandb_config_update(const WandbRunRef& run, const json& stored_config,
+                                const std::set<std::string>& metric_keys) {
+  json vars = wandb_upsert_variables();
+  vars["name"] = run.run_id;
+  vars["project"] = run.project;
+  vars["entity"] = run.entity;
+  vars["config"] = wandb_config_text(stored_config, metric_keys);
+  return vars;
 }
 
 /// The metric names a stored config defines (its `_wandb` value's `m` entries), HF's step metric excluded.

@@ -1,0 +1,223 @@
+// SPDX-License-Identifier: MIT
+// Data-parallel throughput: one process against a two-process Gloo job on 127.0.0.1, each process on one thread
+// and with the same batch per process, training the MLP 784-256-256-10 and char_gpt's small GPT with the Trainer;
+// and the time of an all-reduce of one step's gradients, against their size. Two processes ideally train twice the
+// samples per second of one (the target is 1.8x): the gap is the gradient all-reduce and the per-step agreement
+// that is not hidden behind the backward pass, or cores the machine does not have.
+//
+//   ./distributed [--quick] [training arguments, e.g. --ddp_find_unused_parameters true]
+//
+// It starts its own processes: `distributed --worker WORKLOAD STEPS RESULT.json [training arguments]`, alone or as
+// one rank of a job (torchrun's variables), writes what that process measured.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <torchfit/distributed.hpp>
+#include <torchfit/torchfit.hpp>
+
+#include "gpt.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using Batch = torch::data::Example<>;
+using nlohmann::json;
+
+constexpr int64_t warmup_steps = 5;  // not timed: the first steps allocate, and rebuild the reducer's buckets
+
+struct MlpImpl : torch::nn::Module {
+  MlpImpl()
+      : fc1(register_module("fc1", torch::nn::Linear(784, 256))),
+        fc2(register_module("fc2", torch::nn::Linear(256, 256))),
+        fc3(register_module("fc3", torch::nn::Linear(256, 10))) {}
+  torch::Tensor forward(const torch::Tensor& x) { return fc3(torch::relu(fc2(torch::relu(fc1(x))))); }
+  torch::nn::Linear fc1, fc2, fc3;
+};
+TORCH_MODULE(Mlp);
+
+// The time between the end of the warm-up and the end of the last step.
+struct StepClock : torchfit::TrainerCallback {
+  void on_step_end(const Args&, torchfit::TrainerState& state, torchfit::TrainerControl&,
+                   const torchfit::CallbackContext&) override {
+    if (state.global_step == warmup_steps) start = Clock::now();
+    if (state.global_step == state.max_steps) seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  Clock::time_point start;
+  double seconds = 0;
+};
+
+// Trains `model` for warm-up + `steps` updates of `batch_size` samples per process and measures them, then times
+// an all-reduce of as many bytes as the model's gradients.
+template <typename Model, typename Loss>
+json measure(Model model, torchfit::TensorPairDataset data, Loss loss, int64_t batch_size, int64_t steps,
+             std::vector<std::string> flags) {
+  flags.insert(flags.end(), {"--max_steps", std::to_string(warmup_steps + steps), "--per_device_train_batch_size",
+                             std::to_string(batch_size), "--save_strategy", "no", "--logging_steps", "1000000",
+                             "--disable_tqdm", "--report_to", "none"});
+  std::vector<const char*> argv;
+  for (const auto& flag : flags) argv.push_back(flag.c_str());
+  const auto args = torchfit::TrainingArguments::from_argv(static_cast<int>(argv.size()), argv.data());
+  torchfit::Trainer trainer(model, args, std::move(data), loss);
+  trainer.template remove_callback<torchfit::PrinterCallback>();
+  const auto clock = trainer.template add_callback<StepClock>();
+  trainer.train();
+  const int64_t world_size = torchfit::distributed::world().size;
+  json out{{"steps_per_second", static_cast<double>(steps) / clock->seconds},
+           {"samples_per_second", static_cast<double>(steps * batch_size * world_size) / clock->seconds}};
+  int64_t bytes = 0;
+  for (const auto& p : model->parameters()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  out["gradient_bytes"] = bytes;
+  if (torchfit::distributed::Backend* backend = torchfit::distributed::backend()) {
+    torch::Tensor gradients = torch::ones({bytes / 4}, torch::kFloat);
+    const int repetitions = 20;
+    backend->all_reduce(gradients, torchfit::distributed::ReduceOp::sum, "the benchmark's all-reduce");
+    const auto start = Clock::now();
+    for (int i = 0; i < repetitions; ++i)
+      backend->all_reduce(gradients, torchfit::distributed::ReduceOp::sum, "the benchmark's all-reduce");
+    out["all_reduce_seconds"] = std::chrono::duration<double>(Clock::now() - start).count() / repetitions;
+  }
+  return out;
+}
+
+int worker(const std::string& workload, int64_t steps, const fs::path& result, const std::vector<std::string>& flags) {
+  torch::set_num_threads(1);
+  const int64_t world_size = torchfit::distributed::world().size;
+  const int64_t samples = (warmup_steps + steps) * world_size;  // per batch-size unit: one epoch covers the run
+  json out;
+  if (workload == "mlp") {
+    const int64_t batch = 64;
+    torch::manual_seed(1);
+    torchfit::TensorPairDataset data{torch::randn({samples * batch, 784}), torch::randint(10, {samples * batch})};
+    out = measure(Mlp(), std::move(data),
+                  [](Mlp& m, const Batch& b) { return torch::cross_entropy_loss(m->forward(b.data), b.target); },
+                  batch, steps, flags);
+  } else {
+    const int64_t batch = 8;
+    GptConfig config;
+    config.context = 64;
+    config.d_model = 128;
+    config.layers = 2;
+    torch::manual_seed(1);
+    const torch::Tensor tokens = torch::randint(256, {samples * batch, config.context + 1});
+    torchfit::TensorPairDataset data{tokens.slice(1, 0, config.context), tokens.slice(1, 1)};
+    out = measure(CharGpt(config), std::move(data),
+                  [](CharGpt& m, const Batch& b) { return next_token_loss(m, b); }, batch, steps, flags);
+  }
+  if (torchfit::distributed::world().is_world_zero()) std::ofstream(result) << out.dump();
+  return 0;
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof address;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error("cannot find a free port");
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
+// Runs `processes` workers (one without torchrun's variables, or a job) and returns rank 0's result.
+json run(const char* self, int processes, const std::string& workload, int64_t steps, const fs::path& dir,
+         const std::vector<std::string>& flags) {
+  const fs::path result = dir / fmt::format("{}-{}.json", workload, processes);
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int rank = 0; rank < processes; ++rank) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv("OMP_NUM_THREADS", "1", 1);
+      if (processes > 1)
+        for (const auto& [name, value] : std::vector<std::pair<const char*, std::string>>{
+                 {"RANK", std::to_string(rank)},
+                 {"WORLD_SIZE", std::to_string(processes)},
+                 {"LOCAL_RANK", std::to_string(rank)},
+                 {"LOCAL_WORLD_SIZE", std::to_string(processes)},
+                 {"MASTER_ADDR", "127.0.0.1"},
+                 {"MASTER_PORT", std::to_string(port)}})
+          setenv(name, value.c_str(), 1);
+      const std::string log = (dir / fmt::format("{}-{}-rank{}.log", workload, processes, rank)).string();
+      const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (fd < 0 || dup2(fd, STDOUT_FILENO) < 0 || dup2(fd, STDERR_FILENO) < 0) _exit(126);
+      std::vector<std::string> tokens{self, "--worker", workload, std::to_string(steps), result.string()};
+      tokens.insert(tokens.end(), flags.begin(), flags.end());
+      std::vector<char*> argv;
+      for (auto& t : tokens) argv.push_back(t.data());
+      argv.push_back(nullptr);
+      execv(self, argv.data());
+      _exit(127);
+    }
+    pids.push_back(pid);
+  }
+  bool failed = false;
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    failed = failed || !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+  }
+  if (failed || !fs::exists(result))
+    throw std::runtime_error(fmt::format("the {} run on {} process(es) failed: see {}", workload, processes,
+                                         (dir / fmt::format("{}-{}-rank0.log", workload, processes)).string()));
+  std::ifstream in(result);
+  return json::parse(in);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  if (argc >= 5 && std::string(argv[1]) == "--worker") {
+    std::vector<std::string> flags{argv[0]};  // the training arguments, after a program name
+    flags.insert(flags.end(), argv + 5, argv + argc);
+    return worker(argv[2], std::stoll(argv[3]), argv[4], flags);
+  }
+  bool quick = false;
+  std::vector<std::string> flags;
+  for (int i = 1; i < argc; ++i) {
+    if (std::string(argv[i]) == "--quick")
+      quick = true;
+    else
+      flags.emplace_back(argv[i]);
+  }
+  const fs::path dir = fs::temp_directory_path() / fmt::format("torchfit-distributed-bench-{}", getpid());
+  fs::create_directories(dir);
+  const char* self = argv[0];
+  std::cout << fmt::format("{:<10} {:>16} {:>16} {:>8} {:>12} {:>16} {:>12}\n", "workload", "1 process samp/s",
+                           "2 procs samp/s", "speed-up", "grad bytes", "all-reduce ms", "ms per step");
+  for (const std::string workload : {"mlp", "gpt"}) {
+    const int64_t steps = quick ? 10 : (workload == "mlp" ? 300 : 60);
+    const json one = run(self, 1, workload, steps, dir, flags);
+    const json two = run(self, 2, workload, steps, dir, flags);
+    const double speedup = two["samples_per_second"].get<double>() / one["samples_per_second"].get<double>();
+    std::cout << fmt::format("{:<10} {:>16.0f} {:>16.0f} {:>7.2f}x {:>12} {:>16.3f} {:>12.3f}\n", workload,
+                             one["samples_per_second"].get<double>(), two["samples_per_second"].get<double>(),
+                             speedup, two["gradient_bytes"].get<int64_t>(),
+                             1e3 * two["all_reduce_seconds"].get<double>(),
+                             1e3 / two["steps_per_second"].get<double>());
+  }
+  fs::remove_all(dir);
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "distributed: " << e.what() << "\n";
+  return 1;
+}
