@@ -175,7 +175,12 @@ TEST_CASE("an error-like metric_for_best_model warns once, from parsing to the T
 }
 
 TEST_CASE("loading the best model and early stopping are printed by default", "[usage]") {
-  CHECK(log::detail::level_from_env() == log::Level::notice);
+  {
+    test::ScopedEnv unset("TORCHFIT_VERBOSITY", std::nullopt);
+    CHECK(log::detail::level_from_env() == log::Level::notice);
+    test::ScopedEnv quieter("TORCHFIT_VERBOSITY", "warning");
+    CHECK(log::detail::level_from_env() == log::Level::warning);
+  }
   test::TempDir dir;
   auto args = small_run(dir);
   args.max_steps = 6;
