@@ -167,7 +167,7 @@ TEST_CASE("data-parallel tests need torchfit::distributed", "[distributed]") {
 }
 #else
 
-TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B; logs and checkpoints are written once",
+TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B, and logs and checkpoints are written once",
           "[distributed]") {
   const std::vector<std::string> common{"--num_train_epochs", "2", "--learning_rate", "1e-2", "--logging_steps", "2",
                                         "--save_steps", "4", "--report_to", "jsonl", "--include_num_input_tokens_seen",
