@@ -521,6 +521,51 @@ TEST_CASE("a tabular model trains from the CSV file shipped with the examples", 
   CHECK(torch::equal(seen_labels, rows.at("labels")));  // label_ids: the batches' "labels", in order
 }
 
+TEST_CASE("label_names chooses the labels compute_metrics sees: one key, several stacked, or none",
+          "[data][trainer][args]") {
+  test::TempDir dir;
+  const TensorDict columns{{"inputs", torch::randn({10, 4})},
+                           {"labels", torch::arange(10)},
+                           {"start_positions", torch::arange(10, 20)},
+                           {"end_positions", torch::arange(20, 30)}};
+  const TensorDictDataset data(columns);
+  torch::nn::Linear model(4, 2);
+  auto loss = [](torch::nn::Linear& m, const TensorDict& batch) {
+    const auto out = m(batch.at("inputs"));
+    return LossOutput{out.pow(2).mean(), out, {}};
+  };
+  torch::Tensor seen;
+  auto remember = [&](const EvalPrediction& p) {
+    seen = p.label_ids;
+    return Logs::object();
+  };
+  auto evaluate_with = [&](std::optional<std::vector<std::string>> names) {
+    auto args = quiet_args(dir);
+    args.per_device_eval_batch_size = 3;  // several batches, the last one short
+    args.label_names = std::move(names);
+    seen = torch::Tensor();
+    Trainer trainer(model, args, data, data, loss, remember);
+    trainer.remove_callback<PrinterCallback>();
+    trainer.evaluate();
+    return seen;
+  };
+  CHECK(torch::equal(evaluate_with(std::nullopt), columns.at("labels")));
+  CHECK(torch::equal(evaluate_with(std::vector<std::string>{"end_positions"}), columns.at("end_positions")));
+  CHECK(torch::equal(evaluate_with(std::vector<std::string>{"start_positions", "end_positions"}),
+                     torch::stack({columns.at("start_positions"), columns.at("end_positions")}, -1)));
+  CHECK_FALSE(evaluate_with(std::vector<std::string>{"answer"}).defined());  // not in the batches
+  CHECK_FALSE(evaluate_with(std::vector<std::string>{}).defined());          // HF: [] means no labels
+
+  char arg0[] = "prog", flag[] = "--label_names", value[] = "start_positions, end_positions";
+  char* argv[] = {arg0, flag, value};
+  CHECK(TrainingArguments::from_argv(3, argv).label_names ==
+        std::vector<std::string>{"start_positions", "end_positions"});
+  char empty[] = "start_positions,";
+  char* bad[] = {arg0, flag, empty};
+  CHECK_THROWS_WITH(TrainingArguments::from_argv(3, bad),
+                    Contains("--label_names has an empty name (got \"start_positions,\")"));
+}
+
 TEST_CASE("a streaming dataset needs --max_steps and resumes at exactly its data position",
           "[data][trainer][stream]") {
   test::TempDir dir;

@@ -158,6 +158,7 @@ struct TrainingArguments {
   bool full_determinism = false;
   bool dataloader_drop_last = false;
   int64_t dataloader_num_workers = 0;
+  std::optional<std::vector<std::string>> label_names;  // None: "labels", then "label"
 
   bool use_cpu = false;
   bool tune_cpu_allocator = true;  // torchfit: keep freed CPU buffers in the process (cpu_allocator.hpp)
@@ -309,6 +310,9 @@ inline const ArgumentFields<TrainingArguments>& training_fields() {
           .add("dataloader_drop_last", &A::dataloader_drop_last, "drop the last incomplete training batch")
           .add("dataloader_num_workers", &A::dataloader_num_workers,
                "data loading worker threads; 0: main thread")
+          .add("label_names", &A::label_names,
+               "keys of a TensorDict batch holding the labels, comma-separated (several are stacked); None: "
+               "\"labels\", then \"label\"")
           .section("Hardware")
           .add("use_cpu", &A::use_cpu, "train on the CPU even when CUDA is available")
           .add("tune_cpu_allocator", &A::tune_cpu_allocator,
@@ -432,6 +436,11 @@ inline void TrainingArguments::validate() {
     require(report_to.size() == 1 || (name != "none" && name != "all"),
             "--report_to {} cannot be combined with other names (got {})", as_literal(name),
             as_literal(report_list));
+  }
+  if (label_names) {
+    for (const std::string& name : *label_names)
+      require(!name.empty(), "--label_names has an empty name (got {})",
+              as_literal(fmt::format("{}", fmt::join(*label_names, ","))));
   }
   require(warmup_ratio >= 0 && warmup_ratio <= 1, "--warmup_ratio must be in [0, 1] (got {})", warmup_ratio);
   require(warmup_steps >= 0, "--warmup_steps must be >= 0 (got {})", warmup_steps);

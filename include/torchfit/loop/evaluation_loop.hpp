@@ -4,6 +4,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -84,6 +85,9 @@ class EvaluationLoop {
     torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(loop_.device));
     detail::EvalGatherer predictions(args.eval_accumulation_steps), labels(args.eval_accumulation_steps);
     const bool autocast = loop_.device.is_cuda() && (args.fp16 || args.bf16);
+    // HF: an empty label_names means the batches carry no labels.
+    const bool has_label_names = !args.label_names || !args.label_names->empty();
+    const std::vector<std::string> label_names = args.label_names.value_or(std::vector<std::string>{});
     for (int64_t k = 0; k < plan.num_batches(); ++k) {
       const Batch batch = detail::to_device(plan.batch(k), loop_.device);
       LossOutput out;
@@ -96,7 +100,8 @@ class EvaluationLoop {
       loss_sum += out.loss.detach().to(torch::kDouble).reshape({}) * static_cast<double>(detail::batch_size_of(batch));
       if (gather) {
         if (out.predictions.defined()) predictions.add(out.predictions);
-        const torch::Tensor l = out.labels.defined() ? out.labels : detail::labels_of(batch);
+        const torch::Tensor l = out.labels.defined() || !has_label_names ? out.labels
+                                                                          : detail::labels_of(batch, label_names);
         if (l.defined()) labels.add(l);
         predictions.step(k + 1);
         labels.step(k + 1);
