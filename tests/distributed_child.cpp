@@ -45,10 +45,12 @@ struct Misbehave : torchfit::TrainerCallback {
   void on_step_end(const Args&, torchfit::TrainerState& state, torchfit::TrainerControl& control,
                    const torchfit::CallbackContext&) override {
     const int64_t rank = torchfit::distributed::world().rank;
-    if (state.global_step == options.die_at && (options.die_rank < 0 || options.die_rank == rank)) std::raise(SIGKILL);
+    if (state.global_step == options.die_at && (options.die_rank < 0 || options.die_rank == rank))
+      std::raise(SIGKILL);
     if (state.global_step == options.hang_at && options.hang_rank == rank)
       std::this_thread::sleep_for(std::chrono::hours(1));
-    if (state.global_step == options.stop_at && options.stop_rank == rank) control.should_training_stop = true;
+    if (state.global_step == options.stop_at && options.stop_rank == rank)
+      control.should_training_stop = true;
   }
   Options options;
 };
@@ -74,18 +76,30 @@ int main(int argc, char** argv) try {
   for (std::size_t i = 0; i < rest.size(); ++i) {
     const std::string& flag = rest[i];
     const auto next = [&] { return std::stod(rest.at(++i)); };
-    if (flag == "--train_samples") o.train_samples = static_cast<int64_t>(next());
-    else if (flag == "--eval_samples") o.eval_samples = static_cast<int64_t>(next());
-    else if (flag == "--dropout") o.dropout = next();
-    else if (flag == "--eval_only") o.eval_only = true;
-    else if (flag == "--resume") o.resume = true;
-    else if (flag == "--die_at_step") o.die_at = static_cast<int64_t>(next());
-    else if (flag == "--die_rank") o.die_rank = static_cast<int64_t>(next());
-    else if (flag == "--hang_at_step") o.hang_at = static_cast<int64_t>(next());
-    else if (flag == "--hang_rank") o.hang_rank = static_cast<int64_t>(next());
-    else if (flag == "--stop_at_step") o.stop_at = static_cast<int64_t>(next());
-    else if (flag == "--stop_rank") o.stop_rank = static_cast<int64_t>(next());
-    else throw torchfit::ArgumentError("unknown option " + flag);
+    if (flag == "--train_samples")
+      o.train_samples = static_cast<int64_t>(next());
+    else if (flag == "--eval_samples")
+      o.eval_samples = static_cast<int64_t>(next());
+    else if (flag == "--dropout")
+      o.dropout = next();
+    else if (flag == "--eval_only")
+      o.eval_only = true;
+    else if (flag == "--resume")
+      o.resume = true;
+    else if (flag == "--die_at_step")
+      o.die_at = static_cast<int64_t>(next());
+    else if (flag == "--die_rank")
+      o.die_rank = static_cast<int64_t>(next());
+    else if (flag == "--hang_at_step")
+      o.hang_at = static_cast<int64_t>(next());
+    else if (flag == "--hang_rank")
+      o.hang_rank = static_cast<int64_t>(next());
+    else if (flag == "--stop_at_step")
+      o.stop_at = static_cast<int64_t>(next());
+    else if (flag == "--stop_rank")
+      o.stop_rank = static_cast<int64_t>(next());
+    else
+      throw torchfit::ArgumentError("unknown option " + flag);
   }
 
   torch::manual_seed(1);
@@ -104,8 +118,8 @@ int main(int argc, char** argv) try {
   using Data = std::pair<torch::Tensor, torch::Tensor>;
   std::optional<Data> eval_data;
   if (o.eval_samples > 0) eval_data = torchfit::test::regression_data(o.eval_samples, 4, 5);
-  torchfit::Trainer<torchfit::test::Mlp, Data> trainer(model, args, torchfit::test::regression_data(o.train_samples),
-                                                       eval_data, loss, metrics);
+  torchfit::Trainer<torchfit::test::Mlp, Data> trainer(
+      model, args, torchfit::test::regression_data(o.train_samples), eval_data, loss, metrics);
   trainer.add_callback<Misbehave>(o);
 
   torchfit::json out = torchfit::json::object();

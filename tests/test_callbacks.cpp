@@ -309,10 +309,10 @@ TEST_CASE("Progress draws a bar redrawn in place on a real terminal", "[callback
     const std::string one = "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s]") + "\x1b[K";
     const std::string with_loss = "\r" + bar(25, "| 1/4 [0:00:01<0:00:03, 1.00it/s, loss=0.1235]") + "\x1b[K";
     CHECK(tty.screen() == "\r" + bar(0, "| 0/4 [0:00:00<0:00:00, 0.00it/s]") + "\x1b[K" + one  //
-                              + "\r\x1b[Ksample: hello\n" + one                                  //
-                              + "\r\x1b[K" + one                                                  //
-                              + "\r\x1b[K{'loss': 0.123456789}\n" + with_loss                    //
-                              + with_loss + "\n"                                                  //
+                              + "\r\x1b[Ksample: hello\n" + one                                //
+                              + "\r\x1b[K" + one                                               //
+                              + "\r\x1b[K{'loss': 0.123456789}\n" + with_loss                  //
+                              + with_loss + "\n"                                               //
                               + "after training\n");
   }
   SECTION("a standalone evaluation keeps its finished bar and prints no logs") {
@@ -482,9 +482,10 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement",
     test::CaptureLog log(log::Level::notice);
     evaluate(1.0);
     evaluate(1.5);
-    CHECK(log.text() ==
-          "[torchfit] early stopping: eval_loss did not improve by more than 0.0 for 1 evaluation (best 1.0); "
-          "training stops at step 7\n");
+    CHECK(
+        log.text() ==
+        "[torchfit] early stopping: eval_loss did not improve by more than 0.0 for 1 evaluation (best 1.0); "
+        "training stops at step 7\n");
   }
   SECTION("mode auto warns when the monitor looks like an error measure") {
     EarlyStoppingOptions o;
@@ -492,10 +493,11 @@ TEST_CASE("EarlyStopping stops after patience evaluations without improvement",
     auto es = run.handler.add_callback<EarlyStoppingCallback>(o);
     test::CaptureLog log;
     run.begin();
-    CHECK_THAT(log.text(), Catch::StartsWith("[torchfit] warning: \"eval_callbacks_mae\" looks like an error "
-                                             "measure (lower is better)") &&
-                               Catch::EndsWith("Set EarlyStoppingOptions::mode to \"min\" if lower is better, or "
-                                               "\"max\" to keep this and silence the warning\n"));
+    CHECK_THAT(log.text(),
+               Catch::StartsWith("[torchfit] warning: \"eval_callbacks_mae\" looks like an error "
+                                 "measure (lower is better)") &&
+                   Catch::EndsWith("Set EarlyStoppingOptions::mode to \"min\" if lower is better, or "
+                                   "\"max\" to keep this and silence the warning\n"));
     o.mode = "min";
     run.handler.remove_callback(*es);
     run.handler.add_callback<EarlyStoppingCallback>(o);

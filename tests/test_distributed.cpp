@@ -19,9 +19,9 @@
 #include <thread>
 #include <vector>
 
+#include <torch/torch.h>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
-#include <torch/torch.h>
 
 #include "support.hpp"
 
@@ -64,7 +64,8 @@ struct JobOptions {
 };
 
 // Runs `world_size` children with torchrun's variables (0: one child without them) on `dir`, each with `args`.
-Job run_job(int world_size, const fs::path& dir, const std::vector<std::string>& args, JobOptions options = {}) {
+Job run_job(int world_size, const fs::path& dir, const std::vector<std::string>& args,
+            JobOptions options = {}) {
   const int port = options.port ? options.port : free_port();
   const int processes = std::max(world_size, 1);
   std::vector<pid_t> pids;
@@ -72,17 +73,15 @@ Job run_job(int world_size, const fs::path& dir, const std::vector<std::string>&
     const pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
-      for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                               "TORCHELASTIC_USE_AGENT_STORE", "SLURM_PROCID"})
+      for (const char* name : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                               "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE", "SLURM_PROCID"})
         unsetenv(name);
       setenv("OMP_NUM_THREADS", "1", 1);
       if (world_size > 0) {
-        std::map<std::string, std::string> env{{"RANK", std::to_string(rank)},
-                                               {"WORLD_SIZE", std::to_string(world_size)},
-                                               {"LOCAL_RANK", std::to_string(rank)},
-                                               {"LOCAL_WORLD_SIZE", std::to_string(world_size)},
-                                               {"MASTER_ADDR", "127.0.0.1"},
-                                               {"MASTER_PORT", std::to_string(port)}};
+        std::map<std::string, std::string> env{
+            {"RANK", std::to_string(rank)},       {"WORLD_SIZE", std::to_string(world_size)},
+            {"LOCAL_RANK", std::to_string(rank)}, {"LOCAL_WORLD_SIZE", std::to_string(world_size)},
+            {"MASTER_ADDR", "127.0.0.1"},         {"MASTER_PORT", std::to_string(port)}};
         for (const auto& [name, value] : options.env[rank]) env[name] = value;
         for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
       }
@@ -139,7 +138,8 @@ void require_success(const Job& job) {
 double max_difference(const json& a, const json& b) {
   REQUIRE(a.size() == b.size());
   double most = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) most = std::max(most, std::abs(a[i].get<double>() - b[i].get<double>()));
+  for (std::size_t i = 0; i < a.size(); ++i)
+    most = std::max(most, std::abs(a[i].get<double>() - b[i].get<double>()));
   return most;
 }
 
@@ -162,15 +162,28 @@ std::vector<std::string> file_names(const fs::path& dir) {
 
 #ifndef TORCHFIT_DISTRIBUTED_CHILD
 TEST_CASE("data-parallel tests need torchfit::distributed", "[distributed]") {
-  WARN("skipped: Gloo was not found at configure time (Debian: libgloo-dev), so torchfit::distributed and its test "
-       "child were not built");
+  WARN(
+      "skipped: Gloo was not found at configure time (Debian: libgloo-dev), so torchfit::distributed and its "
+      "test "
+      "child were not built");
 }
 #else
 
-TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B, and logs and checkpoints are written once",
-          "[distributed]") {
-  const std::vector<std::string> common{"--num_train_epochs", "2", "--learning_rate", "1e-2", "--logging_steps", "2",
-                                        "--save_steps", "4", "--report_to", "jsonl", "--include_num_input_tokens_seen",
+TEST_CASE(
+    "2 ranks with batch B train to the weights of 1 rank with batch 2B, and logs and checkpoints are written "
+    "once",
+    "[distributed]") {
+  const std::vector<std::string> common{"--num_train_epochs",
+                                        "2",
+                                        "--learning_rate",
+                                        "1e-2",
+                                        "--logging_steps",
+                                        "2",
+                                        "--save_steps",
+                                        "4",
+                                        "--report_to",
+                                        "jsonl",
+                                        "--include_num_input_tokens_seen",
                                         "all"};
   const auto with = [&](std::vector<std::string> more) {
     more.insert(more.begin(), common.begin(), common.end());
@@ -200,7 +213,8 @@ TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B, an
     for (const char* key : {"loss", "grad_norm", "learning_rate", "num_input_tokens_seen", "step", "epoch"})
       CHECK(logs[i][key] == rank1_logs[i][key]);
     CHECK(logs[i]["loss"].get<double>() == Approx(single_logs[i]["loss"].get<double>()).epsilon(1e-5));
-    CHECK(logs[i]["grad_norm"].get<double>() == Approx(single_logs[i]["grad_norm"].get<double>()).epsilon(1e-5));
+    CHECK(logs[i]["grad_norm"].get<double>() ==
+          Approx(single_logs[i]["grad_norm"].get<double>()).epsilon(1e-5));
     CHECK(logs[i]["num_input_tokens_seen"] == single_logs[i]["num_input_tokens_seen"]);
   }
 
@@ -214,8 +228,8 @@ TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B, an
                                  "scheduler.json", "trainer_progress.json", "trainer_state.json",
                                  "training_args.json"});
   int lines = 0;
-  for (std::size_t at = 0, next; (next = read_file(two.path() / "logs.jsonl").find('\n', at)) != std::string::npos;
-       at = next + 1)
+  for (std::size_t at = 0, next;
+       (next = read_file(two.path() / "logs.jsonl").find('\n', at)) != std::string::npos; at = next + 1)
     ++lines;
   CHECK(lines == static_cast<int>(rank0["log_history"].size()));
   CHECK(fs::exists(two.path() / "model.safetensors"));
@@ -225,9 +239,19 @@ TEST_CASE("2 ranks with batch B train to the weights of 1 rank with batch 2B, an
 TEST_CASE("gradient accumulation and dataloader_drop_last shard as one process with the doubled batch",
           "[distributed]") {
   // 38 samples: a process alone drops the last 6 of batches of 8, two ranks the same 6 of 2 x 4.
-  const std::vector<std::string> common{"--train_samples", "38", "--num_train_epochs", "2", "--learning_rate", "1e-2",
-                                        "--gradient_accumulation_steps", "2", "--dataloader_drop_last",
-                                        "--save_strategy", "no", "--ddp_find_unused_parameters", "false"};
+  const std::vector<std::string> common{"--train_samples",
+                                        "38",
+                                        "--num_train_epochs",
+                                        "2",
+                                        "--learning_rate",
+                                        "1e-2",
+                                        "--gradient_accumulation_steps",
+                                        "2",
+                                        "--dataloader_drop_last",
+                                        "--save_strategy",
+                                        "no",
+                                        "--ddp_find_unused_parameters",
+                                        "false"};
   TempDir alone, two;
   std::vector<std::string> single_args = common, job_args = common;
   single_args.insert(single_args.end(), {"--per_device_train_batch_size", "8"});
@@ -241,10 +265,12 @@ TEST_CASE("gradient accumulation and dataloader_drop_last shard as one process w
   CHECK(max_difference(job.ranks[0].result["weights"], reference.ranks[0].result["weights"]) < 1e-6);
 }
 
-TEST_CASE("evaluation gathers every sample once: metrics equal a single process's on a set that does not divide",
-          "[distributed]") {
+TEST_CASE(
+    "evaluation gathers every sample once: metrics equal a single process's on a set that does not divide",
+    "[distributed]") {
   // 13 samples in batches of 4: rank 0 evaluates batches 0 and 2 (8 samples), rank 1 batches 1 and 3 (5).
-  const std::vector<std::string> args{"--eval_only", "--eval_samples", "13", "--per_device_eval_batch_size", "4"};
+  const std::vector<std::string> args{"--eval_only", "--eval_samples", "13", "--per_device_eval_batch_size",
+                                      "4"};
   TempDir alone, two;
   const Job reference = run_job(0, alone.path(), args);
   require_success(reference);
@@ -256,19 +282,22 @@ TEST_CASE("evaluation gathers every sample once: metrics equal a single process'
     CHECK(r["seen"] == single["seen"]);  // predictions and labels in dataset order, each once
     CHECK(r["eval"]["eval_count"] == 13);
     CHECK(r["eval"]["eval_mse"] == single["eval"]["eval_mse"]);
-    CHECK(r["eval"]["eval_loss"].get<double>() == Approx(single["eval"]["eval_loss"].get<double>()).epsilon(1e-12));
+    CHECK(r["eval"]["eval_loss"].get<double>() ==
+          Approx(single["eval"]["eval_loss"].get<double>()).epsilon(1e-12));
   }
 }
 
 TEST_CASE("a stop decided on one rank stops every rank after the same step", "[distributed]") {
   TempDir two;
-  const Job job = run_job(2, two.path(), {"--stop_at_step", "3", "--stop_rank", "1", "--save_strategy", "no"});
+  const Job job =
+      run_job(2, two.path(), {"--stop_at_step", "3", "--stop_rank", "1", "--save_strategy", "no"});
   require_success(job);
   CHECK(job.ranks[0].result["global_step"] == 3);
   CHECK(job.ranks[1].result["global_step"] == 3);
 }
 
-TEST_CASE("a rank killed mid-training makes the others fail at once with an error naming it", "[distributed]") {
+TEST_CASE("a rank killed mid-training makes the others fail at once with an error naming it",
+          "[distributed]") {
   TempDir two;
   const Job job = run_job(2, two.path(), {"--die_at_step", "3", "--die_rank", "1", "--ddp_timeout", "60"});
   CHECK(job.ranks[1].status == 128 + SIGKILL);
@@ -278,11 +307,13 @@ TEST_CASE("a rank killed mid-training makes the others fail at once with an erro
   CHECK(job.seconds < 60);
 }
 
-TEST_CASE("a rank that hangs makes the others fail within --ddp_timeout with an error naming it", "[distributed]") {
+TEST_CASE("a rank that hangs makes the others fail within --ddp_timeout with an error naming it",
+          "[distributed]") {
   TempDir two;
   JobOptions options;
   options.end_with_rank_zero = true;
-  const Job job = run_job(2, two.path(), {"--hang_at_step", "2", "--hang_rank", "1", "--ddp_timeout", "5"}, options);
+  const Job job =
+      run_job(2, two.path(), {"--hang_at_step", "2", "--hang_rank", "1", "--ddp_timeout", "5"}, options);
   INFO(job.ranks[0].output);
   CHECK(job.ranks[0].status == 1);
   CHECK_THAT(job.ranks[0].output, Catch::Contains("rank 1 (at collective"));
@@ -290,10 +321,12 @@ TEST_CASE("a rank that hangs makes the others fail within --ddp_timeout with an 
   CHECK(job.seconds < 60);
 }
 
-TEST_CASE("a job SIGKILLed whole and resumed ends with the weights of an uninterrupted one", "[distributed]") {
+TEST_CASE("a job SIGKILLed whole and resumed ends with the weights of an uninterrupted one",
+          "[distributed]") {
   // Dropout draws from each rank's generator: its states must come back too.
-  const std::vector<std::string> common{"--dropout", "0.2", "--num_train_epochs", "2", "--per_device_train_batch_size",
-                                        "4", "--save_steps", "2", "--logging_steps", "3"};
+  const std::vector<std::string> common{
+      "--dropout",    "0.2", "--num_train_epochs", "2", "--per_device_train_batch_size", "4",
+      "--save_steps", "2",   "--logging_steps",    "3"};
   TempDir uninterrupted, interrupted;
   const Job whole = run_job(2, uninterrupted.path(), common);
   require_success(whole);
@@ -352,7 +385,8 @@ TEST_CASE("rendezvous failures name the culprit", "[distributed]") {
     options.env[0] = {{"RANK", "1"}, {"WORLD_SIZE", "2"}};  // rank 1 alone: nobody hosts the store
     const Job job = run_job(1, dir.path(), {"--ddp_timeout", "2"}, options);
     CHECK(job.ranks[0].status == 1);
-    CHECK_THAT(job.ranks[0].output, Catch::Contains("rank 1 cannot reach the rendezvous store at 127.0.0.1:"));
+    CHECK_THAT(job.ranks[0].output,
+               Catch::Contains("rank 1 cannot reach the rendezvous store at 127.0.0.1:"));
   }
   SECTION("world sizes that differ") {
     JobOptions options;
@@ -379,8 +413,8 @@ TEST_CASE("torchrun launches digits on two processes", "[distributed][torchrun]"
   // --redirects 1 --tee 1: Debian 12's torchrun (torch 1.13 on Python 3.11) fails with its default of 0.
   const std::string command = "OMP_NUM_THREADS=1 torchrun --redirects 1 --tee 1 --log_dir " +
                               (dir.path() / "torchrun").string() + " --nproc_per_node 2 --master_port " +
-                              std::to_string(free_port()) + " --no_python " + digits.string() + " --output_dir " +
-                              (dir.path() / "out").string() +
+                              std::to_string(free_port()) + " --no_python " + digits.string() +
+                              " --output_dir " + (dir.path() / "out").string() +
                               " --num_train_epochs 8 --per_device_train_batch_size 16 --expect_accuracy 0.9 "
                               "--disable_tqdm > " +
                               (dir.path() / "torchrun.log").string() + " 2>&1";
@@ -396,8 +430,8 @@ TEST_CASE("NCCL on two GPUs trains as one GPU with the doubled batch", "[distrib
     WARN("skipped: needs two CUDA GPUs");
     return;
   }
-  const std::vector<std::string> common{"--num_train_epochs", "2", "--learning_rate", "1e-2", "--save_strategy", "no",
-                                        "--ddp_backend", "nccl"};
+  const std::vector<std::string> common{"--num_train_epochs", "2",  "--learning_rate", "1e-2",
+                                        "--save_strategy",    "no", "--ddp_backend",   "nccl"};
   TempDir alone, two;
   std::vector<std::string> single_args = common, job_args = common;
   single_args.insert(single_args.end(), {"--per_device_train_batch_size", "8"});

@@ -28,7 +28,9 @@ struct Config {
   bool logging_first_step = false, eval_on_start = false;
 
   std::string describe() const {
-    const auto opt = [](const std::optional<double>& v) { return v ? fmt::format("{}", *v) : std::string("default"); };
+    const auto opt = [](const std::optional<double>& v) {
+      return v ? fmt::format("{}", *v) : std::string("default");
+    };
     return fmt::format(
         "n_train={} n_eval={} bs={} eval_bs={} ga={} drop_last={} max_steps={} epochs={} logging={}/{} "
         "first_step={} eval={}/{} delay={} on_start={} save={}/{}",
@@ -41,15 +43,21 @@ struct Config {
 Config random_config(std::mt19937& rng) {
   const auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   const auto chance = [&](double p) { return std::bernoulli_distribution(p)(rng); };
-  const auto any_of = [&](std::initializer_list<double> values) { return *(values.begin() + pick(0, static_cast<int>(values.size()) - 1)); };
+  const auto any_of = [&](std::initializer_list<double> values) {
+    return *(values.begin() + pick(0, static_cast<int>(values.size()) - 1));
+  };
   const auto strategy = [&] { return static_cast<IntervalStrategy>(pick(0, 2)); };
   // A whole count, a ratio of max_steps, or (when the strategy is not "steps") a fraction HF keeps as is.
   const auto interval = [&](bool steps_strategy) -> std::optional<double> {
     switch (pick(0, 5)) {
-      case 0: return std::nullopt;
-      case 1: return any_of({0.07, 0.1, 0.25, 0.3, 0.5});
-      case 2: return steps_strategy ? 1.0 : 2.5;
-      default: return static_cast<double>(pick(1, 6));
+      case 0:
+        return std::nullopt;
+      case 1:
+        return any_of({0.07, 0.1, 0.25, 0.3, 0.5});
+      case 2:
+        return steps_strategy ? 1.0 : 2.5;
+      default:
+        return static_cast<double>(pick(1, 6));
     }
   };
   Config c;
@@ -65,7 +73,8 @@ Config random_config(std::mt19937& rng) {
     c.epochs = any_of({0.3, 0.5, 1, 1.1, 1.5, 2, 2.5, 3});
   c.logging = strategy();
   c.logging_steps = interval(c.logging == IntervalStrategy::steps);
-  if (c.logging == IntervalStrategy::steps && !c.logging_steps) c.logging_steps = pick(1, 4);  // 500 logs nothing
+  if (c.logging == IntervalStrategy::steps && !c.logging_steps)
+    c.logging_steps = pick(1, 4);  // 500 logs nothing
   c.logging_first_step = chance(0.3);
   c.eval = strategy();
   c.eval_steps = interval(c.eval == IntervalStrategy::steps);
@@ -102,7 +111,7 @@ TrainingArguments arguments_of(const Config& c, const std::filesystem::path& out
 // What HF v4.57 (plus torchfit's final-step rule) does with a configuration.
 struct Expected {
   std::vector<std::string> events;
-  std::vector<json> log_history;  // {"kind": loss|eval|summary, "step": ..., "epoch": ...}
+  std::vector<json> log_history;           // {"kind": loss|eval|summary, "step": ..., "epoch": ...}
   std::map<int64_t, json> saved_controls;  // TrainerControl args written into checkpoint-<step>
   int64_t max_steps = 0, num_train_epochs = 0;
   json logging_steps, eval_steps, save_steps;  // as trainer_state.json holds them
@@ -119,7 +128,8 @@ json expected_interval(std::optional<double> given, bool steps_strategy, int64_t
 
 Expected expect(const Config& c) {
   Expected x;
-  const int64_t batches = c.drop_last ? c.n_train / c.batch_size : (c.n_train + c.batch_size - 1) / c.batch_size;
+  const int64_t batches =
+      c.drop_last ? c.n_train / c.batch_size : (c.n_train + c.batch_size - 1) / c.batch_size;
   const int64_t updates_per_epoch = std::max<int64_t>((batches + c.ga - 1) / c.ga, 1);
   if (c.max_steps > 0) {
     x.max_steps = c.max_steps;
@@ -141,9 +151,12 @@ Expected expect(const Config& c) {
   int64_t gs = 0, last_logged = 0;
   json epoch = 0;
   const auto emit = [&](std::string e) { x.events.push_back(std::move(e)); };
-  const auto entry = [&](const char* kind) { x.log_history.push_back({{"kind", kind}, {"step", gs}, {"epoch", epoch}}); };
+  const auto entry = [&](const char* kind) {
+    x.log_history.push_back({{"kind", kind}, {"step", gs}, {"epoch", epoch}});
+  };
   const auto run_evaluation = [&] {
-    for (int64_t b = 0; b < (c.n_eval + c.eval_batch_size - 1) / c.eval_batch_size; ++b) emit("on_prediction_step");
+    for (int64_t b = 0; b < (c.n_eval + c.eval_batch_size - 1) / c.eval_batch_size; ++b)
+      emit("on_prediction_step");
     emit("on_log(eval)");
     entry("eval");
     log = false;
@@ -159,13 +172,18 @@ Expected expect(const Config& c) {
     }
     if (evaluate) run_evaluation();
     if (save) {
-      x.saved_controls[gs] = {{"should_epoch_stop", false}, {"should_evaluate", evaluate}, {"should_log", log},
-                              {"should_save", true}, {"should_training_stop", stop}};
+      x.saved_controls[gs] = {{"should_epoch_stop", false},
+                              {"should_evaluate", evaluate},
+                              {"should_log", log},
+                              {"should_save", true},
+                              {"should_training_stop", stop}};
       emit("on_save(gs=" + std::to_string(gs) + ")");
       save = false;
     }
   };
-  const auto divides = [](int64_t step, double every) { return std::fmod(static_cast<double>(step), every) == 0; };
+  const auto divides = [](int64_t step, double every) {
+    return std::fmod(static_cast<double>(step), every) == 0;
+  };
 
   emit("on_train_begin");
   if (c.eval_on_start) run_evaluation();
@@ -228,8 +246,8 @@ Run run(const Config& c, const std::filesystem::path& output_dir) {
     return torch::mse_loss(model->forward(batch.data), batch.target);
   };
   auto trace = std::make_shared<test::TraceCallback>();
-  Trainer trainer(torch::nn::Linear(2, 1), arguments_of(c, output_dir), data(c.n_train, 1), data(c.n_eval, 2), loss,
-                  {}, {trace});
+  Trainer trainer(torch::nn::Linear(2, 1), arguments_of(c, output_dir), data(c.n_train, 1), data(c.n_eval, 2),
+                  loss, {}, {trace});
   trainer.remove_callback<PrinterCallback>();
   trainer.train();
   Run out{trace->events, trainer.state()};
@@ -311,5 +329,6 @@ TEST_CASE("runs that would train nothing are refused, naming the flag", "[traine
   args.max_steps = -1;
   args.num_train_epochs = 0;
   CHECK_THROWS_AS(args.validate(), ArgumentError);
-  CHECK_THROWS_WITH(args.validate(), Catch::Matchers::StartsWith("--num_train_epochs must be > 0 when --max_steps is not set"));
+  CHECK_THROWS_WITH(args.validate(), Catch::Matchers::StartsWith(
+                                         "--num_train_epochs must be > 0 when --max_steps is not set"));
 }

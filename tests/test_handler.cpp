@@ -130,7 +130,8 @@ TEST_CASE("the handler resets control flags as HF does before each event", "[han
   CHECK((!c.should_epoch_stop && c.should_training_stop && c.should_log));
   c = all_up();
   handler.on_step_begin(args, state, c);
-  CHECK((!c.should_log && !c.should_evaluate && !c.should_save && c.should_epoch_stop && c.should_training_stop));
+  CHECK((!c.should_log && !c.should_evaluate && !c.should_save && c.should_epoch_stop &&
+         c.should_training_stop));
   c = all_up();
   handler.on_log(args, state, c, Logs::object());
   CHECK((!c.should_log && c.should_evaluate && c.should_save));
@@ -197,7 +198,8 @@ TEST_CASE("pop_callback and remove_callback follow HF", "[handler]") {
   SECTION("remove by instance throws when the instance is absent") {
     handler.remove_callback(*d);
     CHECK(handler.callback_list() == "StepEnd\nLogOnly");
-    CHECK_THROWS_WITH(handler.remove_callback(*d), Catch::Contains("Derived") && Catch::Contains("not registered"));
+    CHECK_THROWS_WITH(handler.remove_callback(*d),
+                      Catch::Contains("Derived") && Catch::Contains("not registered"));
   }
   SECTION("a removed callback no longer receives events") {
     handler.remove_callback(*a);
@@ -221,9 +223,10 @@ TEST_CASE("adding a second callback of the same type warns and still adds it", "
   }
   test::CaptureLog log;
   handler.add_callback<LogOnly>(trace);
-  CHECK_THAT(log.text(), Catch::Contains("You are adding a LogOnly to the callbacks of this Trainer, but there is "
-                                         "already one") &&
-                             Catch::Contains("LogOnly\nStepEnd"));
+  CHECK_THAT(log.text(),
+             Catch::Contains("You are adding a LogOnly to the callbacks of this Trainer, but there is "
+                             "already one") &&
+                 Catch::Contains("LogOnly\nStepEnd"));
   CHECK(handler.callback_list() == "LogOnly\nStepEnd\nLogOnly");
 }
 

@@ -63,7 +63,7 @@ TEST_CASE("every dtype round-trips with its shape, values and name", "[safetenso
       {"bool", torch::tensor({true, false, true})},
       {"scalar", torch::tensor(3.5)},
       {"empty", torch::zeros({0, 7})},
-      {"strided", torch::randn({4, 6}).t()},                           // non-contiguous
+      {"strided", torch::randn({4, 6}).t()},                                       // non-contiguous
       {"slice", torch::arange(20, torch::kLong).view({4, 5})[1].narrow(0, 1, 3)},  // an offset view
   };
   save_safetensors(dir / "all.safetensors", tensors, {{"format", "pt"}});
@@ -78,22 +78,25 @@ TEST_CASE("every dtype round-trips with its shape, values and name", "[safetenso
     CHECK(by_name[name].is_contiguous());
     CHECK(torch::equal(by_name[name], t));
   }
-  CHECK(load_safetensors_metadata(dir / "all.safetensors") == std::map<std::string, std::string>{{"format", "pt"}});
+  CHECK(load_safetensors_metadata(dir / "all.safetensors") ==
+        std::map<std::string, std::string>{{"format", "pt"}});
 }
 
 TEST_CASE("the bytes follow the format byte for byte", "[safetensors]") {
   test::TempDir dir;
   // 8-byte length, compact JSON with __metadata__ first (its keys sorted), tensors ordered by dtype (larger
   // alignment first) then name, spaces up to a multiple of 8, then the data in header order.
-  save_safetensors(dir / "t.safetensors",
-                   {{"b", torch::tensor({1.0f, 2.0f})}, {"a", torch::tensor({7.0f})}, {"c", torch::tensor({int64_t{5}})}},
-                   {{"z", "last"}, {"format", "pt"}});
+  save_safetensors(
+      dir / "t.safetensors",
+      {{"b", torch::tensor({1.0f, 2.0f})}, {"a", torch::tensor({7.0f})}, {"c", torch::tensor({int64_t{5}})}},
+      {{"z", "last"}, {"format", "pt"}});
   const std::string header =
       R"({"__metadata__":{"format":"pt","z":"last"},"c":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
       R"("a":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"b":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}})";
   REQUIRE(header.size() == 205);
   const std::string padded = header + "   ";  // 205 + 3 = 208 = 26 * 8
-  const std::string data = bytes_of(torch::tensor({int64_t{5}})) + bytes_of(torch::tensor({7.0f, 1.0f, 2.0f}));
+  const std::string data =
+      bytes_of(torch::tensor({int64_t{5}})) + bytes_of(torch::tensor({7.0f, 1.0f, 2.0f}));
   CHECK(test::read_file(dir / "t.safetensors") == le64(208) + padded + data);
 }
 
@@ -123,14 +126,15 @@ TEST_CASE("the output matches the Rust library's own serialization test vectors"
   CHECK(load_safetensors_metadata(file) == std::map<std::string, std::string>{{"framework", "pt"}});
 }
 
-TEST_CASE("a file laid out by the Python library's rules is read and reproduced byte for byte", "[safetensors]") {
+TEST_CASE("a file laid out by the Python library's rules is read and reproduced byte for byte",
+          "[safetensors]") {
   const auto reference = test::data_path("reference.safetensors");
   const auto loaded = load_safetensors(reference);
   // Header order: by dtype (larger alignment first), then by the names' bytes ("\xc3\xa9" after ASCII).
   std::vector<std::string> names;
   for (const auto& [name, t] : loaded) names.push_back(name);
-  CHECK(names == std::vector<std::string>{"count", "bias", "empty", "weight", "\xc3\xa9.weight", "ids", "brain",
-                                          "half", "short", "tiny", "bytes", "tab\tname", "mask"});
+  CHECK(names == std::vector<std::string>{"count", "bias", "empty", "weight", "\xc3\xa9.weight", "ids",
+                                          "brain", "half", "short", "tiny", "bytes", "tab\tname", "mask"});
   std::map<std::string, torch::Tensor> by_name(loaded.begin(), loaded.end());
   for (const auto& [name, expected] : reference_tensors()) {
     INFO(name);
@@ -177,7 +181,8 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
   SECTION("header not JSON") {
     make("{not json", "");
     CHECK_THROWS_WITH(load_safetensors(file),
-                      Catch::StartsWith(file.string() + " is not a valid safetensors file: the header is not valid JSON ("));
+                      Catch::StartsWith(file.string() +
+                                        " is not a valid safetensors file: the header is not valid JSON ("));
   }
   SECTION("header not an object") {
     make("[1, 2]  ", "");
@@ -185,7 +190,8 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
   }
   SECTION("unknown dtype") {
     make(R"({"x":{"dtype":"F128","shape":[1],"data_offsets":[0,16]}})", std::string(16, '\0'));
-    refused(R"(tensor "x" has unsupported dtype "F128" (supported: BOOL, U8, I8, I16, F16, BF16, I32, F32, F64, I64))");
+    refused(
+        R"(tensor "x" has unsupported dtype "F128" (supported: BOOL, U8, I8, I16, F16, BF16, I32, F32, F64, I64))");
   }
   SECTION("a missing field") {
     make(R"({"x":{"dtype":"F32","shape":[1]}})", std::string(4, '\0'));
@@ -207,12 +213,15 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
     make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,1e999]}})", std::string(8, '\0'));
     CHECK_THROWS_AS(load_safetensors(file), CheckpointError);
     CHECK_THROWS_WITH(load_safetensors(file),
-                      file.string() + " is not a valid safetensors file: the header is not valid JSON "
-                                      "([json.exception.out_of_range.406] number overflow parsing '1e999')");
+                      file.string() +
+                          " is not a valid safetensors file: the header is not valid JSON "
+                          "([json.exception.out_of_range.406] number overflow parsing '1e999')");
   }
   SECTION("an offset past 2^64") {
-    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})", std::string(8, '\0'));
-    refused(R"(tensor "x" has data_offsets entry 1.8446744073709552e+19 where a non-negative integer belongs)");
+    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}})",
+         std::string(8, '\0'));
+    refused(
+        R"(tensor "x" has data_offsets entry 1.8446744073709552e+19 where a non-negative integer belongs)");
   }
   SECTION("a negative offset") {
     make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[-1,8]}})", std::string(8, '\0'));
@@ -235,8 +244,9 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
     refused(R"(tensor "x" ends at byte 8 of a 4-byte data section (truncated?))");
   }
   SECTION("overlapping tensors") {
-    make(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-         std::string(8, '\0'));
+    make(
+        R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+        std::string(8, '\0'));
     refused(R"(tensor "y" starts at byte 4 where byte 8 was expected (overlapping tensors or a gap))");
   }
   SECTION("a gap between tensors") {
@@ -248,12 +258,14 @@ TEST_CASE("a corrupt file is refused with a message naming the file and the prob
     refused("the data section has 12 bytes but the tensors cover 8");
   }
   SECTION("a duplicate name") {
-    make(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-         std::string(8, '\0'));
+    make(
+        R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+        std::string(8, '\0'));
     refused(R"(the header names "x" twice)");
   }
   SECTION("metadata that is not strings") {
-    make(R"({"__metadata__":{"epoch":3},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0'));
+    make(R"({"__metadata__":{"epoch":3},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+         std::string(8, '\0'));
     refused(R"(__metadata__ entry "epoch" is 3, not a string)");
   }
   SECTION("a missing file") {
@@ -271,15 +283,17 @@ TEST_CASE("tensors that safetensors cannot hold are refused before anything is w
     CHECK_THROWS_WITH(save_safetensors(file, tensors), message);
     CHECK_FALSE(std::filesystem::exists(file));
   };
-  refused({{"ok", torch::ones({1})}, {"z", torch::ones({2}, torch::kComplexFloat)}},
-          "cannot save tensor \"z\" to " + file.string() +
-              ": dtype ComplexFloat has no safetensors equivalent (supported: BOOL, U8, I8, I16, F16, BF16, I32, "
-              "F32, F64, I64)");
+  refused(
+      {{"ok", torch::ones({1})}, {"z", torch::ones({2}, torch::kComplexFloat)}},
+      "cannot save tensor \"z\" to " + file.string() +
+          ": dtype ComplexFloat has no safetensors equivalent (supported: BOOL, U8, I8, I16, F16, BF16, I32, "
+          "F32, F64, I64)");
   refused({{"w", torch::ones({1})}, {"w", torch::zeros({1})}},
           "cannot save tensor \"w\" to " + file.string() + ": another tensor has the same name");
-  refused({{"__metadata__", torch::ones({1})}},
-          "cannot save tensor \"__metadata__\" to " + file.string() + ": the name is reserved for the file's metadata");
-  refused({{"u", torch::Tensor()}}, "cannot save tensor \"u\" to " + file.string() + ": the tensor is undefined");
+  refused({{"__metadata__", torch::ones({1})}}, "cannot save tensor \"__metadata__\" to " + file.string() +
+                                                    ": the name is reserved for the file's metadata");
+  refused({{"u", torch::Tensor()}},
+          "cannot save tensor \"u\" to " + file.string() + ": the tensor is undefined");
 }
 
 TEST_CASE("a file that cannot be written is reported with its name", "[safetensors]") {

@@ -15,9 +15,10 @@ constexpr int64_t T = 10, W = 3;
 struct Setup {
   torch::Tensor a = torch::zeros({1}, torch::requires_grad());
   torch::Tensor b = torch::zeros({1}, torch::requires_grad());
-  torch::optim::AdamW optimizer{{torch::optim::OptimizerParamGroup({a}, std::make_unique<torch::optim::AdamWOptions>(0.1)),
-                                 torch::optim::OptimizerParamGroup({b}, std::make_unique<torch::optim::AdamWOptions>(0.02))},
-                                torch::optim::AdamWOptions(0.1)};
+  torch::optim::AdamW optimizer{
+      {torch::optim::OptimizerParamGroup({a}, std::make_unique<torch::optim::AdamWOptions>(0.1)),
+       torch::optim::OptimizerParamGroup({b}, std::make_unique<torch::optim::AdamWOptions>(0.02))},
+      torch::optim::AdamWOptions(0.1)};
 };
 
 // The rates of both groups at steps 0..T+2, read from the optimizer itself.
@@ -31,52 +32,73 @@ std::vector<std::pair<double, double>> run(LRScheduler& s, torch::optim::Optimiz
   return out;
 }
 
-void check_schedule(const std::string& name, const std::function<double(int64_t)>& expected, int64_t warmup = W,
-                    const json& kwargs = json::object()) {
+void check_schedule(const std::string& name, const std::function<double(int64_t)>& expected,
+                    int64_t warmup = W, const json& kwargs = json::object()) {
   Setup setup;
   auto scheduler = get_scheduler(name, setup.optimizer, warmup, T, kwargs);
   const auto rates = run(*scheduler, setup.optimizer);
   for (int64_t s = 0; s < static_cast<int64_t>(rates.size()); ++s) {
     INFO(name << " at step " << s);
     CHECK(rates[static_cast<std::size_t>(s)].first == Approx(0.1 * expected(s)).margin(1e-15).epsilon(1e-12));
-    CHECK(rates[static_cast<std::size_t>(s)].second == Approx(0.02 * expected(s)).margin(1e-15).epsilon(1e-12));
+    CHECK(rates[static_cast<std::size_t>(s)].second ==
+          Approx(0.02 * expected(s)).margin(1e-15).epsilon(1e-12));
   }
 }
 
-double warm(int64_t s, int64_t w = W) { return static_cast<double>(s) / static_cast<double>(std::max<int64_t>(1, w)); }
-double progress(int64_t s, int64_t w = W) { return static_cast<double>(s - w) / static_cast<double>(std::max<int64_t>(1, T - w)); }
+double warm(int64_t s, int64_t w = W) {
+  return static_cast<double>(s) / static_cast<double>(std::max<int64_t>(1, w));
+}
+double progress(int64_t s, int64_t w = W) {
+  return static_cast<double>(s - w) / static_cast<double>(std::max<int64_t>(1, T - w));
+}
 
 }  // namespace
 
 TEST_CASE("each schedule follows HF's formula, warmup included", "[schedulers]") {
-  check_schedule("linear", [](int64_t s) { return s < W ? warm(s) : std::max(0.0, double(T - s) / (T - W)); });
-  check_schedule("linear", [](int64_t s) { return std::max(0.0, double(T - s) / T); }, 0);  // W = 0: full lr first
-  check_schedule("cosine", [](int64_t s) { return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * progress(s)))); });
-  check_schedule("cosine", [](int64_t s) { return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * 2 * 1.5 * progress(s)))); },
+  check_schedule("linear",
+                 [](int64_t s) { return s < W ? warm(s) : std::max(0.0, double(T - s) / (T - W)); });
+  check_schedule(
+      "linear", [](int64_t s) { return std::max(0.0, double(T - s) / T); }, 0);  // W = 0: full lr first
+  check_schedule("cosine", [](int64_t s) {
+    return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * progress(s))));
+  });
+  check_schedule("cosine",
+                 [](int64_t s) {
+                   return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * 2 * 1.5 * progress(s))));
+                 },
                  W, {{"num_cycles", 1.5}});
-  check_schedule("cosine_with_restarts", [](int64_t s) {
-    if (s < W) return warm(s);
-    const double p = progress(s);
-    return p >= 1 ? 0.0 : std::max(0.0, 0.5 * (1 + std::cos(pi * std::fmod(2.0 * p, 1.0))));
-  }, W, {{"num_cycles", 2}});
-  check_schedule("polynomial", [](int64_t s) {
-    if (s < W) return warm(s);
-    if (s > T) return 1e-7 / 0.1;
-    return ((0.1 - 1e-7) * std::pow(1.0 - progress(s), 2.0) + 1e-7) / 0.1;
-  }, W, {{"power", 2.0}});
+  check_schedule("cosine_with_restarts",
+                 [](int64_t s) {
+                   if (s < W) return warm(s);
+                   const double p = progress(s);
+                   return p >= 1 ? 0.0 : std::max(0.0, 0.5 * (1 + std::cos(pi * std::fmod(2.0 * p, 1.0))));
+                 },
+                 W, {{"num_cycles", 2}});
+  check_schedule("polynomial",
+                 [](int64_t s) {
+                   if (s < W) return warm(s);
+                   if (s > T) return 1e-7 / 0.1;
+                   return ((0.1 - 1e-7) * std::pow(1.0 - progress(s), 2.0) + 1e-7) / 0.1;
+                 },
+                 W, {{"power", 2.0}});
   check_schedule("constant", [](int64_t) { return 1.0; });
   check_schedule("constant_with_warmup", [](int64_t s) { return s < W ? warm(s) : 1.0; });
   check_schedule("inverse_sqrt", [](int64_t s) { return s < W ? warm(s) : 1.0 / std::sqrt(double(s) / W); });
-  check_schedule("inverse_sqrt", [](int64_t s) { return 1.0 / std::sqrt((s + 10000.0) / 10000.0); }, 0);
-  check_schedule("cosine_with_min_lr", [](int64_t s) {
-    return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * progress(s))) * 0.9 + 0.1);
-  }, W, {{"min_lr_rate", 0.1}});
-  check_schedule("warmup_stable_decay", [](int64_t s) {
-    if (s < W) return warm(s) * 0.8 + 0.2;
-    if (s < W + 3) return 1.0;
-    if (s < W + 7) return std::max(0.0, (1.0 - (s - W - 3) / 4.0) * 0.8 + 0.2);
-    return 0.2;
-  }, W, {{"num_decay_steps", 4}, {"decay_type", "linear"}, {"min_lr_ratio", 0.2}});
+  check_schedule(
+      "inverse_sqrt", [](int64_t s) { return 1.0 / std::sqrt((s + 10000.0) / 10000.0); }, 0);
+  check_schedule("cosine_with_min_lr",
+                 [](int64_t s) {
+                   return s < W ? warm(s) : std::max(0.0, 0.5 * (1 + std::cos(pi * progress(s))) * 0.9 + 0.1);
+                 },
+                 W, {{"min_lr_rate", 0.1}});
+  check_schedule("warmup_stable_decay",
+                 [](int64_t s) {
+                   if (s < W) return warm(s) * 0.8 + 0.2;
+                   if (s < W + 3) return 1.0;
+                   if (s < W + 7) return std::max(0.0, (1.0 - (s - W - 3) / 4.0) * 0.8 + 0.2);
+                   return 0.2;
+                 },
+                 W, {{"num_decay_steps", 4}, {"decay_type", "linear"}, {"min_lr_ratio", 0.2}});
 }
 
 TEST_CASE("state() and load_state() resume the same sequence", "[schedulers]") {
@@ -113,12 +135,15 @@ TEST_CASE("unknown schedules and bad kwargs name the flag and the value", "[sche
   Setup setup;
   CHECK_THROWS_WITH(get_scheduler("cosnie", setup.optimizer, 0, T),
                     Catch::StartsWith("--lr_scheduler_type: \"cosnie\" is not a schedule"));
-  CHECK_THROWS_WITH(get_scheduler("cosine", setup.optimizer, 0, T, {{"cycles", 1}}),
-                    "--lr_scheduler_kwargs: unknown key \"cycles\" for --lr_scheduler_type cosine (accepted: num_cycles)");
-  CHECK_THROWS_WITH(get_scheduler("cosine", setup.optimizer, 0, T, {{"num_cycles", "two"}}),
-                    "--lr_scheduler_kwargs: \"num_cycles\" must be a number for --lr_scheduler_type cosine (got \"two\")");
-  CHECK_THROWS_WITH(get_scheduler("polynomial", setup.optimizer, 0, T, {{"lr_end", 0.5}}),
-                    Catch::Contains("lr_end") && Catch::Contains("must be smaller than the initial learning rate"));
+  CHECK_THROWS_WITH(
+      get_scheduler("cosine", setup.optimizer, 0, T, {{"cycles", 1}}),
+      "--lr_scheduler_kwargs: unknown key \"cycles\" for --lr_scheduler_type cosine (accepted: num_cycles)");
+  CHECK_THROWS_WITH(
+      get_scheduler("cosine", setup.optimizer, 0, T, {{"num_cycles", "two"}}),
+      "--lr_scheduler_kwargs: \"num_cycles\" must be a number for --lr_scheduler_type cosine (got \"two\")");
+  CHECK_THROWS_WITH(
+      get_scheduler("polynomial", setup.optimizer, 0, T, {{"lr_end", 0.5}}),
+      Catch::Contains("lr_end") && Catch::Contains("must be smaller than the initial learning rate"));
   CHECK_THROWS_WITH(get_scheduler("cosine_with_min_lr", setup.optimizer, 0, T),
                     Catch::Contains("needs exactly one of min_lr and min_lr_rate"));
   CHECK_THROWS_WITH(get_scheduler("warmup_stable_decay", setup.optimizer, 0, T),

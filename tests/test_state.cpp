@@ -367,8 +367,8 @@ TEST_CASE("intervals keep the type HF gives them: floats from its command line, 
   args.logging_strategy = IntervalStrategy::epoch;
   args.logging_steps = 2.5;  // not validated by HF under "epoch": kept as given
   args.eval_strategy = IntervalStrategy::steps;
-  args.eval_steps = 0.25;    // a ratio: ceil(max_steps * 0.25)
-  args.save_steps = 10;      // "steps" and above 1: HF's __post_init__ makes it an int
+  args.eval_steps = 0.25;  // a ratio: ceil(max_steps * 0.25)
+  args.save_steps = 10;    // "steps" and above 1: HF's __post_init__ makes it an int
   TrainerState s;
   s.compute_steps(args, 10);
   const json j = s.to_json();
@@ -397,7 +397,8 @@ TEST_CASE("a field of the wrong type is a FormatError naming the field, the file
   const std::string file = path.string();
   CHECK(message(R"({"global_step": "ten"})") ==
         file + R"(: field "global_step" must be an integer, got "ten")");
-  CHECK(message(R"({"logging_steps": "1.5"})") == file + R"(: field "logging_steps" must be a number, got "1.5")");
+  CHECK(message(R"({"logging_steps": "1.5"})") ==
+        file + R"(: field "logging_steps" must be a number, got "1.5")");
   CHECK(message(R"({"epoch": [1, 2]})") == file + R"(: field "epoch" must be a number or null, got [1, 2])");
   CHECK(message(R"({"train_batch_size": true})") ==
         file + R"(: field "train_batch_size" must be an integer or null, got true)");

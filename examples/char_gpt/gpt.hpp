@@ -21,8 +21,9 @@ struct GptConfig {
 struct BlockImpl : torch::nn::Module {
   explicit BlockImpl(const GptConfig& c)
       : ln1(register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
-        attn(register_module("attn", torch::nn::MultiheadAttention(
-                                         torch::nn::MultiheadAttentionOptions(c.d_model, c.heads).dropout(c.dropout)))),
+        attn(register_module(
+            "attn", torch::nn::MultiheadAttention(
+                        torch::nn::MultiheadAttentionOptions(c.d_model, c.heads).dropout(c.dropout)))),
         ln2(register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
         fc(register_module("fc", torch::nn::Linear(c.d_model, 4 * c.d_model))),
         proj(register_module("proj", torch::nn::Linear(4 * c.d_model, c.d_model))),
@@ -72,7 +73,8 @@ struct CharGptImpl : torch::nn::Module {
 
   /// Samples `count` tokens after `prompt` (1-D ids) with the given temperature, drawing from `generator`
   /// so that sampling never disturbs the training RNG.
-  torch::Tensor generate(torch::Tensor prompt, int64_t count, double temperature, torch::Generator generator) {
+  torch::Tensor generate(torch::Tensor prompt, int64_t count, double temperature,
+                         torch::Generator generator) {
     torch::NoGradGuard no_grad;
     const bool was_training = is_training();
     eval();

@@ -32,7 +32,8 @@ class SampleCallback : public torchfit::TrainerCallback {
     auto ids = model.generate(prompt_ids, length_, 0.8, at::detail::createCPUGenerator(state.global_step));
     std::string text;
     for (int64_t i = 0; i < ids.numel(); ++i) text += static_cast<char>(ids[i].item<int64_t>());
-    std::cout << "\n--- sample at step " << state.global_step << " ---\n" << prompt_ << text << "\n---\n"
+    std::cout << "\n--- sample at step " << state.global_step << " ---\n"
+              << prompt_ << text << "\n---\n"
               << std::flush;
   }
 
@@ -60,37 +61,58 @@ void write_text(const std::filesystem::path& path, const std::string& text) {
 int main(int argc, char** argv) try {
   torchfit::tune_cpu_allocator();  // CPU training: reuse freed tensor buffers instead of re-faulting them
   std::vector<std::string> tokens = {argv[0],
-                                     "--output_dir", "char_gpt_output",
-                                     "--max_steps", "600",
-                                     "--learning_rate", "3e-3",
-                                     "--warmup_steps", "50",
-                                     "--lr_scheduler_type", "cosine",
-                                     "--weight_decay", "0.1",
-                                     "--per_device_train_batch_size", "32",
-                                     "--per_device_eval_batch_size", "64",
-                                     "--logging_steps", "50",
-                                     "--eval_strategy", "steps",
-                                     "--eval_steps", "200",
-                                     "--save_steps", "200",
-                                     "--save_total_limit", "1"};
+                                     "--output_dir",
+                                     "char_gpt_output",
+                                     "--max_steps",
+                                     "600",
+                                     "--learning_rate",
+                                     "3e-3",
+                                     "--warmup_steps",
+                                     "50",
+                                     "--lr_scheduler_type",
+                                     "cosine",
+                                     "--weight_decay",
+                                     "0.1",
+                                     "--per_device_train_batch_size",
+                                     "32",
+                                     "--per_device_eval_batch_size",
+                                     "64",
+                                     "--logging_steps",
+                                     "50",
+                                     "--eval_strategy",
+                                     "steps",
+                                     "--eval_steps",
+                                     "200",
+                                     "--save_steps",
+                                     "200",
+                                     "--save_total_limit",
+                                     "1"};
   tokens.insert(tokens.end(), argv + 1, argv + argc);
   std::vector<const char*> token_ptrs;
   for (const auto& t : tokens) token_ptrs.push_back(t.c_str());
   std::vector<std::string> rest;
-  auto args = torchfit::TrainingArguments::parse_known_args(static_cast<int>(token_ptrs.size()), token_ptrs.data(), rest);
+  auto args = torchfit::TrainingArguments::parse_known_args(static_cast<int>(token_ptrs.size()),
+                                                            token_ptrs.data(), rest);
 
   std::string text_file = TORCHFIT_EXAMPLES_DATA_DIR "/" TORCHFIT_CHAR_GPT_TEXT;
-  GptConfig config{/*vocab_size=*/256, /*context=*/64, /*d_model=*/128, /*heads=*/4, /*layers=*/2, /*dropout=*/0.1};
+  GptConfig config{/*vocab_size=*/256, /*context=*/64, /*d_model=*/128,
+                   /*heads=*/4,        /*layers=*/2,   /*dropout=*/0.1};
   std::string prompt = "The ";
   for (std::size_t i = 0; i < rest.size(); ++i) {
     const bool has_value = i + 1 < rest.size();
-    if (rest[i] == "--text_file" && has_value) text_file = rest[++i];
-    else if (rest[i] == "--prompt" && has_value) prompt = rest[++i];
-    else if (rest[i] == "--context" && has_value) config.context = std::stoll(rest[++i]);
-    else if (rest[i] == "--d_model" && has_value) config.d_model = std::stoll(rest[++i]);
-    else if (rest[i] == "--layers" && has_value) config.layers = std::stoll(rest[++i]);
-    else throw torchfit::ArgumentError("unknown argument " + rest[i] +
-                                       " (char_gpt adds --text_file, --prompt, --context, --d_model, --layers)");
+    if (rest[i] == "--text_file" && has_value)
+      text_file = rest[++i];
+    else if (rest[i] == "--prompt" && has_value)
+      prompt = rest[++i];
+    else if (rest[i] == "--context" && has_value)
+      config.context = std::stoll(rest[++i]);
+    else if (rest[i] == "--d_model" && has_value)
+      config.d_model = std::stoll(rest[++i]);
+    else if (rest[i] == "--layers" && has_value)
+      config.layers = std::stoll(rest[++i]);
+    else
+      throw torchfit::ArgumentError("unknown argument " + rest[i] +
+                                    " (char_gpt adds --text_file, --prompt, --context, --d_model, --layers)");
   }
 
   // The first 90% of the text (cut at a line end) becomes the training token file, the rest the eval lines.
@@ -104,7 +126,9 @@ int main(int argc, char** argv) try {
 
   torchfit::TokenFileDataset train(data_dir / "train.bin", config.context);
   const int64_t context = config.context;  // the longest sequence the position embedding covers
-  const auto truncated_bytes = [context](std::string_view line) { return byte_tokens(line.substr(0, context)); };
+  const auto truncated_bytes = [context](std::string_view line) {
+    return byte_tokens(line.substr(0, context));
+  };
   torchfit::Collated eval(torchfit::TextLineDataset(data_dir / "eval.txt", truncated_bytes),
                           torchfit::LanguageModelingCollator(/*pad_token=*/0, /*pad_to_multiple=*/8,
                                                              /*shift=*/true));

@@ -37,7 +37,8 @@ struct DigitsArguments {
 
   static torchfit::ArgumentFields<DigitsArguments> fields() {
     return torchfit::ArgumentFields<DigitsArguments>("Digits example")
-        .add("data_file", &DigitsArguments::data_file, "scikit-learn's digits: 64 pixels and the label per line")
+        .add("data_file", &DigitsArguments::data_file,
+             "scikit-learn's digits: 64 pixels and the label per line")
         .add("patience", &DigitsArguments::patience, "evaluations without improvement before early stopping")
         .add("expect_accuracy", &DigitsArguments::expect_accuracy,
              "exit with status 1 below this final accuracy (0: never; for the tests)");
@@ -93,8 +94,9 @@ int main(int argc, char** argv) try {
   const double accuracy = final_metrics.at("eval_accuracy").get<double>();  // the same on every process
   if (trainer.state().is_world_process_zero)
     std::cout << "\ntrained " << result.global_step << " steps; train_loss " << result.training_loss
-              << "\neval accuracy " << accuracy << ", macro F1 " << final_metrics.at("eval_f1_macro").get<double>()
-              << " (" << eval.inputs.size(0) << " held-out digits)"
+              << "\neval accuracy " << accuracy << ", macro F1 "
+              << final_metrics.at("eval_f1_macro").get<double>() << " (" << eval.inputs.size(0)
+              << " held-out digits)"
               << "\nbest checkpoint: " << trainer.state().best_model_checkpoint.value_or("none")
               << "\nmodel written to " << trainer.args().output_dir << "/model.safetensors\n";
   return digits.expect_accuracy > 0 && accuracy < digits.expect_accuracy ? 1 : 0;

@@ -23,7 +23,8 @@ struct PredictArguments {
   static torchfit::ArgumentFields<PredictArguments> fields() {
     return torchfit::ArgumentFields<PredictArguments>("Prediction")
         .add("model", &PredictArguments::model, "weights saved by ./digits (model.safetensors)")
-        .add("data_file", &PredictArguments::data_file, "scikit-learn's digits; the held-out rows are predicted")
+        .add("data_file", &PredictArguments::data_file,
+             "scikit-learn's digits; the held-out rows are predicted")
         .add("show", &PredictArguments::show, "predictions to print")
         .add("expect_accuracy", &PredictArguments::expect_accuracy,
              "exit with status 1 below this accuracy against the file's labels (0: never; for the tests)");

@@ -30,30 +30,44 @@ TORCH_MODULE(TabularNet);
 int main(int argc, char** argv) try {
   torchfit::tune_cpu_allocator();
   std::vector<std::string> tokens = {argv[0],
-                                     "--output_dir", "tabular_output",
-                                     "--num_train_epochs", "60",
-                                     "--learning_rate", "1e-2",
-                                     "--per_device_train_batch_size", "16",
-                                     "--per_device_eval_batch_size", "64",
-                                     "--eval_strategy", "epoch",
-                                     "--logging_strategy", "epoch",
-                                     "--save_strategy", "no"};
+                                     "--output_dir",
+                                     "tabular_output",
+                                     "--num_train_epochs",
+                                     "60",
+                                     "--learning_rate",
+                                     "1e-2",
+                                     "--per_device_train_batch_size",
+                                     "16",
+                                     "--per_device_eval_batch_size",
+                                     "64",
+                                     "--eval_strategy",
+                                     "epoch",
+                                     "--logging_strategy",
+                                     "epoch",
+                                     "--save_strategy",
+                                     "no"};
   tokens.insert(tokens.end(), argv + 1, argv + argc);
   std::vector<const char*> token_ptrs;
   for (const auto& t : tokens) token_ptrs.push_back(t.c_str());
   std::vector<std::string> rest;
-  auto args = torchfit::TrainingArguments::parse_known_args(static_cast<int>(token_ptrs.size()), token_ptrs.data(), rest);
+  auto args = torchfit::TrainingArguments::parse_known_args(static_cast<int>(token_ptrs.size()),
+                                                            token_ptrs.data(), rest);
 
   std::string csv_file = TORCHFIT_EXAMPLES_DATA_DIR "/wine.csv";
   std::string label_column = "class";
   double expect_accuracy = 0;  // > 0: exit with status 1 below this final accuracy (used by the tests)
   for (std::size_t i = 0; i < rest.size(); ++i) {
     const bool has_value = i + 1 < rest.size();
-    if (rest[i] == "--csv_file" && has_value) csv_file = rest[++i];
-    else if (rest[i] == "--label_column" && has_value) label_column = rest[++i];
-    else if (rest[i] == "--expect_accuracy" && has_value) expect_accuracy = std::stod(rest[++i]);
-    else throw torchfit::ArgumentError("unknown argument " + rest[i] +
-                                       " (tabular adds --csv_file PATH, --label_column NAME, --expect_accuracy X)");
+    if (rest[i] == "--csv_file" && has_value)
+      csv_file = rest[++i];
+    else if (rest[i] == "--label_column" && has_value)
+      label_column = rest[++i];
+    else if (rest[i] == "--expect_accuracy" && has_value)
+      expect_accuracy = std::stod(rest[++i]);
+    else
+      throw torchfit::ArgumentError(
+          "unknown argument " + rest[i] +
+          " (tabular adds --csv_file PATH, --label_column NAME, --expect_accuracy X)");
   }
 
   const torchfit::TensorDictDataset table = torchfit::load_csv(csv_file, {{label_column}});
@@ -75,7 +89,8 @@ int main(int argc, char** argv) try {
     return torchfit::LossOutput{torch::cross_entropy_loss(logits, batch.at("labels")), logits, {}};
   };
   auto accuracy = [](const torchfit::EvalPrediction& p) {
-    return torchfit::Logs{{"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
+    return torchfit::Logs{
+        {"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
   };
 
   torchfit::Trainer trainer(model, args, train, eval, loss_fn, accuracy);

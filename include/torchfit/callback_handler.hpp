@@ -47,12 +47,13 @@ constexpr EventMask event_bit(Event e) { return EventMask{1} << static_cast<unsi
 /// a base between T and TrainerCallback) overrides it, and `void (TrainerCallback::*)(...)` otherwise.
 template <typename T>
 constexpr EventMask overridden_events() {
-  static_assert(std::is_base_of_v<TrainerCallback, T>, "callbacks must derive from torchfit::TrainerCallback");
+  static_assert(std::is_base_of_v<TrainerCallback, T>,
+                "callbacks must derive from torchfit::TrainerCallback");
   if constexpr (std::is_same_v<T, TrainerCallback>) {
     return all_events;  // static type unknown: assume every event
   } else {
     EventMask mask = 0;
-#define TORCHFIT_DETECT_OVERRIDE(event)                                                               \
+#define TORCHFIT_DETECT_OVERRIDE(event)                                                            \
   if constexpr (!std::is_same_v<decltype(&T::on_##event), decltype(&TrainerCallback::on_##event)>) \
     mask |= event_bit(Event::event);
     TORCHFIT_DETECT_OVERRIDE(init_end)
@@ -80,7 +81,8 @@ constexpr EventMask overridden_events() {
 class CallbackRef {
  public:
   template <typename T>
-  CallbackRef(std::shared_ptr<T> callback)  // NOLINT(google-explicit-constructor): reads as the pointer it holds
+  CallbackRef(
+      std::shared_ptr<T> callback)  // NOLINT(google-explicit-constructor): reads as the pointer it holds
       : callback_(std::move(callback)), events_(overridden_events<T>()) {}
   const std::shared_ptr<TrainerCallback>& callback() const { return callback_; }
   EventMask events() const { return events_; }
@@ -161,7 +163,8 @@ class CallbackHandler {
   /// Removes this exact callback; throws if it is not registered (HF raises ValueError).
   void remove_callback(const TrainerCallback& callback) {
     if (!pop_callback(callback))
-      throw Error(fmt::format("remove_callback: the {} given is not registered with this trainer", callback.name()));
+      throw Error(
+          fmt::format("remove_callback: the {} given is not registered with this trainer", callback.name()));
   }
 
   /// Class names, one per line, in call order (HF's callback_list).
@@ -187,27 +190,43 @@ class CallbackHandler {
 
   // ---- events, with HF's control resets ----
 
-  void on_init_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_init_end>(Event::init_end, a, s, c); }
+  void on_init_end(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_init_end>(Event::init_end, a, s, c);
+  }
   void on_train_begin(const Args& a, TrainerState& s, TrainerControl& c) {
     c.should_training_stop = false;
     c.stop_reason.clear();
     dispatch<&TrainerCallback::on_train_begin>(Event::train_begin, a, s, c);
   }
-  void on_train_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_train_end>(Event::train_end, a, s, c); }
+  void on_train_end(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_train_end>(Event::train_end, a, s, c);
+  }
   void on_epoch_begin(const Args& a, TrainerState& s, TrainerControl& c) {
     c.should_epoch_stop = false;
     dispatch<&TrainerCallback::on_epoch_begin>(Event::epoch_begin, a, s, c);
   }
-  void on_epoch_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_epoch_end>(Event::epoch_end, a, s, c); }
+  void on_epoch_end(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_epoch_end>(Event::epoch_end, a, s, c);
+  }
   void on_step_begin(const Args& a, TrainerState& s, TrainerControl& c) {
     c.should_log = c.should_evaluate = c.should_save = false;
     dispatch<&TrainerCallback::on_step_begin>(Event::step_begin, a, s, c);
   }
-  void on_pre_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_pre_optimizer_step>(Event::pre_optimizer_step, a, s, c); }
-  void on_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_optimizer_step>(Event::optimizer_step, a, s, c); }
-  void on_substep_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_substep_end>(Event::substep_end, a, s, c); }
-  void on_step_end(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_step_end>(Event::step_end, a, s, c); }
-  void on_prediction_step(const Args& a, TrainerState& s, TrainerControl& c) { dispatch<&TrainerCallback::on_prediction_step>(Event::prediction_step, a, s, c); }
+  void on_pre_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_pre_optimizer_step>(Event::pre_optimizer_step, a, s, c);
+  }
+  void on_optimizer_step(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_optimizer_step>(Event::optimizer_step, a, s, c);
+  }
+  void on_substep_end(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_substep_end>(Event::substep_end, a, s, c);
+  }
+  void on_step_end(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_step_end>(Event::step_end, a, s, c);
+  }
+  void on_prediction_step(const Args& a, TrainerState& s, TrainerControl& c) {
+    dispatch<&TrainerCallback::on_prediction_step>(Event::prediction_step, a, s, c);
+  }
 
   void on_evaluate(const Args& a, TrainerState& s, TrainerControl& c, const Logs& metrics,
                    const std::string& metric_key_prefix = "eval") {
@@ -222,7 +241,8 @@ class CallbackHandler {
     Scoped<const std::string*> set_prefix(context_.metric_key_prefix, &metric_key_prefix);
     dispatch<&TrainerCallback::on_predict>(Event::predict, a, s, c);
   }
-  void on_save(const Args& a, TrainerState& s, TrainerControl& c, const std::filesystem::path& checkpoint_dir) {
+  void on_save(const Args& a, TrainerState& s, TrainerControl& c,
+               const std::filesystem::path& checkpoint_dir) {
     c.should_save = false;
     Scoped<const std::filesystem::path*> set(context_.checkpoint_dir, &checkpoint_dir);
     dispatch<&TrainerCallback::on_save>(Event::save, a, s, c);
@@ -264,9 +284,11 @@ class CallbackHandler {
   /// as they were. Keys no callback has are ignored with one warning (HF).
   void restore_states(const json& stored, TrainerControl& control) {
     if (!stored.is_object())
-      throw CheckpointError(fmt::format("stateful_callbacks must be a JSON object (got a JSON {})", stored.type_name()));
+      throw CheckpointError(
+          fmt::format("stateful_callbacks must be a JSON object (got a JSON {})", stored.type_name()));
     TrainerControl restored_control = control;
-    std::vector<std::pair<TrainerCallback*, json>> restored;  // each callback given a state, with its state before
+    std::vector<std::pair<TrainerCallback*, json>>
+        restored;  // each callback given a state, with its state before
     std::vector<std::string> unmatched;
     const std::string* key = nullptr;
     const auto undo = [&] {
@@ -295,7 +317,8 @@ class CallbackHandler {
       }
     } catch (const std::exception& e) {
       undo();
-      throw CheckpointError(fmt::format("stateful_callbacks: the state stored under \"{}\" does not load: {}", *key, e.what()));
+      throw CheckpointError(
+          fmt::format("stateful_callbacks: the state stored under \"{}\" does not load: {}", *key, e.what()));
     } catch (...) {
       undo();
       throw;
@@ -304,7 +327,8 @@ class CallbackHandler {
     if (!unmatched.empty()) {
       std::string names;
       for (const auto& n : unmatched) names += (names.empty() ? "" : ", ") + n;
-      log::warning("Checkpoint included callbacks not included in current configuration. Ignoring. ({})", names);
+      log::warning("Checkpoint included callbacks not included in current configuration. Ignoring. ({})",
+                   names);
     }
   }
 
@@ -326,7 +350,8 @@ class CallbackHandler {
     T saved_;
   };
 
-  using Method = void (TrainerCallback::*)(const Args&, TrainerState&, TrainerControl&, const CallbackContext&);
+  using Method = void (TrainerCallback::*)(const Args&, TrainerState&, TrainerControl&,
+                                           const CallbackContext&);
 
   template <Method method>
   void dispatch(Event event, const Args& args, TrainerState& state, TrainerControl& control) {
@@ -360,7 +385,8 @@ class CallbackHandler {
     for (const auto& e : entries_)
       if (typeid(*e.callback) == typeid(added))
         log::warning(
-            "You are adding a {} to the callbacks of this Trainer, but there is already one. The current list of "
+            "You are adding a {} to the callbacks of this Trainer, but there is already one. The current "
+            "list of "
             "callbacks is:\n{}",
             added.name(), callback_list());
     const bool isolate = callback->isolate_failures();

@@ -49,8 +49,9 @@ inline void tune_cpu_allocator_for_training() {
   static const bool tuned = [] {
     const bool changed = tune_cpu_allocator();
     if (changed)
-      log::info("CPU training: glibc's malloc now keeps freed buffers of up to 32 MiB for reuse instead of "
-                "returning them to the kernel (--tune_cpu_allocator false keeps its defaults)");
+      log::info(
+          "CPU training: glibc's malloc now keeps freed buffers of up to 32 MiB for reuse instead of "
+          "returning them to the kernel (--tune_cpu_allocator false keeps its defaults)");
     return changed;
   }();
   static_cast<void>(tuned);

@@ -6,10 +6,10 @@
 
 #include "torchfit/data/batch.hpp"
 #include "torchfit/data/collators.hpp"
+#include "torchfit/data/detail/batches.hpp"
+#include "torchfit/data/detail/prefetcher.hpp"
 #include "torchfit/data/streaming.hpp"
 #include "torchfit/data/tensor_datasets.hpp"
 #include "torchfit/data/tensor_files.hpp"
 #include "torchfit/data/text_dataset.hpp"
 #include "torchfit/data/token_file_dataset.hpp"
-#include "torchfit/data/detail/batches.hpp"
-#include "torchfit/data/detail/prefetcher.hpp"

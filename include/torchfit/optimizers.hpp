@@ -19,8 +19,10 @@ namespace torchfit {
 /// True for the weights of normalisation layers, which (like biases) get no weight decay (HF's
 /// get_decay_parameter_names excludes LayerNorm weights and every bias).
 inline bool is_normalization_module(const torch::nn::Module& m) {
-  return dynamic_cast<const torch::nn::LayerNormImpl*>(&m) || dynamic_cast<const torch::nn::GroupNormImpl*>(&m) ||
-         dynamic_cast<const torch::nn::BatchNorm1dImpl*>(&m) || dynamic_cast<const torch::nn::BatchNorm2dImpl*>(&m) ||
+  return dynamic_cast<const torch::nn::LayerNormImpl*>(&m) ||
+         dynamic_cast<const torch::nn::GroupNormImpl*>(&m) ||
+         dynamic_cast<const torch::nn::BatchNorm1dImpl*>(&m) ||
+         dynamic_cast<const torch::nn::BatchNorm2dImpl*>(&m) ||
          dynamic_cast<const torch::nn::BatchNorm3dImpl*>(&m) ||
          dynamic_cast<const torch::nn::InstanceNorm1dImpl*>(&m) ||
          dynamic_cast<const torch::nn::InstanceNorm2dImpl*>(&m) ||
@@ -79,7 +81,8 @@ class FusedAdamW : public torch::optim::AdamW {
         // parameters stepped together share one.
         if (steps.empty() || step != state.step()) {
           step = state.step();
-          steps.push_back(torch::full({}, static_cast<double>(step), torch::TensorOptions(torch::kFloat).device(p.device())));
+          steps.push_back(torch::full({}, static_cast<double>(step),
+                                      torch::TensorOptions(torch::kFloat).device(p.device())));
         } else {
           steps.push_back(steps.back());
         }
@@ -111,13 +114,16 @@ class FusedAdamW : public torch::optim::AdamW {
 namespace detail {
 
 template <typename Options, typename Optimizer>
-std::unique_ptr<torch::optim::Optimizer> grouped(const torch::nn::Module& model, Options options, double decay) {
+std::unique_ptr<torch::optim::Optimizer> grouped(const torch::nn::Module& model, Options options,
+                                                 double decay) {
   auto [with_decay, without_decay] = decay_parameter_groups(model);
   std::vector<torch::optim::OptimizerParamGroup> groups;
   if (!with_decay.empty())
-    groups.emplace_back(std::move(with_decay), std::make_unique<Options>(Options(options).weight_decay(decay)));
+    groups.emplace_back(std::move(with_decay),
+                        std::make_unique<Options>(Options(options).weight_decay(decay)));
   if (!without_decay.empty())
-    groups.emplace_back(std::move(without_decay), std::make_unique<Options>(Options(options).weight_decay(0.0)));
+    groups.emplace_back(std::move(without_decay),
+                        std::make_unique<Options>(Options(options).weight_decay(0.0)));
   if (groups.empty()) throw Error("create_optimizer: the model has no trainable parameters");
   return std::make_unique<Optimizer>(std::move(groups), options);
 }
@@ -130,16 +136,18 @@ inline std::unique_ptr<torch::optim::Optimizer> create_optimizer(const TrainingA
                                                                  const torch::nn::Module& model) {
   namespace optim = torch::optim;
   const double lr = args.learning_rate;
-  const auto adamw_options = optim::AdamWOptions(lr).betas({args.adam_beta1, args.adam_beta2}).eps(args.adam_epsilon);
+  const auto adamw_options =
+      optim::AdamWOptions(lr).betas({args.adam_beta1, args.adam_beta2}).eps(args.adam_epsilon);
   if (args.optim == "adamw_torch")
     return detail::grouped<optim::AdamWOptions, optim::AdamW>(model, adamw_options, args.weight_decay);
   if (args.optim == "adamw_torch_fused") {
 #ifdef TORCHFIT_HAS_FUSED_ADAMW
     return detail::grouped<optim::AdamWOptions, FusedAdamW>(model, adamw_options, args.weight_decay);
 #else
-    throw ArgumentError(fmt::format("--optim adamw_torch_fused needs libtorch 2.4 or later (at::_fused_adamw_ with "
-                                    "its CPU kernel); this build uses libtorch {}: use --optim adamw_torch",
-                                    TORCH_VERSION));
+    throw ArgumentError(
+        fmt::format("--optim adamw_torch_fused needs libtorch 2.4 or later (at::_fused_adamw_ with "
+                    "its CPU kernel); this build uses libtorch {}: use --optim adamw_torch",
+                    TORCH_VERSION));
 #endif
   }
   if (args.optim == "adam")
@@ -155,7 +163,8 @@ inline std::unique_ptr<torch::optim::Optimizer> create_optimizer(const TrainingA
     return detail::grouped<optim::RMSpropOptions, optim::RMSprop>(model, optim::RMSpropOptions(lr),
                                                                   args.weight_decay);
   throw ArgumentError(fmt::format(
-      "--optim: \"{}\" is not supported; use adamw_torch, adamw_torch_fused, adam, sgd, adagrad or rmsprop", args.optim));
+      "--optim: \"{}\" is not supported; use adamw_torch, adamw_torch_fused, adam, sgd, adagrad or rmsprop",
+      args.optim));
 }
 
 /// Scales gradients so their global L2 norm is at most `max_norm` and returns the norm before clipping as a

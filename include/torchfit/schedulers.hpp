@@ -78,8 +78,9 @@ class LRScheduler {
   /// A per-group list of rates must have one rate per parameter group.
   void check_group_count(const std::vector<double>& rates, const char* key) const {
     if (rates.size() != optimizer_.param_groups().size())
-      throw CheckpointError(fmt::format("{}: \"{}\" has {} learning rates but the optimizer has {} parameter groups",
-                                        state_name, key, rates.size(), optimizer_.param_groups().size()));
+      throw CheckpointError(
+          fmt::format("{}: \"{}\" has {} learning rates but the optimizer has {} parameter groups",
+                      state_name, key, rates.size(), optimizer_.param_groups().size()));
   }
 
   static constexpr const char* state_name = "scheduler state";
@@ -106,7 +107,9 @@ class LambdaLR : public LRScheduler {
   }
 
  protected:
-  double lr_at(std::size_t group, int64_t step) const override { return base_lrs_[group] * multiplier_(step); }
+  double lr_at(std::size_t group, int64_t step) const override {
+    return base_lrs_[group] * multiplier_(step);
+  }
 
  private:
   std::function<double(int64_t)> multiplier_;
@@ -130,10 +133,12 @@ class ReduceLROnPlateau : public LRScheduler {
   ReduceLROnPlateau(torch::optim::Optimizer& optimizer, Options options)
       : LRScheduler(optimizer), options_(std::move(options)) {
     if (options_.mode != "min" && options_.mode != "max")
-      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: mode must be \"min\" or \"max\" (got \"{}\")", options_.mode));
+      throw ArgumentError(
+          fmt::format("--lr_scheduler_kwargs: mode must be \"min\" or \"max\" (got \"{}\")", options_.mode));
     if (options_.threshold_mode != "rel" && options_.threshold_mode != "abs")
-      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: threshold_mode must be \"rel\" or \"abs\" (got \"{}\")",
-                                      options_.threshold_mode));
+      throw ArgumentError(
+          fmt::format("--lr_scheduler_kwargs: threshold_mode must be \"rel\" or \"abs\" (got \"{}\")",
+                      options_.threshold_mode));
     if (options_.factor >= 1.0) throw ArgumentError("--lr_scheduler_kwargs: factor must be < 1.0");
     current_ = base_lrs_;
     best_ = worst();
@@ -194,11 +199,13 @@ class ReduceLROnPlateau : public LRScheduler {
 
  private:
   double worst() const {
-    return options_.mode == "min" ? std::numeric_limits<double>::infinity() : -std::numeric_limits<double>::infinity();
+    return options_.mode == "min" ? std::numeric_limits<double>::infinity()
+                                  : -std::numeric_limits<double>::infinity();
   }
   bool is_better(double a) const {
     const bool rel = options_.threshold_mode == "rel";
-    if (options_.mode == "min") return a < (rel ? best_ * (1.0 - options_.threshold) : best_ - options_.threshold);
+    if (options_.mode == "min")
+      return a < (rel ? best_ * (1.0 - options_.threshold) : best_ - options_.threshold);
     return a > (rel ? best_ * (1.0 + options_.threshold) : best_ + options_.threshold);
   }
 
@@ -223,12 +230,14 @@ class SchedulerKwargs {
   SchedulerKwargs(const std::string& schedule, const json& kwargs, std::set<std::string> accepted)
       : schedule_(schedule), kwargs_(kwargs.is_null() ? json::object() : kwargs) {
     if (!kwargs_.is_object())
-      throw ArgumentError(fmt::format("--lr_scheduler_kwargs must be a JSON object (got {})", kwargs_.dump()));
+      throw ArgumentError(
+          fmt::format("--lr_scheduler_kwargs must be a JSON object (got {})", kwargs_.dump()));
     for (const auto& item : kwargs_.items())
       if (!accepted.count(item.key())) {
-        throw ArgumentError(fmt::format("--lr_scheduler_kwargs: unknown key \"{}\" for --lr_scheduler_type {} "
-                                        "(accepted: {})",
-                                        item.key(), schedule_, accepted.empty() ? "none" : fmt::format("{}", fmt::join(accepted, ", "))));
+        throw ArgumentError(fmt::format(
+            "--lr_scheduler_kwargs: unknown key \"{}\" for --lr_scheduler_type {} "
+            "(accepted: {})",
+            item.key(), schedule_, accepted.empty() ? "none" : fmt::format("{}", fmt::join(accepted, ", "))));
       }
   }
 
@@ -254,8 +263,9 @@ class SchedulerKwargs {
 
  private:
   ArgumentError wrong(const std::string& key, const std::string& expected) const {
-    return ArgumentError(fmt::format("--lr_scheduler_kwargs: \"{}\" must be {} for --lr_scheduler_type {} (got {})", key,
-                                     expected, schedule_, kwargs_.at(key).dump()));
+    return ArgumentError(
+        fmt::format("--lr_scheduler_kwargs: \"{}\" must be {} for --lr_scheduler_type {} (got {})", key,
+                    expected, schedule_, kwargs_.at(key).dump()));
   }
 
   std::string schedule_;
@@ -280,7 +290,9 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
   using detail::warmup_fraction;
   const int64_t W = num_warmup_steps, T = num_training_steps;
   constexpr double pi = 3.14159265358979323846;
-  const auto lambda = [&](std::function<double(int64_t)> f) { return std::make_unique<LambdaLR>(optimizer, std::move(f)); };
+  const auto lambda = [&](std::function<double(int64_t)> f) {
+    return std::make_unique<LambdaLR>(optimizer, std::move(f));
+  };
 
   if (name == "linear") {
     detail::SchedulerKwargs k(name, kwargs, {});
@@ -310,9 +322,10 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     const double lr_end = k.number("lr_end", 1e-7), power = k.number("power", 1.0);
     const double lr_init = optimizer.defaults().get_lr();
     if (!(lr_init > lr_end))
-      throw ArgumentError(fmt::format("--lr_scheduler_kwargs: lr_end ({}) must be smaller than the initial learning "
-                                      "rate ({})",
-                                      lr_end, lr_init));
+      throw ArgumentError(
+          fmt::format("--lr_scheduler_kwargs: lr_end ({}) must be smaller than the initial learning "
+                      "rate ({})",
+                      lr_end, lr_init));
     return lambda([=](int64_t s) {
       if (s < W) return warmup_fraction(s, W);
       if (s > T) return lr_end / lr_init;
@@ -340,8 +353,9 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
   if (name == "cosine_with_min_lr") {
     detail::SchedulerKwargs k(name, kwargs, {"num_cycles", "min_lr", "min_lr_rate"});
     if (k.has("min_lr") == k.has("min_lr_rate"))
-      throw ArgumentError("--lr_scheduler_kwargs: --lr_scheduler_type cosine_with_min_lr needs exactly one of "
-                          "min_lr and min_lr_rate");
+      throw ArgumentError(
+          "--lr_scheduler_kwargs: --lr_scheduler_type cosine_with_min_lr needs exactly one of "
+          "min_lr and min_lr_rate");
     const double cycles = k.number("num_cycles", 0.5);
     const double rate = k.has("min_lr_rate") ? k.number("min_lr_rate", 0)
                                              : k.number("min_lr", 0) / optimizer.defaults().get_lr();
@@ -352,17 +366,21 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     });
   }
   if (name == "warmup_stable_decay") {
-    detail::SchedulerKwargs k(name, kwargs,
-                              {"num_stable_steps", "num_decay_steps", "warmup_type", "decay_type", "min_lr_ratio",
-                               "num_cycles"});
+    detail::SchedulerKwargs k(
+        name, kwargs,
+        {"num_stable_steps", "num_decay_steps", "warmup_type", "decay_type", "min_lr_ratio", "num_cycles"});
     if (!k.has("num_decay_steps"))
-      throw ArgumentError("--lr_scheduler_kwargs: --lr_scheduler_type warmup_stable_decay needs num_decay_steps");
+      throw ArgumentError(
+          "--lr_scheduler_kwargs: --lr_scheduler_type warmup_stable_decay needs num_decay_steps");
     const int64_t decay = k.integer("num_decay_steps", 0);
     const int64_t stable = k.integer("num_stable_steps", T - W - decay);
-    const std::string warmup_type = k.text("warmup_type", "linear"), decay_type = k.text("decay_type", "cosine");
-    for (const auto& [key, value] : {std::pair{"warmup_type", warmup_type}, std::pair{"decay_type", decay_type}})
+    const std::string warmup_type = k.text("warmup_type", "linear"),
+                      decay_type = k.text("decay_type", "cosine");
+    for (const auto& [key, value] :
+         {std::pair{"warmup_type", warmup_type}, std::pair{"decay_type", decay_type}})
       if (value != "linear" && value != "cosine" && value != "1-sqrt")
-        throw ArgumentError(fmt::format("--lr_scheduler_kwargs: {} must be linear, cosine or 1-sqrt (got \"{}\")", key, value));
+        throw ArgumentError(fmt::format(
+            "--lr_scheduler_kwargs: {} must be linear, cosine or 1-sqrt (got \"{}\")", key, value));
     const double min_ratio = k.number("min_lr_ratio", 0.0), cycles = k.number("num_cycles", 0.5);
     return lambda([=](int64_t s) {
       const auto scaled = [&](double f) { return std::max(0.0, f * (1.0 - min_ratio) + min_ratio); };
@@ -374,7 +392,8 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
       }
       if (s < W + stable) return 1.0;
       if (s < W + stable + decay) {
-        const double p = static_cast<double>(s - W - stable) / static_cast<double>(std::max<int64_t>(1, decay));
+        const double p =
+            static_cast<double>(s - W - stable) / static_cast<double>(std::max<int64_t>(1, decay));
         if (decay_type == "linear") return scaled(1.0 - p);
         if (decay_type == "cosine") return scaled(0.5 * (1.0 + std::cos(pi * 2.0 * cycles * p)));
         return scaled(1.0 - std::sqrt(p));
@@ -383,8 +402,9 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     });
   }
   if (name == "reduce_lr_on_plateau") {
-    detail::SchedulerKwargs k(name, kwargs,
-                              {"mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"});
+    detail::SchedulerKwargs k(
+        name, kwargs,
+        {"mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lr", "eps"});
     ReduceLROnPlateau::Options o;
     o.mode = k.text("mode", o.mode);
     o.factor = k.number("factor", o.factor);
@@ -396,10 +416,11 @@ inline std::unique_ptr<LRScheduler> get_scheduler(const std::string& name, torch
     o.eps = k.number("eps", o.eps);
     return std::make_unique<ReduceLROnPlateau>(optimizer, o);
   }
-  throw ArgumentError(fmt::format("--lr_scheduler_type: \"{}\" is not a schedule; use linear, cosine, "
-                                  "cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt, "
-                                  "reduce_lr_on_plateau, cosine_with_min_lr or warmup_stable_decay",
-                                  name));
+  throw ArgumentError(
+      fmt::format("--lr_scheduler_type: \"{}\" is not a schedule; use linear, cosine, "
+                  "cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt, "
+                  "reduce_lr_on_plateau, cosine_with_min_lr or warmup_stable_decay",
+                  name));
 }
 
 }  // namespace torchfit

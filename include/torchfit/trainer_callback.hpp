@@ -56,7 +56,8 @@ struct CallbackContext {
   ModuleImpl& model_as() const {
     auto* typed = dynamic_cast<ModuleImpl*>(model.get());
     if (typed == nullptr)
-      throw Error(fmt::format("CallbackContext::model_as: the model is not a {}", detail::short_type_name(typeid(ModuleImpl))));
+      throw Error(fmt::format("CallbackContext::model_as: the model is not a {}",
+                              detail::short_type_name(typeid(ModuleImpl))));
     return *typed;
   }
 };

@@ -149,9 +149,10 @@ std::string expected_type(const std::optional<T>&) {
 /// The training loop's progress, shared with every callback and saved as `trainer_state.json` in checkpoints
 /// (HF's TrainerState: same fields, meanings and file bytes).
 struct TrainerState {
-  std::optional<double> epoch;  ///< fractional epoch; null until training starts, 0 (an int, as HF) before the first step
-  int64_t global_step = 0;      ///< optimizer updates done
-  int64_t max_steps = 0;        ///< updates planned for this run
+  std::optional<double>
+      epoch;  ///< fractional epoch; null until training starts, 0 (an int, as HF) before the first step
+  int64_t global_step = 0;            ///< optimizer updates done
+  int64_t max_steps = 0;              ///< updates planned for this run
   IntervalSteps logging_steps = 500;  ///< intervals, ratios resolved by compute_steps
   IntervalSteps eval_steps = 500;
   IntervalSteps save_steps = 500;
@@ -240,7 +241,8 @@ struct TrainerState {
       return IntervalSteps::python_float(value);
     };
     logging_steps = interval(args.logging_steps, args.logging_strategy == IntervalStrategy::steps);
-    if (args.eval_steps) eval_steps = interval(*args.eval_steps, args.eval_strategy == IntervalStrategy::steps);
+    if (args.eval_steps)
+      eval_steps = interval(*args.eval_steps, args.eval_strategy == IntervalStrategy::steps);
     save_steps = interval(args.save_steps, args.save_strategy == SaveStrategy::steps);
   }
 

@@ -43,9 +43,10 @@ TEST_CASE("the best metric improves strictly, in the metric's direction, as HF's
     CHECK_FALSE(s.best_global_step);
   }
   SECTION("a missing metric names the flag and lists what evaluation produced") {
-    CHECK_THROWS_WITH(BestMetric::update(args, state, {{"eval_f1", 1.0}, {"epoch", 1}}),
-                      "--metric_for_best_model \"loss\": the evaluation at step 20 produced no numeric \"eval_loss\" "
-                      "(it produced: eval_f1, epoch); return it from compute_metrics or pick one of these");
+    CHECK_THROWS_WITH(
+        BestMetric::update(args, state, {{"eval_f1", 1.0}, {"epoch", 1}}),
+        "--metric_for_best_model \"loss\": the evaluation at step 20 produced no numeric \"eval_loss\" "
+        "(it produced: eval_f1, epoch); return it from compute_metrics or pick one of these");
   }
   SECTION("without a metric nothing is tracked") {
     args.metric_for_best_model.reset();

@@ -13,12 +13,15 @@ TEST_CASE("outputs of different widths are padded with -100 on the right, as HF'
   CHECK(out.sizes() == torch::IntArrayRef({3, 5}));
   CHECK(out[0].equal(torch::tensor({1.0f, 1.0f, 1.0f, -100.0f, -100.0f})));
   CHECK(out[2].equal(torch::full({5}, 2.0f)));
-  CHECK(concat_padded({torch::zeros({2}), torch::ones({3})}).equal(torch::tensor({0.0f, 0.0f, 1.0f, 1.0f, 1.0f})));
-  CHECK_THROWS_WITH(concat_padded({torch::zeros({2, 3, 4}), torch::zeros({2, 3, 5})}),
-                    Catch::Matchers::StartsWith("cannot concatenate evaluation outputs of shapes [2, 3, 4] and [2, 3, 5]"));
+  CHECK(concat_padded({torch::zeros({2}), torch::ones({3})})
+            .equal(torch::tensor({0.0f, 0.0f, 1.0f, 1.0f, 1.0f})));
+  CHECK_THROWS_WITH(
+      concat_padded({torch::zeros({2, 3, 4}), torch::zeros({2, 3, 5})}),
+      Catch::Matchers::StartsWith("cannot concatenate evaluation outputs of shapes [2, 3, 4] and [2, 3, 5]"));
 }
 
-TEST_CASE("gathered batches reach the host every eval_accumulation_steps batches, in order", "[unit][eval_gather]") {
+TEST_CASE("gathered batches reach the host every eval_accumulation_steps batches, in order",
+          "[unit][eval_gather]") {
   for (const std::optional<int64_t> steps : {std::optional<int64_t>(), std::optional<int64_t>(2)}) {
     EvalGatherer gatherer(steps);
     for (int64_t k = 0; k < 5; ++k) {

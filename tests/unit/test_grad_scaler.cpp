@@ -11,7 +11,8 @@ bool amp_kernels_on(const torch::Device& device) {
   try {
     auto found = torch::zeros({1}, torch::TensorOptions().device(device));
     std::vector<torch::Tensor> grads{torch::ones({1}, torch::TensorOptions().device(device))};
-    at::_amp_foreach_non_finite_check_and_unscale_(grads, found, torch::ones({1}, torch::TensorOptions().device(device)));
+    at::_amp_foreach_non_finite_check_and_unscale_(grads, found,
+                                                   torch::ones({1}, torch::TensorOptions().device(device)));
     return true;
   } catch (const c10::Error&) {
     return false;
@@ -21,7 +22,8 @@ bool amp_kernels_on(const torch::Device& device) {
 
 TEST_CASE("the fp16 loss scaler skips steps whose gradients overflow, backs off and grows as PyTorch's",
           "[unit][grad_scaler][cuda]") {
-  const torch::Device device = torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
+  const torch::Device device =
+      torch::cuda::is_available() ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   if (!amp_kernels_on(device)) {
     WARN("this libtorch has no AMP kernels for " << device << ": the loss scaler's arithmetic was not run");
     return;
@@ -49,7 +51,8 @@ TEST_CASE("the fp16 loss scaler skips steps whose gradients overflow, backs off 
   scaler.scale(weight.sum()).backward();
   scaler.unscale({weight});
   CHECK(scaler.step(optimizer));
-  CHECK(scaler.state() == torchfit::json{{"scale", 8.0}, {"growth_tracker", 0}});  // grown after 2000 clean steps
+  CHECK(scaler.state() ==
+        torchfit::json{{"scale", 8.0}, {"growth_tracker", 0}});  // grown after 2000 clean steps
 }
 
 TEST_CASE("a loss scaler state that does not fit is refused whole", "[unit][grad_scaler]") {

@@ -26,7 +26,8 @@ TEST_CASE("a closed window is the mean step loss since the last log, read once",
   CHECK(window.total() == Approx(13.0));  // every step loss, logged or not
 }
 
-TEST_CASE("a non-finite step loss adds the running mean instead, as HF's logging_nan_inf_filter", "[unit][loss_window]") {
+TEST_CASE("a non-finite step loss adds the running mean instead, as HF's logging_nan_inf_filter",
+          "[unit][loss_window]") {
   LossWindow window;
   window.start(torch::kCPU, true);
   window.add(scalar(2.0), 0);
@@ -44,8 +45,9 @@ TEST_CASE("a non-finite step loss adds the running mean instead, as HF's logging
   }
 }
 
-TEST_CASE("a window's progress survives a checkpoint: the resumed window logs what the uninterrupted one would",
-          "[unit][loss_window]") {
+TEST_CASE(
+    "a window's progress survives a checkpoint: the resumed window logs what the uninterrupted one would",
+    "[unit][loss_window]") {
   LossWindow uninterrupted, before, after;
   for (auto* w : {&uninterrupted, &before, &after}) w->start(torch::kCPU, true);
   for (auto* w : {&uninterrupted, &before}) {

@@ -6,12 +6,13 @@
 using torchfit::Logs;
 using torchfit::detail::MemoryTracker;
 
-TEST_CASE("memory metrics name each stage as HF does, init's with the first stage reported", "[unit][memory_tracker]") {
+TEST_CASE("memory metrics name each stage as HF does, init's with the first stage reported",
+          "[unit][memory_tracker]") {
   MemoryTracker tracker(true);
   tracker.start("init", torch::kCPU);
   tracker.stop("init");
   tracker.start("train", torch::kCPU);
-  tracker.start("eval", torch::kCPU);  // nested in train: ignored, as HF
+  tracker.start("eval", torch::kCPU);                 // nested in train: ignored, as HF
   const torch::Tensor held = torch::ones({4 << 20});  // 16 MiB still allocated at the end of the stage
   Logs nested = Logs::object();
   tracker.stop_and_update_metrics("eval", nested);

@@ -32,7 +32,8 @@ TEST_CASE("an update clips, steps between HF's two events, reports the lr it use
   OptimizationStep update(optimizer, *scheduler, nullptr, model->parameters(), 1.0);
 
   update.backward(model->forward(torch::full({1, 2}, 100.0)).sum());
-  const torch::Tensor expected_norm = torch::stack({model->weight.grad().norm(), model->bias.grad().norm()}).norm();
+  const torch::Tensor expected_norm =
+      torch::stack({model->weight.grad().norm(), model->bias.grad().norm()}).norm();
   update.run(handler, args, state, control);
   CHECK(recorder->events == std::vector<std::string>{"pre", "step"});
   CHECK(update.grad_norm().item<double>() == Approx(expected_norm.item<double>()));  // before clipping

@@ -18,7 +18,8 @@ std::unique_ptr<torch::optim::Optimizer> optimizer_for(const std::string& optim,
 
 std::vector<torch::Tensor> parameters_with_gradients() {
   torch::manual_seed(5);
-  std::vector<torch::Tensor> params{torch::randn({8, 4}).requires_grad_(), torch::randn({4}).requires_grad_()};
+  std::vector<torch::Tensor> params{torch::randn({8, 4}).requires_grad_(),
+                                    torch::randn({4}).requires_grad_()};
   for (auto& p : params) p.mutable_grad() = 3 * torch::randn_like(p);
   return params;
 }
@@ -45,7 +46,8 @@ std::vector<double> train_losses(const std::string& optim, int steps) {
 }
 }  // namespace
 
-TEST_CASE("adamw_torch_fused trains as adamw_torch: losses agree to 1e-5 over 100 steps", "[unit][optimizers]") {
+TEST_CASE("adamw_torch_fused trains as adamw_torch: losses agree to 1e-5 over 100 steps",
+          "[unit][optimizers]") {
   const std::vector<double> unfused = train_losses("adamw_torch", 100);
   const std::vector<double> fused = train_losses("adamw_torch_fused", 100);
   for (std::size_t i = 0; i < unfused.size(); ++i) {
@@ -76,8 +78,10 @@ TEST_CASE("a fused AdamW's state loads into AdamW: same options and per-paramete
   in.load_from(read);
   plain->load(in);
   for (const auto& p : model->parameters()) {
-    const auto& a = static_cast<const torch::optim::AdamWParamState&>(*fused->state().at(p.unsafeGetTensorImpl()));
-    const auto& b = static_cast<const torch::optim::AdamWParamState&>(*plain->state().at(p.unsafeGetTensorImpl()));
+    const auto& a =
+        static_cast<const torch::optim::AdamWParamState&>(*fused->state().at(p.unsafeGetTensorImpl()));
+    const auto& b =
+        static_cast<const torch::optim::AdamWParamState&>(*plain->state().at(p.unsafeGetTensorImpl()));
     CHECK(b.step() == 3);
     CHECK(torch::equal(a.exp_avg(), b.exp_avg()));
     CHECK(torch::equal(a.exp_avg_sq(), b.exp_avg_sq()));

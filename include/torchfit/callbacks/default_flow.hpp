@@ -13,7 +13,8 @@ namespace torchfit {
 /// multiple of logging_steps/eval_steps still reports its end. Strategies "no" and "epoch" behave exactly as HF's.
 class DefaultFlowCallback : public TrainerCallback {
  public:
-  void on_step_end(const Args& args, TrainerState& state, TrainerControl& control, const CallbackContext&) override {
+  void on_step_end(const Args& args, TrainerState& state, TrainerControl& control,
+                   const CallbackContext&) override {
     const int64_t step = state.global_step;
     if (step == 1 && args.logging_first_step) control.should_log = true;
     if (args.logging_strategy == IntervalStrategy::steps && step % state.logging_steps == 0)
@@ -32,7 +33,8 @@ class DefaultFlowCallback : public TrainerCallback {
     }
   }
 
-  void on_epoch_end(const Args& args, TrainerState& state, TrainerControl& control, const CallbackContext&) override {
+  void on_epoch_end(const Args& args, TrainerState& state, TrainerControl& control,
+                    const CallbackContext&) override {
     if (args.logging_strategy == IntervalStrategy::epoch) control.should_log = true;
     if (args.eval_strategy == IntervalStrategy::epoch && args.eval_delay <= state.epoch.value_or(0.0))
       control.should_evaluate = true;

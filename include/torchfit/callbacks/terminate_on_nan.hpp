@@ -22,16 +22,22 @@ namespace torchfit {
 /// step.
 class TerminateOnNanCallback : public TrainerCallback {
  public:
-  void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override { watch(ctx); }
-  void on_step_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override { watch(ctx); }
+  void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+    watch(ctx);
+  }
+  void on_step_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+    watch(ctx);
+  }
 
-  void on_log(const Args&, TrainerState& state, TrainerControl& control, const CallbackContext& ctx) override {
+  void on_log(const Args&, TrainerState& state, TrainerControl& control,
+              const CallbackContext& ctx) override {
     const Logs& logs = *ctx.logs;
     if (!logs.contains("loss") || !all_finite_.defined()) return;  // not a training log
     const bool finite = detail::to_host(all_finite_) != 0;
     all_finite_.fill_(true);
     if (finite && std::isfinite(logs.at("loss").get<double>())) return;
-    const std::string reason = fmt::format("the training loss became NaN or infinite before step {}", state.global_step);
+    const std::string reason =
+        fmt::format("the training loss became NaN or infinite before step {}", state.global_step);
     log::warning("TerminateOnNanCallback: stopping training: {}", reason);
     control.stop_training(reason);
     control.should_evaluate = false;

@@ -24,7 +24,9 @@ namespace torchfit::detail {
 inline bool cuda_autocast_enabled() { return at::autocast::is_autocast_enabled(at::kCUDA); }
 inline void set_cuda_autocast(bool enabled) { at::autocast::set_autocast_enabled(at::kCUDA, enabled); }
 inline at::ScalarType cuda_autocast_dtype() { return at::autocast::get_autocast_dtype(at::kCUDA); }
-inline void set_cuda_autocast_dtype(at::ScalarType dtype) { at::autocast::set_autocast_dtype(at::kCUDA, dtype); }
+inline void set_cuda_autocast_dtype(at::ScalarType dtype) {
+  at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+}
 #else
 inline bool cuda_autocast_enabled() { return at::autocast::is_enabled(); }
 inline void set_cuda_autocast(bool enabled) { at::autocast::set_enabled(enabled); }

@@ -24,9 +24,10 @@ inline torch::Tensor concat_padded(const std::vector<torch::Tensor>& parts, int6
   bool same_width = true;
   for (const auto& p : parts) {
     if (p.dim() != first.dim() || (p.dim() > 2 && !p.sizes().slice(2).equals(first.sizes().slice(2))))
-      throw Error(fmt::format("cannot concatenate evaluation outputs of shapes {} and {}: only dimension 0 and "
-                              "dimension 1 (padded) may differ between batches",
-                              c10::str(first.sizes()), c10::str(p.sizes())));
+      throw Error(
+          fmt::format("cannot concatenate evaluation outputs of shapes {} and {}: only dimension 0 and "
+                      "dimension 1 (padded) may differ between batches",
+                      c10::str(first.sizes()), c10::str(p.sizes())));
     rows += p.size(0);
     if (p.dim() >= 2) {
       same_width = same_width && p.size(1) == first.size(1);
@@ -50,7 +51,8 @@ inline torch::Tensor concat_padded(const std::vector<torch::Tensor>& parts, int6
 /// (HF's eval_accumulation_steps; unset keeps everything on the device until the end, as HF does).
 class EvalGatherer {
  public:
-  explicit EvalGatherer(std::optional<int64_t> accumulation_steps) : accumulation_steps_(accumulation_steps) {}
+  explicit EvalGatherer(std::optional<int64_t> accumulation_steps)
+      : accumulation_steps_(accumulation_steps) {}
 
   void add(const torch::Tensor& t) { on_device_.push_back(t.detach()); }
 

@@ -82,8 +82,9 @@ class MemoryTracker {
     Usage& u = usage_[stage];
     if (!(peak_available_ = reset_resident_peak()) && !peak_warned_) {
       peak_warned_ = true;
-      log::warning("--skip_memory_metrics false: /proc/self/clear_refs is not writable, so CPU peaks are not "
-                   "reported");
+      log::warning(
+          "--skip_memory_metrics false: /proc/self/clear_refs is not writable, so CPU peaks are not "
+          "reported");
     }
     u.cpu_begin = *resident;
     if (auto gpu = cuda_allocated(true)) u.gpu_begin = *gpu;

@@ -21,7 +21,8 @@ template <typename Model, typename Batch, typename = void>
 struct has_floating_point_ops : std::false_type {};
 template <typename Model, typename Batch>
 struct has_floating_point_ops<
-    Model, Batch, std::void_t<decltype(std::declval<Model&>()->floating_point_ops(std::declval<const Batch&>()))>>
+    Model, Batch,
+    std::void_t<decltype(std::declval<Model&>()->floating_point_ops(std::declval<const Batch&>()))>>
     : std::true_type {};
 
 /// The model as a plain module pointer, for a torch::nn::ModuleHolder (`Net`) or a shared_ptr to a module.

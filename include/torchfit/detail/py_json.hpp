@@ -275,9 +275,9 @@ inline void append_python_value(std::string& out, const json& value, const Pytho
 /// A negative indent stands for Python's `indent=None` (one line, `", "` between items).
 inline std::string python_json_dumps(const json& value, int indent = 2, bool sort_keys = true) {
   std::string out;
-  append_python_value(out, value,
-                      PythonSyntax{"null", "true", "false", python_json_float, append_json_string, indent, sort_keys},
-                      0);
+  append_python_value(
+      out, value,
+      PythonSyntax{"null", "true", "false", python_json_float, append_json_string, indent, sort_keys}, 0);
   return out;
 }
 
@@ -285,8 +285,9 @@ inline std::string python_json_dumps(const json& value, int indent = 2, bool sor
 /// `{'loss': 0.5824, 'learning_rate': 0.0005, 'epoch': 19.5}` (how HF prints logs).
 inline std::string python_repr(const json& value) {
   std::string out;
-  append_python_value(out, value,
-                      PythonSyntax{"None", "True", "False", python_float_repr, append_python_str_repr, -1, false}, 0);
+  append_python_value(
+      out, value, PythonSyntax{"None", "True", "False", python_float_repr, append_python_str_repr, -1, false},
+      0);
   return out;
 }
 

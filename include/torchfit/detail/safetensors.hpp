@@ -36,9 +36,9 @@ struct SafetensorsDtype {
 /// decides the order of tensors in a file. F8_*, U16, U32 and U64 have no libtorch type here.
 inline const std::vector<SafetensorsDtype>& safetensors_dtypes() {
   static const std::vector<SafetensorsDtype> dtypes = {
-      {"BOOL", torch::kBool, 1},     {"U8", torch::kByte, 1},   {"I8", torch::kChar, 1},
-      {"I16", torch::kShort, 2},     {"F16", torch::kHalf, 2},  {"BF16", torch::kBFloat16, 2},
-      {"I32", torch::kInt, 4},       {"F32", torch::kFloat, 4}, {"F64", torch::kDouble, 8},
+      {"BOOL", torch::kBool, 1}, {"U8", torch::kByte, 1},   {"I8", torch::kChar, 1},
+      {"I16", torch::kShort, 2}, {"F16", torch::kHalf, 2},  {"BF16", torch::kBFloat16, 2},
+      {"I32", torch::kInt, 4},   {"F32", torch::kFloat, 4}, {"F64", torch::kDouble, 8},
       {"I64", torch::kLong, 8}};
   return dtypes;
 }
@@ -99,8 +99,10 @@ inline uint64_t unsigned_field(const std::filesystem::path& path, const std::str
 
 inline Entry parse_entry(const std::filesystem::path& path, const std::string& name, const json& info,
                          uint64_t data_size) {
-  if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") || !info.contains("data_offsets"))
-    fail(path, fmt::format("tensor \"{}\" needs \"dtype\", \"shape\" and \"data_offsets\" (got {})", name, brief(info)));
+  if (!info.is_object() || !info.contains("dtype") || !info.contains("shape") ||
+      !info.contains("data_offsets"))
+    fail(path, fmt::format("tensor \"{}\" needs \"dtype\", \"shape\" and \"data_offsets\" (got {})", name,
+                           brief(info)));
   const json& dtype = info.at("dtype");
   const auto& dtypes = safetensors_dtypes();
   const auto d = std::find_if(dtypes.begin(), dtypes.end(), [&](const SafetensorsDtype& x) {
@@ -111,11 +113,15 @@ inline Entry parse_entry(const std::filesystem::path& path, const std::string& n
                            supported_dtypes()));
   const json& shape = info.at("shape");
   const json& offsets = info.at("data_offsets");
-  if (!shape.is_array()) fail(path, fmt::format("tensor \"{}\" has shape {}, not an array", name, brief(shape)));
+  if (!shape.is_array())
+    fail(path, fmt::format("tensor \"{}\" has shape {}, not an array", name, brief(shape)));
   if (!offsets.is_array() || offsets.size() != 2)
     fail(path, fmt::format("tensor \"{}\" has data_offsets {}, not [begin, end]", name, brief(offsets)));
 
-  Entry e{name, &*d, {}, unsigned_field(path, name, "data_offsets", offsets[0]),
+  Entry e{name,
+          &*d,
+          {},
+          unsigned_field(path, name, "data_offsets", offsets[0]),
           unsigned_field(path, name, "data_offsets", offsets[1])};
   // Checked arithmetic: a corrupt shape must not wrap around into a plausible byte count.
   uint64_t bytes = d->size;
@@ -128,23 +134,26 @@ inline Entry parse_entry(const std::filesystem::path& path, const std::string& n
     e.shape.push_back(static_cast<int64_t>(n));
   }
   if (e.end < e.begin || e.end - e.begin != bytes)
-    fail(path, fmt::format("tensor \"{}\" has data_offsets [{}, {}] but its shape {} and dtype {} need {} bytes", name,
-                           e.begin, e.end, brief(shape), d->name, bytes));
+    fail(path,
+         fmt::format("tensor \"{}\" has data_offsets [{}, {}] but its shape {} and dtype {} need {} bytes",
+                     name, e.begin, e.end, brief(shape), d->name, bytes));
   if (e.end > data_size)
-    fail(path, fmt::format("tensor \"{}\" ends at byte {} of a {}-byte data section (truncated?)", name, e.end,
-                           data_size));
+    fail(path, fmt::format("tensor \"{}\" ends at byte {} of a {}-byte data section (truncated?)", name,
+                           e.end, data_size));
   return e;
 }
 
 // Reads and validates the header, leaving `in` anywhere; the file is `file_size` bytes long.
 inline Header read_header(std::ifstream& in, const std::filesystem::path& path, uint64_t file_size) {
-  if (file_size < 8) fail(path, fmt::format("it has {} bytes, shorter than its 8-byte header length", file_size));
+  if (file_size < 8)
+    fail(path, fmt::format("it has {} bytes, shorter than its 8-byte header length", file_size));
   unsigned char prefix[8];
   in.read(reinterpret_cast<char*>(prefix), 8);
   uint64_t length = 0;
   for (int i = 7; i >= 0; --i) length = (length << 8) | prefix[i];
   if (length > file_size - 8)
-    fail(path, fmt::format("header length {} runs past the end of the file ({} bytes; truncated?)", length, file_size));
+    fail(path, fmt::format("header length {} runs past the end of the file ({} bytes; truncated?)", length,
+                           file_size));
   if (length > max_header_size)
     fail(path, fmt::format("header length {} is over the {}-byte limit", length, max_header_size));
   std::string text(length, '\0');
@@ -196,12 +205,15 @@ inline Header read_header(std::ifstream& in, const std::filesystem::path& path, 
   uint64_t covered = 0;
   for (const Entry* e : by_offset) {
     if (e->begin != covered)
-      fail(path, fmt::format("tensor \"{}\" starts at byte {} where byte {} was expected (overlapping tensors or a gap)",
-                             e->name, e->begin, covered));
+      fail(path,
+           fmt::format(
+               "tensor \"{}\" starts at byte {} where byte {} was expected (overlapping tensors or a gap)",
+               e->name, e->begin, covered));
     covered = e->end;
   }
   if (covered != file_size - h.data_start)
-    fail(path, fmt::format("the data section has {} bytes but the tensors cover {}", file_size - h.data_start, covered));
+    fail(path, fmt::format("the data section has {} bytes but the tensors cover {}", file_size - h.data_start,
+                           covered));
   return h;
 }
 
@@ -243,8 +255,8 @@ inline void save_safetensors(const std::filesystem::path& path,
     if (t.layout() != torch::kStrided) refuse("only dense (strided) tensors can be saved");
     const std::size_t dtype = safetensors_impl::dtype_index(t.scalar_type());
     if (dtype == std::string::npos)
-      refuse(fmt::format("dtype {} has no safetensors equivalent (supported: {})", c10::toString(t.scalar_type()),
-                         safetensors_impl::supported_dtypes()));
+      refuse(fmt::format("dtype {} has no safetensors equivalent (supported: {})",
+                         c10::toString(t.scalar_type()), safetensors_impl::supported_dtypes()));
     items.push_back({&name, &t, dtype});
   }
   std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
@@ -257,7 +269,8 @@ inline void save_safetensors(const std::filesystem::path& path,
   for (const Item& item : items) {
     const auto& dtype = safetensors_dtypes()[item.dtype];
     const uint64_t bytes = static_cast<uint64_t>(item.tensor->numel()) * dtype.size;
-    header[*item.name] = {{"dtype", dtype.name}, {"shape", item.tensor->sizes().vec()},
+    header[*item.name] = {{"dtype", dtype.name},
+                          {"shape", item.tensor->sizes().vec()},
                           {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
@@ -281,7 +294,8 @@ inline void save_safetensors(const std::filesystem::path& path,
 /// any way (truncated, header not JSON, unknown dtype, shape not matching its byte range, overlapping or
 /// out-of-range offsets, bytes after the last tensor, a name given twice) is refused with a CheckpointError
 /// naming the file and the problem.
-inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(const std::filesystem::path& path) {
+inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(
+    const std::filesystem::path& path) {
   uint64_t file_size = 0;
   auto in = safetensors_impl::open(path, file_size);
   const auto h = safetensors_impl::read_header(in, path, file_size);
@@ -291,8 +305,9 @@ inline std::vector<std::pair<std::string, torch::Tensor>> load_safetensors(const
     try {
       t = torch::empty(e.shape, torch::TensorOptions().dtype(e.dtype->type));
     } catch (const c10::Error& error) {  // a shape libtorch cannot hold, e.g. an element count past int64
-      safetensors_impl::fail(path, fmt::format("tensor \"{}\" of shape {} cannot be allocated: {}", e.name,
-                                               c10::str(c10::IntArrayRef(e.shape)), error.what_without_backtrace()));
+      safetensors_impl::fail(
+          path, fmt::format("tensor \"{}\" of shape {} cannot be allocated: {}", e.name,
+                            c10::str(c10::IntArrayRef(e.shape)), error.what_without_backtrace()));
     }
     if (e.end > e.begin) {
       in.seekg(static_cast<std::streamoff>(h.data_start + e.begin));

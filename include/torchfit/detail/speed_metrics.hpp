@@ -23,7 +23,8 @@ inline void add_speed_metrics(Logs& metrics, const std::string& split, double se
   metrics[split + "_runtime"] = round_to(seconds, 4);
   if (seconds <= 0) return;
   const auto rate = [&](const char* what, std::optional<int64_t> count) {
-    if (count) metrics[split + "_" + what + "_per_second"] = round_to(static_cast<double>(*count) / seconds, 3);
+    if (count)
+      metrics[split + "_" + what + "_per_second"] = round_to(static_cast<double>(*count) / seconds, 3);
   };
   rate("samples", samples);
   rate("steps", steps);

@@ -23,7 +23,8 @@ inline std::string kind_of(const json& value) {
 
 /// `state[key]`; `what` names the state in messages ("scheduler state", a file's path).
 inline const json& state_member(const json& state, const std::string& what, const char* key) {
-  if (!state.is_object()) throw CheckpointError(fmt::format("{} must be a JSON object (got {})", what, kind_of(state)));
+  if (!state.is_object())
+    throw CheckpointError(fmt::format("{} must be a JSON object (got {})", what, kind_of(state)));
   const auto found = state.find(key);
   if (found == state.end()) throw CheckpointError(fmt::format("{} has no \"{}\"", what, key));
   return *found;
@@ -37,7 +38,8 @@ inline const json& state_member(const json& state, const std::string& what, cons
 inline int64_t integer_member(const json& state, const std::string& what, const char* key) {
   const json& value = state_member(state, what, key);
   if (!value.is_number_integer() ||
-      (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
+      (value.is_number_unsigned() &&
+       value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())))
     throw_wrong_member(what, key, "an integer", value);
   return value.get<int64_t>();
 }

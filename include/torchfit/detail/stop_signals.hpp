@@ -34,7 +34,9 @@ class StopSignals {
   int received() const { return received_.load(std::memory_order_relaxed); }
 
   /// "SIGINT" or "SIGTERM".
-  static std::string name(int signal) { return signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal " + std::to_string(signal); }
+  static std::string name(int signal) {
+    return signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "signal " + std::to_string(signal);
+  }
 
  private:
   // Async-signal-safe: an atomic store, or restoring the default action and raising again.

@@ -20,7 +20,8 @@ inline void agree(TrainerControl& control) {
                    &control.should_evaluate, &control.should_log};
   int raised[5];
   for (int i = 0; i < 5; ++i) raised[i] = *flags[i] ? 1 : 0;
-  torch::Tensor t = torch::from_blob(raised, {5}, torch::kInt).to(b->device(), /*non_blocking=*/false, /*copy=*/true);
+  torch::Tensor t =
+      torch::from_blob(raised, {5}, torch::kInt).to(b->device(), /*non_blocking=*/false, /*copy=*/true);
   b->all_reduce(t, ReduceOp::max, "agreeing on the TrainerControl flags");
   t = t.cpu();
   for (int i = 0; i < 5; ++i) *flags[i] = t.data_ptr<int>()[i] != 0;

@@ -19,13 +19,13 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <torch/torch.h>
+#include <torch/version.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <torch/csrc/distributed/c10d/comm.hpp>
 #include <torch/csrc/distributed/c10d/reducer.hpp>
-#include <torch/torch.h>
-#include <torch/version.h>
 #ifdef USE_C10D_GLOO
 #include <gloo/common/error.h>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -62,14 +62,17 @@ inline c10::intrusive_ptr<c10d::Store> connect_store(const Launch& launch, bool 
   } catch (const std::exception& e) {
     const std::string cause = e.what();
     if (host && cause.find("ddress already in use") != std::string::npos)
-      throw DistributedError(fmt::format(
-          "rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): the port is in use, perhaps by another "
-          "job; choose another one (torchrun --master_port)",
-          launch.master_port));
-    throw DistributedError(fmt::format(
-        "rank {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT) within --ddp_timeout {}: is "
-        "the address right, is rank 0 running, does a firewall block the port? ({})",
-        launch.rank, launch.master_addr, launch.master_port, seconds(timeout), cause.substr(0, cause.find('\n'))));
+      throw DistributedError(
+          fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): the port is in use, "
+                      "perhaps by another "
+                      "job; choose another one (torchrun --master_port)",
+                      launch.master_port));
+    throw DistributedError(
+        fmt::format("rank {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT) within "
+                    "--ddp_timeout {}: is "
+                    "the address right, is rank 0 running, does a firewall block the port? ({})",
+                    launch.rank, launch.master_addr, launch.master_port, seconds(timeout),
+                    cause.substr(0, cause.find('\n'))));
   }
   if (launch.agent_store) return c10::make_intrusive<c10d::PrefixStore>(launch.store_prefix, store);
   return store;
@@ -90,9 +93,10 @@ inline std::string get_text(c10d::Store& store, const std::string& key) {
 inline void check_members(c10d::Store& store, const Launch& launch, std::chrono::milliseconds timeout) {
   const auto member = [](int64_t rank) { return "torchfit/member/" + std::to_string(rank); };
   if (store.add("torchfit/claim/" + std::to_string(launch.rank), 1) > 1)
-    throw DistributedError(fmt::format("two processes were started as rank {} (RANK={}): give each process of the "
-                                       "job its own rank",
-                                       launch.rank, launch.rank));
+    throw DistributedError(
+        fmt::format("two processes were started as rank {} (RANK={}): give each process of the "
+                    "job its own rank",
+                    launch.rank, launch.rank));
   const auto size_of = [&](int64_t rank) {
     std::istringstream in(get_text(store, member(rank)));
     int64_t size = 0;
@@ -101,9 +105,10 @@ inline void check_members(c10d::Store& store, const Launch& launch, std::chrono:
   };
   const auto check_size = [&](int64_t rank, int64_t size) {
     if (size != launch.world_size)
-      throw DistributedError(fmt::format("rank {} was started with WORLD_SIZE={} but rank {} with WORLD_SIZE={}: "
-                                         "start every process of the job with the same world size",
-                                         rank, size, launch.rank, launch.world_size));
+      throw DistributedError(
+          fmt::format("rank {} was started with WORLD_SIZE={} but rank {} with WORLD_SIZE={}: "
+                      "start every process of the job with the same world size",
+                      rank, size, launch.rank, launch.world_size));
   };
   const auto announce = [&] {
     set_text(store, member(launch.rank),
@@ -129,20 +134,23 @@ inline void check_members(c10d::Store& store, const Launch& launch, std::chrono:
       for (int64_t r = 0; r < launch.world_size; ++r)
         (store.check({member(r)}) ? joined : missing) += fmt::format(" {}", r);
     } catch (const std::exception&) {
-      throw DistributedError(fmt::format("rank {}: the rendezvous store at {}:{} went away while the job formed "
-                                         "(did rank 0 fail?): {}",
-                                         launch.rank, launch.master_addr, launch.master_port, e.what()));
+      throw DistributedError(
+          fmt::format("rank {}: the rendezvous store at {}:{} went away while the job formed "
+                      "(did rank 0 fail?): {}",
+                      launch.rank, launch.master_addr, launch.master_port, e.what()));
     }
-    throw DistributedError(fmt::format("rank(s){} of {} did not join the job within --ddp_timeout {} (joined:{}); "
-                                       "were they started, with the same MASTER_ADDR and MASTER_PORT?",
-                                       missing, launch.world_size, seconds(timeout), joined));
+    throw DistributedError(
+        fmt::format("rank(s){} of {} did not join the job within --ddp_timeout {} (joined:{}); "
+                    "were they started, with the same MASTER_ADDR and MASTER_PORT?",
+                    missing, launch.world_size, seconds(timeout), joined));
   }
   if (launch.rank == 0)
     for (int64_t r = 1; r < launch.world_size; ++r) check_size(r, size_of(r));
 }
 
 inline c10::intrusive_ptr<c10d::ProcessGroup> process_group(const c10::intrusive_ptr<c10d::Store>& store,
-                                                            const Launch& launch, const BackendOptions& options) {
+                                                            const Launch& launch,
+                                                            const BackendOptions& options) {
   const int rank = static_cast<int>(launch.rank);
   const int size = static_cast<int>(launch.world_size);
   const auto prefixed = c10::make_intrusive<c10d::PrefixStore>("torchfit/" + options.backend, store);
@@ -170,7 +178,8 @@ inline c10::intrusive_ptr<c10d::ProcessGroup> process_group(const c10::intrusive
     return gloo;
 #endif
 #else
-    throw DistributedError("--ddp_backend gloo: this libtorch was built without Gloo; use --ddp_backend nccl");
+    throw DistributedError(
+        "--ddp_backend gloo: this libtorch was built without Gloo; use --ddp_backend nccl");
 #endif
   }
 #ifdef USE_C10D_NCCL
@@ -205,8 +214,7 @@ inline bool is_communication_failure(const std::exception& e) {
 /// Backend on c10d: see the header's comment.
 class C10dBackend final : public Backend {
  public:
-  C10dBackend(const Launch& launch, const BackendOptions& options)
-      : rank_(launch.rank), options_(options) {
+  C10dBackend(const Launch& launch, const BackendOptions& options) : rank_(launch.rank), options_(options) {
     const bool host = !launch.agent_store && launch.rank == 0;
     store_ = detail::connect_store(launch, host, options.timeout);
     detail::check_members(*store_, launch, options.timeout);
@@ -215,14 +223,14 @@ class C10dBackend final : public Backend {
     } catch (const DistributedError&) {
       throw;
     } catch (const std::exception& e) {
-      throw DistributedError(fmt::format("rank {}: the {} process group could not connect the {} ranks within "
-                                         "--ddp_timeout {}: {}",
-                                         rank_, options.backend, launch.world_size, detail::seconds(options.timeout),
-                                         e.what()));
+      throw DistributedError(
+          fmt::format("rank {}: the {} process group could not connect the {} ranks within "
+                      "--ddp_timeout {}: {}",
+                      rank_, options.backend, launch.world_size, detail::seconds(options.timeout), e.what()));
     }
     // Beats every second (faster under a short timeout, so that a failure is explained well within it).
-    const auto interval = std::clamp(options.timeout / 10, std::chrono::milliseconds(100),
-                                     std::chrono::milliseconds(1000));
+    const auto interval =
+        std::clamp(options.timeout / 10, std::chrono::milliseconds(100), std::chrono::milliseconds(1000));
     liveness_ = std::make_unique<detail::Liveness>(detail::connect_store(launch, false, 4 * interval), rank_,
                                                    launch.world_size, interval);
   }
@@ -261,7 +269,8 @@ class C10dBackend final : public Backend {
     collective(what, [&] { group_->barrier()->wait(); });
   }
 
-  std::unique_ptr<GradientReducer> make_reducer(std::vector<torch::Tensor> parameters, std::vector<std::string> names,
+  std::unique_ptr<GradientReducer> make_reducer(std::vector<torch::Tensor> parameters,
+                                                std::vector<std::string> names,
                                                 const ReducerOptions& options) override;
 
   void guard(const std::string& what, const std::function<void()>& body) override {
@@ -296,8 +305,8 @@ class C10dBackend final : public Backend {
     std::string text = cause.what();
     text = text.substr(0, text.find('\n'));  // c10's messages go on with a C++ backtrace
     const std::string culprit = liveness_->culprit(options_.timeout);
-    throw DistributedError(fmt::format("rank {}: {} failed{}{} ({})", rank_, what, culprit.empty() ? "" : ": ",
-                                       culprit, text));
+    throw DistributedError(
+        fmt::format("rank {}: {} failed{}{} ({})", rank_, what, culprit.empty() ? "" : ": ", culprit, text));
   }
 
   int64_t rank_;
@@ -312,12 +321,11 @@ namespace detail {
 /// DistributedDataParallel's Reducer over the trainable parameters.
 class C10dReducer final : public GradientReducer {
  public:
-  C10dReducer(C10dBackend& backend, std::vector<torch::Tensor> parameters, const std::vector<std::string>& names,
-              const ReducerOptions& options)
+  C10dReducer(C10dBackend& backend, std::vector<torch::Tensor> parameters,
+              const std::vector<std::string>& names, const ReducerOptions& options)
       : backend_(backend) {
-    backend_.collective("checking that every rank trains the same parameters", [&] {
-      c10d::verify_params_across_processes(backend_.group(), parameters, {});
-    });
+    backend_.collective("checking that every rank trains the same parameters",
+                        [&] { c10d::verify_params_across_processes(backend_.group(), parameters, {}); });
     const auto cap = static_cast<std::size_t>(options.bucket_cap_mb * 1024 * 1024);
     const auto first_cap = static_cast<std::size_t>(c10d::kDefaultFirstBucketBytes);
     auto [buckets, limits] = c10d::compute_bucket_assignment_by_size(parameters, {first_cap, cap});
@@ -327,11 +335,10 @@ class C10dReducer final : public GradientReducer {
     std::unordered_map<std::size_t, std::string> names_by_index;
     for (std::size_t i = 0; i < names.size(); ++i) names_by_index[i] = names[i];
     const std::size_t count = parameters.size();
-    reducer_ = std::make_unique<c10d::Reducer>(std::move(parameters), std::move(buckets), std::move(limits),
-                                               backend_.group(), std::vector<bool>(count, false),
-                                               static_cast<int64_t>(cap), options.find_unused_parameters,
-                                               /*gradient_as_bucket_view=*/false, std::move(names_by_index),
-                                               static_cast<int64_t>(first_cap));
+    reducer_ = std::make_unique<c10d::Reducer>(
+        std::move(parameters), std::move(buckets), std::move(limits), backend_.group(),
+        std::vector<bool>(count, false), static_cast<int64_t>(cap), options.find_unused_parameters,
+        /*gradient_as_bucket_view=*/false, std::move(names_by_index), static_cast<int64_t>(first_cap));
   }
 
   void prepare_for_backward(const torch::Tensor& loss) override {
@@ -343,7 +350,8 @@ class C10dReducer final : public GradientReducer {
         const std::string text = e.what_without_backtrace();
         if (text.find("Expected to have finished reduction") == std::string::npos) throw;
         throw DistributedError(
-            "some trainable parameters did not contribute to the previous step's loss, so their gradients were "
+            "some trainable parameters did not contribute to the previous step's loss, so their gradients "
+            "were "
             "never averaged: pass --ddp_find_unused_parameters true, or freeze them (requires_grad false)");
       }
     });
@@ -363,8 +371,8 @@ inline std::unique_ptr<GradientReducer> C10dBackend::make_reducer(std::vector<to
 }
 
 /// Registers C10dBackend as the Backend of multi-process jobs (including this header is enough).
-inline const bool c10d_backend_registered = register_backend(
-    [](const Launch& launch, const BackendOptions& options) -> std::unique_ptr<Backend> {
+inline const bool c10d_backend_registered =
+    register_backend([](const Launch& launch, const BackendOptions& options) -> std::unique_ptr<Backend> {
       return std::make_unique<C10dBackend>(launch, options);
     });
 

@@ -22,7 +22,8 @@ namespace torchfit::distributed {
 class DataParallel {
  public:
   /// Starts a training run of `module`, whose trainable parameters are `parameters`.
-  void start(torch::nn::Module& module, const std::vector<torch::Tensor>& parameters, const TrainingArguments& args) {
+  void start(torch::nn::Module& module, const std::vector<torch::Tensor>& parameters,
+             const TrainingArguments& args) {
     Backend* b = backend();
     if (b == nullptr) return;
     buffers_ = module.buffers();

@@ -24,9 +24,10 @@ inline torch::Tensor describe(const torch::Tensor& t) {
   torch::Tensor meta = torch::zeros({3 + max_gathered_dims}, torch::kLong);
   if (!t.defined()) return meta;
   if (t.dim() < 1 || t.dim() > max_gathered_dims)
-    throw Error(fmt::format("cannot gather evaluation outputs of shape {} across ranks: they need 1 to {} "
-                            "dimensions, samples first",
-                            c10::str(t.sizes()), max_gathered_dims));
+    throw Error(
+        fmt::format("cannot gather evaluation outputs of shape {} across ranks: they need 1 to {} "
+                    "dimensions, samples first",
+                    c10::str(t.sizes()), max_gathered_dims));
   meta[0] = 1;
   meta[1] = static_cast<int64_t>(t.scalar_type());
   meta[2] = t.dim();
@@ -35,7 +36,8 @@ inline torch::Tensor describe(const torch::Tensor& t) {
 }
 
 // Every rank's tensor of `shape` (rows first) and `dtype`, moved as bytes: Gloo does not reduce every dtype.
-inline std::vector<torch::Tensor> all_gather_as_bytes(Backend& b, const torch::Tensor& t, const std::string& what) {
+inline std::vector<torch::Tensor> all_gather_as_bytes(Backend& b, const torch::Tensor& t,
+                                                      const std::string& what) {
   const auto gathered = b.all_gather(t.contiguous().view({-1}).view(torch::kByte).to(b.device()), what);
   std::vector<torch::Tensor> out;
   for (const auto& g : gathered) out.push_back(g.cpu().view(t.scalar_type()).view(t.sizes()));
@@ -67,23 +69,26 @@ torch::Tensor gather_for_metrics(const torch::Tensor& local, const Plan& plan, c
     rows = std::max(rows, count);
     if (meta[0].item<int64_t>() == 0) {
       if (count > 0 && reference.defined())
-        throw Error(fmt::format("{}: rank {} has no outputs for its {} samples while other ranks have", what, r,
-                                count));
+        throw Error(fmt::format("{}: rank {} has no outputs for its {} samples while other ranks have", what,
+                                r, count));
       continue;
     }
     if (!reference.defined()) reference = meta;
     // Entries 0 to 2 and the sizes past dimension 1 (entries 5 on) must match.
-    if (!meta.slice(0, 0, 3).equal(reference.slice(0, 0, 3)) || !meta.slice(0, 5).equal(reference.slice(0, 5)))
-      throw Error(fmt::format("{}: rank {}'s outputs differ in dtype or shape from the others' (only the sample "
-                              "and sequence dimensions may differ)",
-                              what, r));
+    if (!meta.slice(0, 0, 3).equal(reference.slice(0, 0, 3)) ||
+        !meta.slice(0, 5).equal(reference.slice(0, 5)))
+      throw Error(
+          fmt::format("{}: rank {}'s outputs differ in dtype or shape from the others' (only the sample "
+                      "and sequence dimensions may differ)",
+                      what, r));
     if (meta[2].item<int64_t>() >= 2) width = std::max(width, meta[4].item<int64_t>());
   }
   if (!reference.defined()) return {};
 
   const auto dtype = static_cast<torch::ScalarType>(reference[1].item<int64_t>());
   std::vector<int64_t> shape;
-  for (int64_t d = 0; d < reference[2].item<int64_t>(); ++d) shape.push_back(reference[3 + d].item<int64_t>());
+  for (int64_t d = 0; d < reference[2].item<int64_t>(); ++d)
+    shape.push_back(reference[3 + d].item<int64_t>());
   shape[0] = rows;
   if (shape.size() >= 2) shape[1] = width;
   torch::Tensor padded = torch::full(shape, padding_index, torch::TensorOptions().dtype(dtype));

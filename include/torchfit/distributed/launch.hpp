@@ -95,8 +95,9 @@ inline Launch torchrun_launch() {
   launch.launcher = "torchrun";
   launch.world_size = required_integer("WORLD_SIZE", "the launcher", 1, 1 << 20);
   launch.rank = required_integer("RANK", "the launcher", 0, launch.world_size - 1);
-  launch.local_world_size =
-      env("LOCAL_WORLD_SIZE") ? required_integer("LOCAL_WORLD_SIZE", "the launcher", 1, launch.world_size) : 1;
+  launch.local_world_size = env("LOCAL_WORLD_SIZE")
+                                ? required_integer("LOCAL_WORLD_SIZE", "the launcher", 1, launch.world_size)
+                                : 1;
   launch.local_rank =
       env("LOCAL_RANK") ? required_integer("LOCAL_RANK", "the launcher", 0, launch.local_world_size - 1) : 0;
   launch.agent_store = env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True";
@@ -110,13 +111,15 @@ inline Launch slurm_launch() {
   launch.launcher = "SLURM";
   launch.world_size = required_integer("SLURM_STEP_NUM_TASKS", "SLURM", 1, 1 << 20);
   launch.rank = required_integer("SLURM_PROCID", "SLURM", 0, launch.world_size - 1);
-  launch.local_rank = env("SLURM_LOCALID") ? required_integer("SLURM_LOCALID", "SLURM", 0, launch.world_size - 1) : 0;
+  launch.local_rank =
+      env("SLURM_LOCALID") ? required_integer("SLURM_LOCALID", "SLURM", 0, launch.world_size - 1) : 0;
   const auto per_node = env("SLURM_STEP_TASKS_PER_NODE");
   const int64_t node = env("SLURM_NODEID") ? required_integer("SLURM_NODEID", "SLURM", 0, 1 << 20) : 0;
   try {
     launch.local_world_size = per_node ? slurm_tasks_on_node(*per_node, node).value_or(1) : 1;
   } catch (const std::exception&) {
-    throw DistributedError(fmt::format("SLURM_STEP_TASKS_PER_NODE={:?} is not a list such as \"2(x3),1\"", *per_node));
+    throw DistributedError(
+        fmt::format("SLURM_STEP_TASKS_PER_NODE={:?} is not a list such as \"2(x3),1\"", *per_node));
   }
   return launch;
 }

@@ -45,16 +45,18 @@ inline Job& job() {
   static Job job = [] {
     Job j;
     j.launch = launch_from_environment();
-    if (j.launch) j.world = {j.launch->rank, j.launch->world_size, j.launch->local_rank, j.launch->local_world_size};
+    if (j.launch)
+      j.world = {j.launch->rank, j.launch->world_size, j.launch->local_rank, j.launch->local_world_size};
     return j;
   }();
   return job;
 }
 
-inline void check_arguments(const TrainingArguments& args, const std::string& backend, const torch::Device& device) {
+inline void check_arguments(const TrainingArguments& args, const std::string& backend,
+                            const torch::Device& device) {
   if (backend != "gloo" && backend != "nccl")
-    throw ArgumentError(fmt::format("--ddp_backend {:?}: torchfit runs on \"gloo\" (CPUs or GPUs) or \"nccl\" (GPUs)",
-                                    backend));
+    throw ArgumentError(fmt::format(
+        "--ddp_backend {:?}: torchfit runs on \"gloo\" (CPUs or GPUs) or \"nccl\" (GPUs)", backend));
   if (backend == "nccl" && !device.is_cuda())
     throw ArgumentError("--ddp_backend nccl needs CUDA GPUs, and this process trains on the CPU: use gloo");
   if (args.ddp_timeout <= 0)
@@ -68,9 +70,10 @@ inline torch::Device cuda_device(const Job& job) {
   if (!job.launch) return torch::Device(torch::kCUDA);
   const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
   if (job.world.local_rank >= count)
-    throw DistributedError(fmt::format("rank {} has local rank {} but this machine has {} GPU(s): start at most {} "
-                                       "process(es) per machine (torchrun --nproc_per_node), or pass --use_cpu",
-                                       job.world.rank, job.world.local_rank, count, count));
+    throw DistributedError(
+        fmt::format("rank {} has local rank {} but this machine has {} GPU(s): start at most {} "
+                    "process(es) per machine (torchrun --nproc_per_node), or pass --use_cpu",
+                    job.world.rank, job.world.local_rank, count, count));
   const torch::Device device(torch::kCUDA, static_cast<c10::DeviceIndex>(job.world.local_rank));
   c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->setDevice(device);
   return device;
@@ -104,15 +107,16 @@ inline torch::Device join(const TrainingArguments& args) {
   if (job.world.size == 1) return device;
   if (job.backend) {
     if (name != job.backend_name)
-      throw ArgumentError(fmt::format("--ddp_backend {}: this process already runs its job on {}", name,
-                                      job.backend_name));
+      throw ArgumentError(
+          fmt::format("--ddp_backend {}: this process already runs its job on {}", name, job.backend_name));
     return device;
   }
   if (!detail::backend_factory())
-    throw DistributedError(fmt::format(
-        "{} started this program as rank {} of {}, but the program was built without torchfit's multi-process "
-        "support: #include <torchfit/distributed.hpp> and link torchfit::distributed",
-        job.launch->launcher, job.world.rank, job.world.size));
+    throw DistributedError(
+        fmt::format("{} started this program as rank {} of {}, but the program was built without torchfit's "
+                    "multi-process "
+                    "support: #include <torchfit/distributed.hpp> and link torchfit::distributed",
+                    job.launch->launcher, job.world.rank, job.world.size));
   if (!job.world.is_world_zero() && log::level() < log::Level::warning) log::set_level(log::Level::warning);
   job.backend = detail::backend_factory()(
       *job.launch, BackendOptions{name, std::chrono::seconds(args.ddp_timeout), device});

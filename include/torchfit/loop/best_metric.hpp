@@ -27,9 +27,10 @@ struct BestMetric {
     if (!metrics.contains(k) || !metrics.at(k).is_number()) {
       std::string available;
       for (const auto& item : metrics.items()) available += (available.empty() ? "" : ", ") + item.key();
-      throw Error(fmt::format("--metric_for_best_model \"{}\": the evaluation at step {} produced no numeric \"{}\" "
-                              "(it produced: {}); return it from compute_metrics or pick one of these",
-                              *args.metric_for_best_model, global_step, k, available));
+      throw Error(
+          fmt::format("--metric_for_best_model \"{}\": the evaluation at step {} produced no numeric \"{}\" "
+                      "(it produced: {}); return it from compute_metrics or pick one of these",
+                      *args.metric_for_best_model, global_step, k, available));
     }
     return metrics.at(k).get<double>();
   }

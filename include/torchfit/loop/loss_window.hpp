@@ -96,11 +96,11 @@ class LossWindow {
     pending_.clear();
   }
 
-  torch::Tensor sum_;            // plain sum of step losses since the last log, on the device
-  float base_ = 0;               // what sum_ held when pending_ was last emptied
+  torch::Tensor sum_;             // plain sum of step losses since the last log, on the device
+  float base_ = 0;                // what sum_ held when pending_ was last emptied
   std::vector<Pending> pending_;  // micro-step losses added since, kept for the NaN/Inf filter
   bool nan_inf_filter_ = true;
-  double total_ = 0;        // sum of the step losses of every closed window
+  double total_ = 0;  // sum of the step losses of every closed window
   int64_t last_logged_ = 0;
 };
 

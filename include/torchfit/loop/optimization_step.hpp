@@ -34,13 +34,15 @@ class OptimizationStep {
   void backward(const torch::Tensor& loss) const { (scaler_ ? scaler_->scale(loss) : loss).backward(); }
 
   /// Takes the update from the accumulated gradients.
-  void run(CallbackHandler& handler, const TrainingArguments& args, TrainerState& state, TrainerControl& control) {
+  void run(CallbackHandler& handler, const TrainingArguments& args, TrainerState& state,
+           TrainerControl& control) {
     if (scaler_) scaler_->unscale(parameters_);
     if (max_grad_norm_ > 0) grad_norm_ = clip_grad_norm(parameters_, max_grad_norm_);
     handler.on_pre_optimizer_step(args, state, control);
     const bool stepped = scaler_ ? scaler_->step(optimizer_) : (optimizer_.step(), true);
     handler.on_optimizer_step(args, state, control);
-    learning_rate_ = scheduler_.get_last_lr().at(0);  // the rate this update used (HF reads it before stepping)
+    learning_rate_ =
+        scheduler_.get_last_lr().at(0);  // the rate this update used (HF reads it before stepping)
     if (stepped) scheduler_.step();
     optimizer_.zero_grad();
   }

@@ -31,8 +31,9 @@ class TokenCounter {
     if (pad_token_id_)
       non_padding_ = torch::zeros({}, torch::TensorOptions().dtype(torch::kLong).device(device));
     else
-      log::warning("--include_num_input_tokens_seen non_padding: no padding value was given "
-                   "(Trainer::set_pad_token_id); counting every input element");
+      log::warning(
+          "--include_num_input_tokens_seen non_padding: no padding value was given "
+          "(Trainer::set_pad_token_id); counting every input element");
   }
 
   /// Counts a micro-batch's `inputs` into `seen` (HF's state.num_input_tokens_seen).

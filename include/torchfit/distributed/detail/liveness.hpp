@@ -26,7 +26,8 @@ class Liveness {
  public:
   /// Publishes this rank's beats through `store`, a connection of its own (the store's timeout bounds every
   /// call, and the main thread may be waiting on another connection), every `interval`.
-  Liveness(c10::intrusive_ptr<c10d::Store> store, int64_t rank, int64_t world_size, std::chrono::milliseconds interval)
+  Liveness(c10::intrusive_ptr<c10d::Store> store, int64_t rank, int64_t world_size,
+           std::chrono::milliseconds interval)
       : store_(std::move(store)), rank_(rank), world_size_(world_size), interval_(interval) {
     publish();
     thread_ = std::thread([this] { beat(); });
@@ -68,11 +69,13 @@ class Liveness {
         behind += fmt::format("{}rank {} (at collective {})", behind.empty() ? "" : ", ", r, b->collectives);
     }
     if (!stopped.empty())
-      return fmt::format("rank {} stopped responding (its process exited, was killed or is stopped)", stopped);
+      return fmt::format("rank {} stopped responding (its process exited, was killed or is stopped)",
+                         stopped);
     if (!behind.empty())
-      return fmt::format("{} is alive but did not reach this collective (this rank's number {}) within "
-                         "--ddp_timeout {} s: it hangs, or is too slow for that timeout",
-                         behind, mine, std::chrono::duration_cast<std::chrono::seconds>(timeout).count());
+      return fmt::format(
+          "{} is alive but did not reach this collective (this rank's number {}) within "
+          "--ddp_timeout {} s: it hangs, or is too slow for that timeout",
+          behind, mine, std::chrono::duration_cast<std::chrono::seconds>(timeout).count());
     return {};
   }
 
