@@ -22,6 +22,7 @@
 #include "torchfit/integrations/detail/outbox.hpp"
 #include "torchfit/integrations/detail/tracker_common.hpp"
 #include "torchfit/integrations/integration.hpp"
+#include "torchfit/json.hpp"
 #include "torchfit/log.hpp"
 
 namespace torchfit {
@@ -29,8 +30,9 @@ namespace torchfit {
 /// Where and how CometCallback talks to Comet. Unset members come from Comet's environment variables, then
 /// from its configuration file (`$COMET_CONFIG`, else `~/.comet.config`, section `[comet]`).
 struct CometOptions {
-  /// The server, as Comet's clients name it (`https://www.comet.com/clientlib/`; only scheme and host count).
-  /// Unset: COMET_URL_OVERRIDE, else `url_override` in the file, else https://www.comet.com.
+  /// The server, as Comet's clients name it (`https://www.comet.com/clientlib/`: the batch endpoints are
+  /// under it, the REST API under its scheme and host). Unset: COMET_URL_OVERRIDE, else `url_override` in the
+  /// file, else https://www.comet.com.
   std::optional<std::string> url;
   /// Unset: COMET_API_KEY, else `api_key` in the file.
   std::optional<std::string> api_key;
@@ -38,6 +40,10 @@ struct CometOptions {
   std::optional<std::string> workspace;
   /// Unset: COMET_PROJECT_NAME, else `project_name` in the file, else "huggingface".
   std::optional<std::string> project;
+  /// The model's configuration (a JSON object: sizes, layer counts, ...), logged as the parameters
+  /// `config/<name>` as HF logs `model.config` (nested objects flattened with `/`). libtorch modules carry no
+  /// configuration, so there is none unless it is given here.
+  std::optional<json> model_config;
   /// How a failed request is retried: Comet's client's back-off (2 s doubling), up to 120 s, 10 s per
   /// attempt, for as long as the run lasts.
   RetryPolicy retry{2, 120, 10};
@@ -49,10 +55,13 @@ struct CometOptions {
 /// Logs the run to Comet like HF's CometCallback:
 /// - on_train_begin (or the first on_log): creates an experiment named `args.run_name` in the workspace and
 ///   project above (or continues `COMET_EXPERIMENT_KEY`), logs every training argument as the parameter
-///   `args/<name>`, the model's structure as its graph, and the other `Created from` = `torchfit`.
+///   `args/<name>` and the model configuration given in the options as `config/<name>`, in one batch request
+///   (source `manual`, as HF logs them), the model's structure as its graph, and the other `Created from` =
+///   `torchfit`.
 /// - on_log: every number (booleans as 1/0, NaN and infinities as text) as a metric at `state.global_step`,
-///   keys rewritten as HF does (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch; other
-///   values are dropped with a warning, once per key.
+///   keys rewritten as HF does (`loss` -> `train/loss`, `eval_loss` -> `eval/loss`), with the epoch, the
+///   whole entry in one batch request as Comet's client sends metrics; other values are dropped with a
+///   warning, once per key.
 /// - on_predict: the metrics, rewritten, the same way.
 /// - on_train_end: waits until every call has reached the server.
 /// The experiment ends (its end time is recorded and its heartbeat stops) at finish() or when the callback is
@@ -118,10 +127,9 @@ class CometCallback : public TrackerCallback {
     if (!key)
       throw ArgumentError(
           "no Comet API key: set COMET_API_KEY, or api_key in the [comet] section of ~/.comet.config");
-    const std::string root =
-        detail::url_root(detail::comet_setting(options_.url, "COMET_URL_OVERRIDE", "url_override")
-                             .value_or("https://www.comet.com"));
-    api_ = std::make_unique<detail::CometApi>(root, *key, options_.retry.request_timeout_s);
+    const std::string url = detail::comet_setting(options_.url, "COMET_URL_OVERRIDE", "url_override")
+                                .value_or("https://www.comet.com/clientlib/");
+    api_ = std::make_unique<detail::CometApi>(url, *key, options_.retry.request_timeout_s);
     const detail::RetryingCalls wait(options_.retry, options_.flush_timeout_s);
 
     const auto existing = detail::env_string("COMET_EXPERIMENT_KEY");
@@ -160,10 +168,25 @@ class CometCallback : public TrackerCallback {
       graph << *ctx.model;
       call("graph", {{"graph", graph.str()}});
     }
-    const json params = args.to_json();
+    json params = json::object();
+    const json arguments = args.to_json();
+    for (auto it = arguments.begin(); it != arguments.end(); ++it) params["args/" + it.key()] = it.value();
+    if (options_.model_config) {
+      if (!options_.model_config->is_object())
+        throw ArgumentError(fmt::format("CometOptions::model_config must be a JSON object (got {})",
+                                        options_.model_config->dump().substr(0, 100)));
+      detail::flatten_json(*options_.model_config, "config", "/", params);
+    }
+    const auto now = detail::unix_time_ms();
+    json values = json::array();
     for (auto it = params.begin(); it != params.end(); ++it)
-      call("parameter",
-           {{"parameterName", "args/" + it.key()}, {"parameterValue", detail::python_str(it.value())}});
+      values.push_back({{"parameterName", it.key()},
+                        {"parameterValue", detail::python_str(it.value())},
+                        {"step", nullptr},
+                        {"source", "manual"},
+                        {"context", nullptr},
+                        {"timestamp", now}});
+    call_batches("parameter batch", values);
   }
 
   // The workspace setting, else the key's only workspace.
@@ -181,6 +204,7 @@ class CometCallback : public TrackerCallback {
   void log_metrics(const Logs& logs, const TrainerState& state) {
     outbox_->rethrow_if_failed();
     const auto now = detail::unix_time_ms();
+    json values = json::array();
     for (auto it = logs.begin(); it != logs.end(); ++it) {
       const json& v = it.value();
       if (!v.is_number() && !v.is_boolean()) {
@@ -189,12 +213,14 @@ class CometCallback : public TrackerCallback {
                        detail::python_repr(v));
         continue;
       }
-      call("metric", {{"metricName", integrations::rewrite_log_key(it.key())},
-                      {"metricValue", metric_value(v)},
-                      {"step", state.global_step},
-                      {"epoch", static_cast<std::int64_t>(state.epoch.value_or(0.0))},
-                      {"timestamp", now}});
+      values.push_back({{"metricName", integrations::rewrite_log_key(it.key())},
+                        {"metricValue", metric_value(v)},
+                        {"step", state.global_step},
+                        {"epoch", static_cast<std::int64_t>(state.epoch.value_or(0.0))},
+                        {"context", nullptr},
+                        {"timestamp", now}});
     }
+    call_batches("metric batch", values);
   }
 
   // A number as Comet takes it: booleans as 1/0, NaN and infinities as the text Comet's Java client sends for
@@ -208,6 +234,15 @@ class CometCallback : public TrackerCallback {
 
   // Queues a write to the experiment (the outbox sends the heartbeats between writes when they are due).
   void call(const char* endpoint, const json& body) { outbox_->push(detail::call_row(endpoint, body)); }
+
+  // Queues `values` as batch requests of at most comet_max_batch_values each.
+  void call_batches(const char* endpoint, const json& values) {
+    for (std::size_t i = 0; i < values.size(); i += detail::comet_max_batch_values) {
+      const auto first = values.begin() + static_cast<std::ptrdiff_t>(i);
+      const auto count = std::min(detail::comet_max_batch_values, values.size() - i);
+      call(endpoint, {{"values", json(first, first + static_cast<std::ptrdiff_t>(count))}});
+    }
+  }
 
   // Queues the end time after the pending calls, with no heartbeat after it.
   void end_experiment() {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
-// The part of Comet's public REST API (v2) an experiment needs: create it, log parameters, metrics, others
-// and the model graph, keep it alive, and record its start and end.
+// The part of Comet's API an experiment needs: create it (public REST API v2), log others and the model
+// graph, keep it alive, record its start and end, and send parameters and metrics in batches (the batch
+// endpoints of Comet's Python client).
 #pragma once
 
 #include <cstdint>
@@ -42,13 +43,21 @@ inline std::optional<std::string> ini_value(const std::string& path, const std::
   return std::nullopt;
 }
 
-/// Calls Comet's REST API under `<root>/api/rest/v2/` with the API key as the Authorization header, one
-/// attempt per call. A failure that may pass throws TransientError; any other throws torchfit::Error naming
-/// the endpoint, the URL and what the server said.
+/// The most values one batch request carries (comet_ml's MESSAGE_BATCH_METRIC_MAX_BATCH_SIZE).
+inline constexpr std::size_t comet_max_batch_values = 1000;
+
+/// Calls Comet with the API key as the Authorization header, one attempt per call: the REST API under
+/// `<root>/api/rest/v2/`, and the batch endpoints under the client URL
+/// (`<clientlib>batch/logger/experiment/`, where comet_ml's log_metrics_batch and log_parameters_batch post).
+/// A failure that may pass throws TransientError; any other throws torchfit::Error naming the endpoint, the
+/// URL and what the server said.
 class CometApi {
  public:
-  CometApi(const std::string& root, const std::string& api_key, double request_timeout_s)
-      : base_(root + "/api/rest/v2/"), http_(request_timeout_s, auth_options(api_key)) {}
+  /// `url`: the server as Comet's clients name it (`https://www.comet.com/clientlib/`).
+  CometApi(const std::string& url, const std::string& api_key, double request_timeout_s)
+      : base_(url_root(url) + "/api/rest/v2/"),
+        clientlib_(url.back() == '/' ? url : url + "/"),
+        http_(request_timeout_s, auth_options(api_key)) {}
 
   HttpClient& http() { return http_; }
 
@@ -78,10 +87,17 @@ class CometApi {
             link != answer.end() && link->is_string() ? link->get<std::string>() : ""};
   }
 
-  /// Posts `body` (with the experiment's key added) to `write/experiment/<endpoint>`.
+  /// Posts `body` (with the experiment's key added) to `write/experiment/<endpoint>`, or, for the endpoints
+  /// `metric batch` and `parameter batch`, to the batch endpoint of that kind (`body`: `{"values": [...]}`).
   void write(const std::string& endpoint, const std::string& experiment_key, json body) const {
     body["experimentKey"] = experiment_key;
-    call("POST", "write/experiment/" + endpoint, body);
+    const auto space = endpoint.find(" batch");
+    if (space == std::string::npos) {
+      call("POST", "write/experiment/" + endpoint, body);
+      return;
+    }
+    const std::string batch = "batch/logger/experiment/" + endpoint.substr(0, space);
+    check(http_.send("POST", clientlib_ + batch, body.dump()), batch, clientlib_ + batch);
   }
 
   /// Tells Comet the experiment is alive; returns the interval it wants between two such calls, in seconds.
@@ -103,7 +119,13 @@ class CometApi {
 
   json call(const std::string& method, const std::string& endpoint, const json& body) const {
     const std::string url = base_ + endpoint;
-    const HttpResponse response = http_.send(method, url, method == "GET" ? std::string() : body.dump());
+    return check(http_.send(method, url, method == "GET" ? std::string() : body.dump()),
+                 endpoint.substr(0, endpoint.find('?')), url);
+  }
+
+  // The answer of a call to `endpoint` at `url` as a JSON object; an error status throws, with Comet's
+  // message.
+  static json check(const HttpResponse& response, const std::string& endpoint, const std::string& url) {
     const json answer = json::parse(response.body, nullptr, false);
     if (response.status != 200) {
       std::string detail = response.body.substr(0, 300);
@@ -112,13 +134,14 @@ class CometApi {
         if (answer.contains("sdk_error_code"))
           detail += fmt::format(" (sdk_error_code {})", answer["sdk_error_code"].dump());
       }
-      throw Error(fmt::format("Comet {} at {}: HTTP {}{}: {}", endpoint.substr(0, endpoint.find('?')), url,
-                              response.status, http_auth_hint(response.status), detail));
+      throw Error(fmt::format("Comet {} at {}: HTTP {}{}: {}", endpoint, url, response.status,
+                              http_auth_hint(response.status), detail));
     }
     return answer.is_object() ? answer : json::object();
   }
 
   std::string base_;
+  std::string clientlib_;
   HttpClient http_;
 };
 

@@ -83,13 +83,7 @@ inline std::string mlflow_sanitize_metric_key(std::string key) {
 
 /// HF's flatten_dict: nested objects become `outer.inner` keys (empty nested objects disappear).
 inline void mlflow_flatten(const json& object, const std::string& prefix, json& out) {
-  for (auto it = object.begin(); it != object.end(); ++it) {
-    const std::string key = prefix.empty() ? it.key() : prefix + "." + it.key();
-    if (it.value().is_object())
-      mlflow_flatten(it.value(), key, out);
-    else
-      out[key] = it.value();
-  }
+  flatten_json(object, prefix, ".", out);
 }
 
 /// Sends `items` through `send` in slices of at most `limit`, MLflow's limit per request.

@@ -82,6 +82,19 @@ inline std::string python_type_repr(const json& value) {
   }
 }
 
+/// Nested objects of `object` as flat keys joined by `delimiter` (`outer.inner`), each under `prefix` when it
+/// is not empty; empty nested objects disappear (HF's flatten_dict, comet_ml's flatten_nested).
+inline void flatten_json(const json& object, const std::string& prefix, const std::string& delimiter,
+                         json& out) {
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const std::string key = prefix.empty() ? it.key() : prefix + delimiter + it.key();
+    if (it.value().is_object())
+      flatten_json(it.value(), key, delimiter, out);
+    else
+      out[key] = it.value();
+  }
+}
+
 /// `count` random lower-case hex digits from the operating system's entropy source.
 inline std::string random_hex(std::size_t count) {
   static thread_local std::mt19937_64 engine{[] {
