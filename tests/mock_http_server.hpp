@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // A mock HTTP server on 127.0.0.1 for the tests of trackers that talk to a server (MLflow, W&B, Comet,
-// ClearML), able to fail for a while as a real one does in an outage.
+// ClearML), able to fail for a while as a real one does in an outage; and a stateful MLflow tracking server to
+// answer through it (Azure Machine Learning, DagsHub).
 #pragma once
 
 #include <arpa/inet.h>
@@ -12,13 +13,17 @@
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include "torchfit/json.hpp"
 
 namespace torchfit::test {
 
@@ -167,6 +172,125 @@ class MockServer {
   Outage outage_ = Outage::unavailable;
   std::string outage_prefix_;
   int failed_requests_ = 0;
+};
+
+/// A URL query value or form field decoded (`%XX` escapes, `+` for a space).
+inline std::string url_decode(const std::string& text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '%' && i + 2 < text.size()) {
+      out += static_cast<char>(std::stoi(text.substr(i + 1, 2), nullptr, 16));
+      i += 2;
+    } else {
+      out += text[i] == '+' ? ' ' : text[i];
+    }
+  }
+  return out;
+}
+
+/// An MLflow tracking server's REST API (`<prefix>/api/2.0/mlflow/...`) that keeps experiments and runs as
+/// MLflow does: the experiment `Default` (id "0") exists from the start, names are unique, runs belong to an
+/// existing experiment, a parameter cannot change its value, metrics are kept per run in arrival order, and a
+/// call about an unknown experiment or run is refused with MLflow's error codes. `authorized(headers)` decides
+/// whether a request's credentials are accepted (HTTP 401 otherwise).
+class FakeMlflow {
+ public:
+  struct Run {
+    std::string experiment_id;
+    std::string name;
+    std::string status = "RUNNING";
+    std::map<std::string, std::string> tags;
+    std::map<std::string, std::string> params;
+    std::vector<json> metrics;  // {"key", "value", "step"}, in arrival order
+    std::optional<std::int64_t> end_time;
+  };
+
+  explicit FakeMlflow(std::string prefix = "") : prefix_(std::move(prefix) + "/api/2.0/mlflow/") {}
+
+  std::function<bool(const std::string& headers)> authorized = [](const std::string&) { return true; };
+
+  /// Whether `r` is addressed to this server's API.
+  bool owns(const HttpRequest& r) const { return r.target.rfind(prefix_, 0) == 0; }
+
+  std::pair<int, std::string> handle(const HttpRequest& r) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!authorized(r.headers))
+      return {401, R"({"error_code":"UNAUTHENTICATED","message":"the credentials were refused"})"};
+    if (!owns(r)) return error(404, "ENDPOINT_NOT_FOUND", "no such endpoint");
+    const std::string endpoint = r.target.substr(prefix_.size());
+    const std::string by_name = "experiments/get-by-name?experiment_name=";
+    if (r.method == "GET" && endpoint.rfind(by_name, 0) == 0) {
+      const std::string name = url_decode(endpoint.substr(by_name.size()));
+      for (const auto& [id, n] : experiments_)
+        if (n == name) return {200, json{{"experiment", {{"experiment_id", id}, {"name", n}}}}.dump()};
+      return error(404, "RESOURCE_DOES_NOT_EXIST", "Could not find experiment with name " + name);
+    }
+    if (r.method != "POST") return error(404, "ENDPOINT_NOT_FOUND", "no such endpoint");
+    const json body = json::parse(r.body);
+    if (endpoint == "experiments/create") {
+      for (const auto& [id, n] : experiments_)
+        if (n == body["name"]) return error(400, "RESOURCE_ALREADY_EXISTS", "Experiment already exists");
+      const std::string id = std::to_string(100 + experiments_.size());
+      experiments_[id] = body["name"];
+      return {200, json{{"experiment_id", id}}.dump()};
+    }
+    if (endpoint == "runs/create") {
+      const std::string experiment = body.value("experiment_id", "");
+      if (!experiments_.count(experiment))
+        return error(404, "RESOURCE_DOES_NOT_EXIST", "No Experiment with id=" + experiment);
+      const std::string id = "run" + std::to_string(runs_.size() + 1);
+      Run& run = runs_[id];
+      run.experiment_id = experiment;
+      run.name = body.value("run_name", "");
+      for (const json& t : body.value("tags", json::array())) run.tags[t["key"]] = t["value"];
+      return {200, json{{"run", {{"info", {{"run_id", id}, {"status", "RUNNING"}}}}}}.dump()};
+    }
+    const auto run = runs_.find(body.value("run_id", ""));
+    if (run == runs_.end())
+      return error(404, "RESOURCE_DOES_NOT_EXIST", "Run '" + body.value("run_id", "") + "' not found");
+    if (endpoint == "runs/update") {
+      run->second.status = body.value("status", run->second.status);
+      if (body.contains("end_time")) run->second.end_time = body["end_time"].get<std::int64_t>();
+      return {200, json{{"run_info", {{"run_id", run->first}, {"status", run->second.status}}}}.dump()};
+    }
+    if (endpoint == "runs/log-batch") {
+      for (const json& p : body["params"]) {
+        const auto old = run->second.params.find(p["key"]);
+        if (old != run->second.params.end() && old->second != p["value"])
+          return error(400, "INVALID_PARAMETER_VALUE", "Changing param values is not allowed");
+      }
+      for (const json& p : body["params"]) run->second.params[p["key"]] = p["value"];
+      for (const json& t : body["tags"]) run->second.tags[t["key"]] = t["value"];
+      for (const json& m : body["metrics"])
+        run->second.metrics.push_back({{"key", m["key"]}, {"value", m["value"]}, {"step", m["step"]}});
+      return {200, "{}"};
+    }
+    return error(404, "ENDPOINT_NOT_FOUND", "no such endpoint");
+  }
+
+  /// A run started earlier (by an Azure Machine Learning job, another program).
+  void add_run(const std::string& id, const std::string& experiment_id = "0") {
+    std::lock_guard<std::mutex> lock(mutex_);
+    runs_[id].experiment_id = experiment_id;
+  }
+  std::map<std::string, Run> runs() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return runs_;
+  }
+  std::map<std::string, std::string> experiments() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return experiments_;
+  }
+
+ private:
+  static std::pair<int, std::string> error(int status, const std::string& code, const std::string& message) {
+    return {status, json{{"error_code", code}, {"message", message}}.dump()};
+  }
+
+  std::string prefix_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::string> experiments_{{"0", "Default"}};
+  std::map<std::string, Run> runs_;
 };
 
 }  // namespace torchfit::test

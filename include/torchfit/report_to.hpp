@@ -29,7 +29,7 @@ struct KnownTracker {
 
 /// Every name report_to knows, in report_to="all" order (HF's, then torchfit's own file trackers).
 inline constexpr KnownTracker known_trackers[] = {
-    {"azure_ml", nullptr, " is a Hugging Face integration torchfit does not have"},
+    {"azure_ml", "azure_ml.hpp", nullptr},
     {"comet_ml", "comet.hpp", nullptr},
     {"dagshub", nullptr, " is a Hugging Face integration torchfit does not have"},
     {"dvclive", "dvclive.hpp", nullptr},

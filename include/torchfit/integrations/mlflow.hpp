@@ -105,31 +105,19 @@ class MLflowCallback : public TrackerCallback {
   void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     // A background failure surfaces here, before this event warns about anything of its own.
     store_->rethrow_if_failed();
-    const auto now = detail::unix_time_ms();
-    std::vector<detail::MlflowMetric> metrics;
-    for (auto it = logs.begin(); it != logs.end(); ++it) {
-      const json& v = it.value();
-      if (!v.is_number() && !v.is_boolean()) {
-        if (warned_keys_.insert(it.key()).second)
-          log::warning(
-              "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. "
-              "MLflow's log_metric() only accepts float and int types so we dropped this attribute.",
-              detail::python_str(v), detail::python_type_repr(v), it.key());
-        continue;
-      }
-      const std::string key = detail::mlflow_sanitize_metric_key(it.key());
-      if (const auto problem = detail::mlflow_key_problem(key); !problem.empty()) {
-        if (warned_keys_.insert(it.key()).second)
-          log::warning("MLflowCallback: dropping metric \"{}\": MLflow rejects the name because {}", key,
-                       problem);
-        continue;
-      }
-      metrics.push_back(
-          {key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, state.global_step});
-    }
-    detail::mlflow_in_batches(
-        metrics, detail::mlflow_max_metrics_per_batch,
-        [&](const std::vector<detail::MlflowMetric>& batch) { store_->log_batch(run_id_, batch, {}, {}); });
+    const auto metrics = detail::mlflow_metrics(
+        logs, state.global_step, [&](const std::string& key, const json& v, const std::string& problem) {
+          if (!warned_keys_.insert(key).second) return;
+          if (problem.empty())
+            log::warning(
+                "Trainer is attempting to log a value of \"{}\" of type {} for key \"{}\" as a metric. "
+                "MLflow's log_metric() only accepts float and int types so we dropped this attribute.",
+                detail::python_str(v), detail::python_type_repr(v), key);
+          else
+            log::warning("MLflowCallback: dropping metric \"{}\": MLflow rejects the name because {}",
+                         detail::mlflow_sanitize_metric_key(key), problem);
+        });
+    detail::mlflow_log_metrics(*store_, run_id_, metrics);
   }
 
   void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt) override {

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +26,10 @@ namespace torchfit::detail {
 /// Transport options: extra headers (authentication) and TLS verification.
 struct HttpOptions {
   std::vector<std::string> headers;  // "Name: value"
+  /// When set, called before each attempt for one more header ("Authorization: Bearer ..." of a token that
+  /// expires); it may be called from several threads at once. What it throws ends the attempt: a
+  /// TransientError is retried as a failed request is.
+  std::function<std::string()> dynamic_header;
   bool insecure_tls = false;
   std::string ca_cert_path;
   std::string client_cert_path;
@@ -137,11 +142,13 @@ class HttpClient {
                       const std::string& content_type, const std::vector<std::string>& extra_headers,
                       HttpResponse& response) const {
     if (interrupted_) return "interrupted: the tracker stopped waiting for the server";
+    const std::string dynamic = options_.dynamic_header ? options_.dynamic_header() : std::string();
     std::unique_ptr<CURL, CurlDeleter> curl(curl_easy_init());
     if (!curl) return "curl_easy_init failed";
     curl_slist* list = nullptr;
     for (const auto& h : options_.headers) list = curl_slist_append(list, h.c_str());
     for (const auto& h : extra_headers) list = curl_slist_append(list, h.c_str());
+    if (!dynamic.empty()) list = curl_slist_append(list, dynamic.c_str());
     if (!body.empty()) list = curl_slist_append(list, ("Content-Type: " + content_type).c_str());
     list = curl_slist_append(list, "Expect:");  // no 100-continue round trip for larger bodies
     std::unique_ptr<curl_slist, CurlDeleter> headers(list);

@@ -539,6 +539,58 @@ class MlflowRestStore : public MlflowStore {
   std::optional<Outbox> outbox_;  // last: its thread sends until it is destroyed
 };
 
+/// `retry` with the fields MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR (the first
+/// back-off) and MLFLOW_HTTP_REQUEST_TIMEOUT (one attempt) replaced when they are set, as they configure
+/// MLflow's own client.
+inline RetryPolicy mlflow_rest_retry(RetryPolicy retry) {
+  if (const auto retries = env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
+    retry.max_retries = static_cast<int>(*retries);
+  if (const auto backoff = env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
+    retry.initial_backoff_s = *backoff;
+  if (const auto timeout = env_number("MLFLOW_HTTP_REQUEST_TIMEOUT")) retry.request_timeout_s = *timeout;
+  return retry;
+}
+
+/// The TLS settings of MLflow's client: MLFLOW_TRACKING_INSECURE_TLS, MLFLOW_TRACKING_SERVER_CERT_PATH and
+/// MLFLOW_TRACKING_CLIENT_CERT_PATH.
+inline HttpOptions mlflow_tls_options() {
+  HttpOptions http;
+  http.insecure_tls = env_true("MLFLOW_TRACKING_INSECURE_TLS");
+  http.ca_cert_path = env_string("MLFLOW_TRACKING_SERVER_CERT_PATH").value_or("");
+  http.client_cert_path = env_string("MLFLOW_TRACKING_CLIENT_CERT_PATH").value_or("");
+  return http;
+}
+
+/// The metric points of log entry `logs` at `step`, as MLflow takes them: numbers (booleans as 1/0), keys
+/// sanitised as HF v5 does. A value left out is passed to `dropped(key, value, problem)`: `problem` is empty
+/// for a value that is not a number, else why MLflow rejects the key.
+template <typename Dropped>
+std::vector<MlflowMetric> mlflow_metrics(const json& logs, std::int64_t step, Dropped dropped) {
+  const auto now = unix_time_ms();
+  std::vector<MlflowMetric> metrics;
+  for (auto it = logs.begin(); it != logs.end(); ++it) {
+    const json& v = it.value();
+    if (!v.is_number() && !v.is_boolean()) {
+      dropped(it.key(), v, std::string());
+      continue;
+    }
+    const std::string key = mlflow_sanitize_metric_key(it.key());
+    if (const auto problem = mlflow_key_problem(key); !problem.empty()) {
+      dropped(it.key(), v, problem);
+      continue;
+    }
+    metrics.push_back({key, v.is_boolean() ? double(v.get<bool>()) : v.get<double>(), now, step});
+  }
+  return metrics;
+}
+
+/// Logs `metrics` to run `run_id` of `store`, at most MLflow's 1000 a request.
+inline void mlflow_log_metrics(MlflowStore& store, const std::string& run_id,
+                               const std::vector<MlflowMetric>& metrics) {
+  mlflow_in_batches(metrics, mlflow_max_metrics_per_batch,
+                    [&](const std::vector<MlflowMetric>& batch) { store.log_batch(run_id, batch, {}, {}); });
+}
+
 /// The store MLflowCallback logs to: `tracking_uri` when set, else MLFLOW_TRACKING_URI, else `./mlruns`. An
 /// `http(s)://` URI is a tracking server, retried with `retry` (MLFLOW_HTTP_REQUEST_* replace its fields) and
 /// authenticated from MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, its unsent calls kept under
@@ -548,23 +600,21 @@ inline std::unique_ptr<MlflowStore> mlflow_store(const std::optional<std::string
                                                  const std::optional<double>& flush_timeout_s) {
   std::string uri = tracking_uri.value_or(env_string("MLFLOW_TRACKING_URI").value_or(""));
   if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
-    if (const auto retries = env_number("MLFLOW_HTTP_REQUEST_MAX_RETRIES"))
-      retry.max_retries = static_cast<int>(*retries);
-    if (const auto backoff = env_number("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"))
-      retry.initial_backoff_s = *backoff;
-    if (const auto timeout = env_number("MLFLOW_HTTP_REQUEST_TIMEOUT")) retry.request_timeout_s = *timeout;
-    HttpOptions http;
+    HttpOptions http = mlflow_tls_options();
     const auto user = env_string("MLFLOW_TRACKING_USERNAME");
     const auto password = env_string("MLFLOW_TRACKING_PASSWORD");
     if (user && password)
       http.headers.push_back("Authorization: Basic " + base64(*user + ":" + *password));
     else if (const auto token = env_string("MLFLOW_TRACKING_TOKEN"))
       http.headers.push_back("Authorization: Bearer " + *token);
-    http.insecure_tls = env_true("MLFLOW_TRACKING_INSECURE_TLS");
-    http.ca_cert_path = env_string("MLFLOW_TRACKING_SERVER_CERT_PATH").value_or("");
-    http.client_cert_path = env_string("MLFLOW_TRACKING_CLIENT_CERT_PATH").value_or("");
-    return std::make_unique<MlflowRestStore>(uri, retry, std::move(http), output_dir, flush_timeout_s);
+    return std::make_unique<MlflowRestStore>(uri, mlflow_rest_retry(retry), std::move(http), output_dir,
+                                             flush_timeout_s);
   }
+  if (uri.rfind("azureml:", 0) == 0)
+    throw ArgumentError(fmt::format(
+        "MLFLOW_TRACKING_URI \"{}\" is an Azure Machine Learning workspace: report to it with --report_to "
+        "azure_ml (<torchfit/integrations/azure_ml.hpp>)",
+        uri));
   if (uri.rfind("file://", 0) == 0)
     uri = uri.substr(7);
   else if (uri.rfind("file:", 0) == 0)
