@@ -5,7 +5,7 @@
 // samples per second of one (the target is 1.8x): the gap is the gradient all-reduce and the per-step agreement
 // that is not hidden behind the backward pass, or cores the machine does not have.
 //
-//   ./distributed [--quick] [training arguments, e.g. --ddp_find_unused_parameters true]
+//   ./distributed [--quick] [--reps N] [training arguments, e.g. --ddp_find_unused_parameters true]
 //
 // It starts its own processes: `distributed --worker WORKLOAD STEPS RESULT.json [training arguments]`, alone or as
 // one rank of a job (torchrun's variables), writes what that process measured.
@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -26,8 +27,8 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <torchfit/distributed.hpp>
 #include <torchfit/torchfit.hpp>
@@ -58,7 +59,8 @@ struct StepClock : torchfit::TrainerCallback {
   void on_step_end(const Args&, torchfit::TrainerState& state, torchfit::TrainerControl&,
                    const torchfit::CallbackContext&) override {
     if (state.global_step == warmup_steps) start = Clock::now();
-    if (state.global_step == state.max_steps) seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (state.global_step == state.max_steps)
+      seconds = std::chrono::duration<double>(Clock::now() - start).count();
   }
   Clock::time_point start;
   double seconds = 0;
@@ -69,9 +71,9 @@ struct StepClock : torchfit::TrainerCallback {
 template <typename Model, typename Loss>
 json measure(Model model, torchfit::TensorPairDataset data, Loss loss, int64_t batch_size, int64_t steps,
              std::vector<std::string> flags) {
-  flags.insert(flags.end(), {"--max_steps", std::to_string(warmup_steps + steps), "--per_device_train_batch_size",
-                             std::to_string(batch_size), "--save_strategy", "no", "--logging_steps", "1000000",
-                             "--disable_tqdm", "--report_to", "none"});
+  flags.insert(flags.end(), {"--max_steps", std::to_string(warmup_steps + steps),
+                             "--per_device_train_batch_size", std::to_string(batch_size), "--save_strategy",
+                             "no", "--logging_steps", "1000000", "--disable_tqdm", "--report_to", "none"});
   std::vector<const char*> argv;
   for (const auto& flag : flags) argv.push_back(flag.c_str());
   const auto args = torchfit::TrainingArguments::from_argv(static_cast<int>(argv.size()), argv.data());
@@ -97,18 +99,22 @@ json measure(Model model, torchfit::TensorPairDataset data, Loss loss, int64_t b
   return out;
 }
 
-int worker(const std::string& workload, int64_t steps, const fs::path& result, const std::vector<std::string>& flags) {
+int worker(const std::string& workload, int64_t steps, const fs::path& result,
+           const std::vector<std::string>& flags) {
   torch::set_num_threads(1);
   const int64_t world_size = torchfit::distributed::world().size;
-  const int64_t samples = (warmup_steps + steps) * world_size;  // per batch-size unit: one epoch covers the run
+  const int64_t samples =
+      (warmup_steps + steps) * world_size;  // per batch-size unit: one epoch covers the run
   json out;
   if (workload == "mlp") {
     const int64_t batch = 64;
     torch::manual_seed(1);
-    torchfit::TensorPairDataset data{torch::randn({samples * batch, 784}), torch::randint(10, {samples * batch})};
-    out = measure(Mlp(), std::move(data),
-                  [](Mlp& m, const Batch& b) { return torch::cross_entropy_loss(m->forward(b.data), b.target); },
-                  batch, steps, flags);
+    torchfit::TensorPairDataset data{torch::randn({samples * batch, 784}),
+                                     torch::randint(10, {samples * batch})};
+    out = measure(
+        Mlp(), std::move(data),
+        [](Mlp& m, const Batch& b) { return torch::cross_entropy_loss(m->forward(b.data), b.target); }, batch,
+        steps, flags);
   } else {
     const int64_t batch = 8;
     GptConfig config;
@@ -118,8 +124,9 @@ int worker(const std::string& workload, int64_t steps, const fs::path& result, c
     torch::manual_seed(1);
     const torch::Tensor tokens = torch::randint(256, {samples * batch, config.context + 1});
     torchfit::TensorPairDataset data{tokens.slice(1, 0, config.context), tokens.slice(1, 1)};
-    out = measure(CharGpt(config), std::move(data),
-                  [](CharGpt& m, const Batch& b) { return next_token_loss(m, b); }, batch, steps, flags);
+    out = measure(
+        CharGpt(config), std::move(data), [](CharGpt& m, const Batch& b) { return next_token_loss(m, b); },
+        batch, steps, flags);
   }
   if (torchfit::distributed::world().is_world_zero()) std::ofstream(result) << out.dump();
   return 0;
@@ -149,13 +156,13 @@ json run(const char* self, int processes, const std::string& workload, int64_t s
     if (pid == 0) {
       setenv("OMP_NUM_THREADS", "1", 1);
       if (processes > 1)
-        for (const auto& [name, value] : std::vector<std::pair<const char*, std::string>>{
-                 {"RANK", std::to_string(rank)},
-                 {"WORLD_SIZE", std::to_string(processes)},
-                 {"LOCAL_RANK", std::to_string(rank)},
-                 {"LOCAL_WORLD_SIZE", std::to_string(processes)},
-                 {"MASTER_ADDR", "127.0.0.1"},
-                 {"MASTER_PORT", std::to_string(port)}})
+        for (const auto& [name, value] :
+             std::vector<std::pair<const char*, std::string>>{{"RANK", std::to_string(rank)},
+                                                              {"WORLD_SIZE", std::to_string(processes)},
+                                                              {"LOCAL_RANK", std::to_string(rank)},
+                                                              {"LOCAL_WORLD_SIZE", std::to_string(processes)},
+                                                              {"MASTER_ADDR", "127.0.0.1"},
+                                                              {"MASTER_PORT", std::to_string(port)}})
           setenv(name, value.c_str(), 1);
       const std::string log = (dir / fmt::format("{}-{}-rank{}.log", workload, processes, rank)).string();
       const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -177,8 +184,9 @@ json run(const char* self, int processes, const std::string& workload, int64_t s
     failed = failed || !WIFEXITED(status) || WEXITSTATUS(status) != 0;
   }
   if (failed || !fs::exists(result))
-    throw std::runtime_error(fmt::format("the {} run on {} process(es) failed: see {}", workload, processes,
-                                         (dir / fmt::format("{}-{}-rank0.log", workload, processes)).string()));
+    throw std::runtime_error(
+        fmt::format("the {} run on {} process(es) failed: see {}", workload, processes,
+                    (dir / fmt::format("{}-{}-rank0.log", workload, processes)).string()));
   std::ifstream in(result);
   return json::parse(in);
 }
@@ -192,28 +200,40 @@ int main(int argc, char** argv) try {
     return worker(argv[2], std::stoll(argv[3]), argv[4], flags);
   }
   bool quick = false;
+  int reps = 1;
   std::vector<std::string> flags;
   for (int i = 1; i < argc; ++i) {
     if (std::string(argv[i]) == "--quick")
       quick = true;
+    else if (std::string(argv[i]) == "--reps" && i + 1 < argc)
+      reps = std::max(1, std::stoi(argv[++i]));
     else
       flags.emplace_back(argv[i]);
   }
   const fs::path dir = fs::temp_directory_path() / fmt::format("torchfit-distributed-bench-{}", getpid());
   fs::create_directories(dir);
   const char* self = argv[0];
-  std::cout << fmt::format("{:<10} {:>16} {:>16} {:>8} {:>12} {:>16} {:>12}\n", "workload", "1 process samp/s",
-                           "2 procs samp/s", "speed-up", "grad bytes", "all-reduce ms", "ms per step");
+  std::cout << fmt::format("{:<10} {:>4} {:>16} {:>16} {:>8} {:>12} {:>16} {:>12}\n", "workload", "rep",
+                           "1 process samp/s", "2 procs samp/s", "speed-up", "grad bytes", "all-reduce ms",
+                           "ms per step");
   for (const std::string workload : {"mlp", "gpt"}) {
     const int64_t steps = quick ? 10 : (workload == "mlp" ? 300 : 60);
-    const json one = run(self, 1, workload, steps, dir, flags);
-    const json two = run(self, 2, workload, steps, dir, flags);
-    const double speedup = two["samples_per_second"].get<double>() / one["samples_per_second"].get<double>();
-    std::cout << fmt::format("{:<10} {:>16.0f} {:>16.0f} {:>7.2f}x {:>12} {:>16.3f} {:>12.3f}\n", workload,
-                             one["samples_per_second"].get<double>(), two["samples_per_second"].get<double>(),
-                             speedup, two["gradient_bytes"].get<int64_t>(),
-                             1e3 * two["all_reduce_seconds"].get<double>(),
-                             1e3 / two["steps_per_second"].get<double>());
+    // One process, then two, in turn: each repetition's ratio is measured under the same machine load.
+    std::vector<double> speedups;
+    for (int rep = 1; rep <= reps; ++rep) {
+      const json one = run(self, 1, workload, steps, dir, flags);
+      const json two = run(self, 2, workload, steps, dir, flags);
+      speedups.push_back(two["samples_per_second"].get<double>() / one["samples_per_second"].get<double>());
+      std::cout << fmt::format(
+          "{:<10} {:>4} {:>16.0f} {:>16.0f} {:>7.2f}x {:>12} {:>16.3f} {:>12.3f}\n", workload, rep,
+          one["samples_per_second"].get<double>(), two["samples_per_second"].get<double>(), speedups.back(),
+          two["gradient_bytes"].get<int64_t>(), 1e3 * two["all_reduce_seconds"].get<double>(),
+          1e3 / two["steps_per_second"].get<double>());
+    }
+    std::sort(speedups.begin(), speedups.end());
+    std::cout << fmt::format("{:<10} speed-up median {:.2f}x [{:.2f}, {:.2f}] over {} repetitions\n",
+                             workload, speedups[speedups.size() / 2], speedups.front(), speedups.back(),
+                             reps);
   }
   fs::remove_all(dir);
   return 0;
