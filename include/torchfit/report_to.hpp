@@ -31,7 +31,7 @@ struct KnownTracker {
 inline constexpr KnownTracker known_trackers[] = {
     {"azure_ml", "azure_ml.hpp", nullptr},
     {"comet_ml", "comet.hpp", nullptr},
-    {"dagshub", nullptr, " is a Hugging Face integration torchfit does not have"},
+    {"dagshub", "dagshub.hpp", nullptr},
     {"dvclive", "dvclive.hpp", nullptr},
     {"flyte", nullptr, " is a Hugging Face integration torchfit does not have"},
     {"mlflow", "mlflow.hpp", nullptr},

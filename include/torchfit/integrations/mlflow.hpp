@@ -101,6 +101,14 @@ class MLflowCallback : public TrackerCallback {
   /// The experiment of the run (empty before setup).
   const std::string& experiment_id() const { return experiment_id_; }
 
+ protected:
+  /// The store the run goes to, made when the run opens: `tracking_uri`, else MLflow's environment (see
+  /// detail::mlflow_store). A tracker built on this one (DagsHub) names its own server and credentials.
+  virtual std::unique_ptr<detail::MlflowStore> make_store(const Args& args) {
+    return detail::mlflow_store(options_.tracking_uri, options_.retry, args.output_dir,
+                                options_.flush_timeout_s);
+  }
+
  private:
   void log_entry(const TrainerState& state, TrainerControl&, const Logs& logs) override {
     // A background failure surfaces here, before this event warns about anything of its own.
@@ -121,8 +129,7 @@ class MLflowCallback : public TrackerCallback {
   }
 
   void open_run(const Args& args, const TrainerState& state, const CallbackContext&, OpenedAt) override {
-    store_ = detail::mlflow_store(options_.tracking_uri, options_.retry, args.output_dir,
-                                  options_.flush_timeout_s);
+    store_ = make_store(args);
     log_artifacts_ = detail::env_true("HF_MLFLOW_LOG_ARTIFACTS");
     const auto experiment_name = detail::env_string("MLFLOW_EXPERIMENT_NAME");
     experiment_id_ = experiment_name ? store_->experiment_id(*experiment_name)

@@ -561,6 +561,16 @@ inline HttpOptions mlflow_tls_options() {
   return http;
 }
 
+/// The Authorization header of MLflow's client: HTTP Basic from MLFLOW_TRACKING_USERNAME and
+/// MLFLOW_TRACKING_PASSWORD, else a Bearer token from `token_variable`; nothing when neither is set.
+inline std::optional<std::string> mlflow_auth_header(const char* token_variable) {
+  const auto user = env_string("MLFLOW_TRACKING_USERNAME");
+  const auto password = env_string("MLFLOW_TRACKING_PASSWORD");
+  if (user && password) return "Authorization: Basic " + base64(*user + ":" + *password);
+  if (const auto token = env_string(token_variable)) return "Authorization: Bearer " + *token;
+  return std::nullopt;
+}
+
 /// The metric points of log entry `logs` at `step`, as MLflow takes them: numbers (booleans as 1/0), keys
 /// sanitised as HF v5 does. A value left out is passed to `dropped(key, value, problem)`: `problem` is empty
 /// for a value that is not a number, else why MLflow rejects the key.
@@ -601,12 +611,7 @@ inline std::unique_ptr<MlflowStore> mlflow_store(const std::optional<std::string
   std::string uri = tracking_uri.value_or(env_string("MLFLOW_TRACKING_URI").value_or(""));
   if (uri.rfind("http://", 0) == 0 || uri.rfind("https://", 0) == 0) {
     HttpOptions http = mlflow_tls_options();
-    const auto user = env_string("MLFLOW_TRACKING_USERNAME");
-    const auto password = env_string("MLFLOW_TRACKING_PASSWORD");
-    if (user && password)
-      http.headers.push_back("Authorization: Basic " + base64(*user + ":" + *password));
-    else if (const auto token = env_string("MLFLOW_TRACKING_TOKEN"))
-      http.headers.push_back("Authorization: Bearer " + *token);
+    if (auto header = mlflow_auth_header("MLFLOW_TRACKING_TOKEN")) http.headers.push_back(std::move(*header));
     return std::make_unique<MlflowRestStore>(uri, mlflow_rest_retry(retry), std::move(http), output_dir,
                                              flush_timeout_s);
   }
