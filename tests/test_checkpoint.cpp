@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include <catch2/catch.hpp>
@@ -766,4 +767,18 @@ TEST_CASE("interrupted saves and deletions leave only hidden directories, never 
     CHECK(checkpoint::list(dir.path()).empty());
     CHECK(hidden_entries(dir.path()).empty());
   }
+}
+
+TEST_CASE("optimizer.pt holds torch::save's bytes, written straight to the file", "[checkpoint][format]") {
+  test::TempDir dir;
+  auto p = torch::randn({300, 7}).requires_grad_();
+  p.mutable_grad() = torch::ones_like(p);
+  torch::optim::AdamW optimizer({p}, torch::optim::AdamWOptions(1e-2));
+  optimizer.step();
+  checkpoint::save_optimizer_state(optimizer, dir / "optimizer.pt");
+  torch::serialize::OutputArchive archive;
+  optimizer.save(archive);
+  std::ostringstream expected;
+  archive.save_to(expected);
+  CHECK(test::read_file(dir / "optimizer.pt") == expected.str());
 }
