@@ -315,8 +315,8 @@ TEST_CASE("report_to refuses a name it does not know, saying what is available",
                                        available + ")");
   CHECK(error_of("neptune") ==
         "--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; available: " + available);
-  CHECK(error_of("swanlab") ==
-        "--report_to: \"swanlab\" is a Hugging Face integration torchfit does not have; available: " +
+  CHECK(error_of("kubeflow") ==
+        "--report_to: \"kubeflow\" is a Hugging Face integration torchfit does not have; available: " +
             available);
   CHECK(handler.callbacks().empty());  // nothing added when a name is refused
 }

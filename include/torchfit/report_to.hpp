@@ -40,7 +40,7 @@ inline constexpr KnownTracker known_trackers[] = {
     {"wandb", "wandb.hpp", nullptr},
     {"codecarbon", "codecarbon.hpp", nullptr},
     {"clearml", "clearml.hpp", nullptr},
-    {"swanlab", nullptr, " is a Hugging Face integration torchfit does not have"},
+    {"swanlab", "swanlab.hpp", nullptr},
     {"trackio", "trackio.hpp", nullptr},
     {"kubeflow", nullptr, " is a Hugging Face integration torchfit does not have"},
     {"csv", "csv.hpp", nullptr},

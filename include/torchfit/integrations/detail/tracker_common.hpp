@@ -16,6 +16,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -129,17 +130,21 @@ inline std::int64_t unix_time_ms() {
       .count();
 }
 
-/// Python's `datetime.now(timezone.utc).isoformat()`: `2026-11-24T05:58:16.123456+00:00` (the fraction is
-/// left out when it is zero, as Python does).
-inline std::string iso_utc_now() {
-  const auto now = std::chrono::system_clock::now();
-  const auto micros =
-      std::chrono::duration_cast<std::chrono::microseconds>(now.time_since_epoch()).count() % 1000000;
-  const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
+/// `when` in UTC as `%Y-%m-%dT%H:%M:%S`, and the microseconds past that second.
+inline std::pair<std::string, std::int64_t> utc_stamp(std::chrono::system_clock::time_point when) {
+  const std::time_t seconds = std::chrono::system_clock::to_time_t(when);
   std::tm utc{};
   gmtime_r(&seconds, &utc);
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &utc);
+  return {stamp,
+          std::chrono::duration_cast<std::chrono::microseconds>(when.time_since_epoch()).count() % 1000000};
+}
+
+/// Python's `datetime.now(timezone.utc).isoformat()`: `2026-11-24T05:58:16.123456+00:00` (the fraction is
+/// left out when it is zero, as Python does).
+inline std::string iso_utc_now() {
+  const auto [stamp, micros] = utc_stamp(std::chrono::system_clock::now());
   return micros == 0 ? fmt::format("{}+00:00", stamp) : fmt::format("{}.{:06d}+00:00", stamp, micros);
 }
 
