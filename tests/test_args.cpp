@@ -107,7 +107,7 @@ TEST_CASE("defaults are HF v4.57's, except report_to and restore_callback_states
     "ignore_data_skip": false,
     "load_best_model_at_end": false, "metric_for_best_model": null, "greater_is_better": null,
     "seed": 42, "data_seed": null, "full_determinism": false, "dataloader_drop_last": false,
-    "dataloader_num_workers": 0, "label_names": null,
+    "dataloader_num_workers": 0, "dataloader_pin_memory": true, "label_names": null,
     "use_cpu": false, "tune_cpu_allocator": true, "bf16": false, "fp16": false,
     "ddp_backend": null, "ddp_timeout": 1800, "ddp_bucket_cap_mb": null, "ddp_find_unused_parameters": null,
     "ddp_broadcast_buffers": null,

@@ -608,3 +608,87 @@ TEST_CASE("a streaming dataset needs --max_steps and resumes at exactly its data
     std::filesystem::remove_all(dir.path());
   }
 }
+
+// ---- pinned memory (CUDA) ----
+
+// A CPU-only libtorch installs c10/cuda headers without the CUDA build's generated macros.
+#if __has_include(<c10/cuda/CUDAFunctions.h>) && __has_include(<c10/cuda/impl/cuda_cmake_macros.h>) && \
+    __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDAFunctions.h>
+#define TORCHFIT_TEST_SYNC_DEBUG 1
+#endif
+
+namespace {
+
+#if TORCH_VERSION_MAJOR >= 2
+namespace warnings = c10::WarningUtils;
+#else
+namespace warnings = c10::Warning;
+#endif
+
+// Counts, between on_step_begin and on_step_end, the operations that wait for the GPU: libtorch's sync debug
+// mode reports each as a warning (where its CUDA headers are at hand), and every value the library reads back
+// goes through detail::host_reads().
+struct SyncCounter : TrainerCallback, c10::WarningHandler {
+  void on_step_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    reads_at_begin = torchfit::detail::host_reads();
+    syncs_at_begin = syncs;
+  }
+  void on_step_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    ++steps;
+    in_steps += (torchfit::detail::host_reads() - reads_at_begin) + (syncs - syncs_at_begin);
+  }
+  void process(const c10::SourceLocation&, const std::string& msg, bool) override {
+    if (msg.find("synchronizing CUDA operation") != std::string::npos) ++syncs;
+  }
+  int64_t steps = 0, in_steps = 0, reads_at_begin = 0, syncs = 0, syncs_at_begin = 0;
+};
+
+}  // namespace
+
+TEST_CASE("on CUDA batches are pinned and reach the device without a host sync outside logging steps",
+          "[data][cuda]") {
+  if (!torch::cuda::is_available()) {
+    WARN("skipped: no CUDA device");
+    return;
+  }
+  SECTION("the prefetcher pins each batch, on the worker that built it") {
+    const auto data = test::regression_data(24);
+    for (const int64_t workers : {0, 2}) {
+      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> batches(data, 4, false, 1, 0, workers,
+                                                                                        {}, /*pin=*/true);
+      const auto batch = batches.next();
+      CHECK(batch.data.is_pinned());
+      CHECK(batch.target.is_pinned());
+      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> unpinned(data, 4, false, 1, 0,
+                                                                                         workers);
+      CHECK(!unpinned.next().data.is_pinned());
+    }
+  }
+  SECTION("training reads nothing back and waits for nothing between on_step_begin and on_step_end") {
+    for (const bool pin : {true, false}) {
+      test::TempDir dir;
+      TrainingArguments args;
+      args.output_dir = dir.path().string();
+      args.report_to = {"none"};
+      args.disable_tqdm = true;
+      args.save_strategy = SaveStrategy::no;
+      args.max_steps = 20;
+      args.logging_steps = 10;
+      args.dataloader_pin_memory = pin;
+      Trainer trainer(test::Mlp(), args, test::regression_data(64), test::mse_loss);
+      auto counter = trainer.add_callback<SyncCounter>();
+      warnings::WarningHandlerGuard handler(counter.get());
+#ifdef TORCHFIT_TEST_SYNC_DEBUG
+      c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_WARN);
+#endif
+      trainer.train();
+#ifdef TORCHFIT_TEST_SYNC_DEBUG
+      c10::cuda::warning_state().set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+      CHECK(counter->syncs > 0);  // the logging steps' reads were seen
+#endif
+      CHECK(counter->steps == 20);
+      CHECK(counter->in_steps == 0);
+    }
+  }
+}

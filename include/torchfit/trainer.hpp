@@ -211,7 +211,8 @@ class Trainer {
       detail::BatchPrefetcher<TrainData> batches(train_data_, plan.batch_size, args_.dataloader_drop_last,
                                                  static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch),
                                                  first, args_.dataloader_num_workers,
-                                                 distributed::Shard{world.rank, world.size});
+                                                 distributed::Shard{world.rank, world.size},
+                                                 /*pin=*/device_.is_cuda() && args_.dataloader_pin_memory);
       run_epoch(batches, plan.batches_per_epoch, epoch, first, stop_signals);
       handler_.on_epoch_end(args_, state_, control_);
       maybe_log_save_evaluate();
@@ -321,15 +322,21 @@ class Trainer {
 
   // One epoch's micro-batches from `first_micro_step` on (HF's inner loop): a training step each, an optimizer
   // update at the end of each accumulation group (or of the epoch), then on_step_end and its log/evaluate/save
-  // pass. A stop flag ends the epoch after any micro-batch; a stop signal after the current update.
+  // pass. A stop flag ends the epoch after any micro-batch; a stop signal after the current update. On CUDA the
+  // next batch's copy to the device is queued before this step's work, so that it never waits for its data.
   void run_epoch(detail::BatchPrefetcher<TrainData>& batches, int64_t steps_in_epoch, int64_t epoch,
                  int64_t first_micro_step, const detail::StopSignals& stop_signals) {
     const int64_t ga = args_.gradient_accumulation_steps;
+    const auto fetch = [&] { return detail::to_device(batches.next(), device_); };
+    std::optional<Batch> ahead;
     for (int64_t step = first_micro_step; step < steps_in_epoch; ++step) {
       if (step % ga == 0) handler_.on_step_begin(args_, state_, control_);
       const int64_t group_start = step - step % ga;
       const bool ends_update = (step + 1) % ga == 0 || step + 1 == steps_in_epoch;
-      training_step(batches.next(), std::min(ga, steps_in_epoch - group_start), ends_update);
+      const Batch batch = ahead ? std::move(*ahead) : fetch();
+      ahead.reset();
+      if (device_.is_cuda() && step + 1 < steps_in_epoch) ahead = fetch();
+      training_step(batch, std::min(ga, steps_in_epoch - group_start), ends_update);
       if (ends_update) {
         optimization_->run(handler_, args_, state_, control_);
         state_.global_step += 1;
@@ -348,9 +355,8 @@ class Trainer {
 
   // HF's training_step: forward and backward of one micro-batch, its loss divided by the size of its accumulation
   // group so that the group's gradients and summed losses are means; nothing is read back from the device. The
-  // backward of an update's last micro-batch averages the gradients over the processes.
-  void training_step(const Batch& host_batch, int64_t group_size, bool ends_update) {
-    const Batch batch = detail::to_device(host_batch, device_);
+  // backward of an update's last micro-batch averages the gradients over the processes. `batch` is on the device.
+  void training_step(const Batch& batch, int64_t group_size, bool ends_update) {
     data_parallel_.before_forward();
     torch::Tensor loss;
     {

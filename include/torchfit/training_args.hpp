@@ -158,6 +158,7 @@ struct TrainingArguments {
   bool full_determinism = false;
   bool dataloader_drop_last = false;
   int64_t dataloader_num_workers = 0;
+  bool dataloader_pin_memory = true;
   std::optional<std::vector<std::string>> label_names;  // None: "labels", then "label"
 
   bool use_cpu = false;
@@ -310,6 +311,8 @@ inline const ArgumentFields<TrainingArguments>& training_fields() {
           .add("dataloader_drop_last", &A::dataloader_drop_last, "drop the last incomplete training batch")
           .add("dataloader_num_workers", &A::dataloader_num_workers,
                "data loading worker threads; 0: main thread")
+          .add("dataloader_pin_memory", &A::dataloader_pin_memory,
+               "on CUDA, copy batches to page-locked memory so that they reach the device without a host sync")
           .add("label_names", &A::label_names,
                "keys of a TensorDict batch holding the labels, comma-separated (several are stacked); None: "
                "\"labels\", then \"label\"")

@@ -97,16 +97,35 @@ inline const std::vector<std::string>& default_label_names() {
 
 namespace detail {
 
-/// Moves every tensor of a batch to `device` (non-blocking from pinned memory).
+/// A batch in page-locked host memory (dataloader_pin_memory): from there a non_blocking copy to a CUDA device is
+/// asynchronous, where from pageable memory CUDA stages it and the host waits. Needs a CUDA build.
+inline torch::Tensor pinned(const torch::Tensor& t) {
+  return t.defined() && t.device().is_cpu() && !t.is_pinned() ? t.pin_memory() : t;
+}
+inline torch::data::Example<> pinned(const torch::data::Example<>& b) { return {pinned(b.data), pinned(b.target)}; }
+inline torch::data::TensorExample pinned(const torch::data::TensorExample& b) {
+  return torch::data::TensorExample(pinned(b.data));
+}
+inline TensorDict pinned(const TensorDict& b) {
+  TensorDict out;
+  for (const auto& [key, value] : b) out.insert(key, pinned(value));
+  return out;
+}
+
+/// Moves every tensor of a batch to `device` (non-blocking: asynchronous from pinned memory); a tensor already
+/// there is returned without a call through the dispatcher.
+inline torch::Tensor to_device(const torch::Tensor& t, const torch::Device& device) {
+  return !t.defined() || t.device() == device ? t : t.to(device, /*non_blocking=*/true);
+}
 inline torch::data::Example<> to_device(const torch::data::Example<>& b, const torch::Device& device) {
-  return {b.data.to(device, /*non_blocking=*/true), b.target.to(device, /*non_blocking=*/true)};
+  return {to_device(b.data, device), to_device(b.target, device)};
 }
 inline torch::data::TensorExample to_device(const torch::data::TensorExample& b, const torch::Device& device) {
-  return torch::data::TensorExample(b.data.to(device, /*non_blocking=*/true));
+  return torch::data::TensorExample(to_device(b.data, device));
 }
 inline TensorDict to_device(const TensorDict& b, const torch::Device& device) {
   TensorDict out;
-  for (const auto& [key, value] : b) out.insert(key, value.defined() ? value.to(device, /*non_blocking=*/true) : value);
+  for (const auto& [key, value] : b) out.insert(key, to_device(value, device));
   return out;
 }
 

@@ -29,23 +29,29 @@ namespace torchfit::detail {
 /// > 0, that many threads build batches ahead (HF's dataloader_num_workers), at most 2 per worker waiting (HF's
 /// default prefetch_factor). Jobs are taken in order, one thread at a time (a stream is read sequentially), and
 /// built in parallel; each batch is built by the same code whichever thread builds it, so its bits and the order
-/// never depend on the number of workers. A worker's exception reaches the caller of next() for that batch.
-/// `data` must outlive this.
+/// never depend on the number of workers. With `pin`, each batch is built into page-locked memory (pinned(), on
+/// the worker that built it), ready for an asynchronous copy to a CUDA device. A worker's exception reaches the
+/// caller of next() for that batch. `data` must outlive this.
 template <typename Data>
 class BatchPrefetcher {
  public:
   using Batch = typename DataTraits<Data>::Batch;
 
   BatchPrefetcher(const Data& data, int64_t batch_size, bool drop_last, std::optional<uint64_t> shuffle_seed,
-                  int64_t first, int64_t workers, distributed::Shard shard = {}) {
+                  int64_t first, int64_t workers, distributed::Shard shard = {}, bool pin = false) {
+    const auto build = [pin](Batch batch) { return pin ? pinned(batch) : batch; };
     if constexpr (DataTraits<Data>::sized) {
       auto plan = std::make_shared<BatchPlan<Data>>(data, batch_size, drop_last, shuffle_seed, shard);
       limit_ = plan->num_batches() - first;
-      take_ = [plan, k = first]() mutable { return [plan, batch = k++] { return plan->batch(batch); }; };
+      take_ = [plan, build, k = first]() mutable {
+        return [plan, build, batch = k++] { return build(plan->batch(batch)); };
+      };
     } else {
       check_stream_shard(DataTraits<Data>::stream(data), shard);
       limit_ = std::numeric_limits<int64_t>::max();  // a stream starts a new pass where one ends
-      take_ = [batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first)] { return batches->take(); };
+      take_ = [batches = std::make_shared<StreamBatches<Data>>(data, batch_size, first), build] {
+        return [job = batches->take(), build] { return build(job()); };
+      };
     }
     depth_ = 2 * workers;
     for (int64_t i = 0; i < workers; ++i) threads_.emplace_back([this] { work(); });
