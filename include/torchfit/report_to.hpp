@@ -33,7 +33,7 @@ inline constexpr KnownTracker known_trackers[] = {
     {"comet_ml", "comet.hpp", nullptr},
     {"dagshub", "dagshub.hpp", nullptr},
     {"dvclive", "dvclive.hpp", nullptr},
-    {"flyte", nullptr, " is a Hugging Face integration torchfit does not have"},
+    {"flyte", "flyte.hpp", nullptr},
     {"mlflow", "mlflow.hpp", nullptr},
     {"neptune", nullptr, ": Neptune's hosted service shut down on 2026-03-05"},
     {"tensorboard", "tensorboard.hpp", nullptr},

@@ -30,6 +30,10 @@ struct HttpOptions {
   /// expires); it may be called from several threads at once. What it throws ends the attempt: a
   /// TransientError is retried as a failed request is.
   std::function<std::string()> dynamic_header;
+  /// When set, requests are signed with AWS Signature Version 4 (libcurl's CURLOPT_AWS_SIGV4, e.g.
+  /// "aws:amz:us-east-1:s3"), with `aws_credentials` ("<access key id>:<secret access key>").
+  std::string aws_sigv4;
+  std::string aws_credentials;
   bool insecure_tls = false;
   std::string ca_cert_path;
   std::string client_cert_path;
@@ -172,6 +176,10 @@ class HttpClient {
       curl_easy_setopt(c, CURLOPT_SSL_VERIFYHOST, 0L);
     }
     if (!options_.ca_cert_path.empty()) curl_easy_setopt(c, CURLOPT_CAINFO, options_.ca_cert_path.c_str());
+    if (!options_.aws_sigv4.empty()) {
+      curl_easy_setopt(c, CURLOPT_AWS_SIGV4, options_.aws_sigv4.c_str());
+      curl_easy_setopt(c, CURLOPT_USERPWD, options_.aws_credentials.c_str());
+    }
     if (!options_.client_cert_path.empty())
       curl_easy_setopt(c, CURLOPT_SSLCERT, options_.client_cert_path.c_str());
     const CURLcode code = curl_easy_perform(c);
