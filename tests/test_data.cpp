@@ -638,7 +638,12 @@ struct SyncCounter : TrainerCallback, c10::WarningHandler {
     ++steps;
     in_steps += (torchfit::detail::host_reads() - reads_at_begin) + (syncs - syncs_at_begin);
   }
-  void process(const c10::SourceLocation&, const std::string& msg, bool) override {
+#if TORCH_VERSION_MAJOR >= 2
+  void process(const c10::Warning& warning) override { count(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, bool) override { count(msg); }
+#endif
+  void count(const std::string& msg) {
     if (msg.find("synchronizing CUDA operation") != std::string::npos) ++syncs;
   }
   int64_t steps = 0, in_steps = 0, reads_at_begin = 0, syncs = 0, syncs_at_begin = 0;
