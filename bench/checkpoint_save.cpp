@@ -28,20 +28,15 @@
 
 #include <torchfit/torchfit.hpp>
 
+#include "bench_support.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
 namespace checkpoint = torchfit::checkpoint;
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::Clock;
+using bench::median;
+using bench::seconds_since;
 
 /// Square 1024-wide linear layers, as many as make about `millions` million parameters (at least one).
 struct Net : torch::nn::Module {

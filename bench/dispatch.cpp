@@ -9,15 +9,20 @@
 //   ./dispatch [--quick]
 #include <unistd.h>
 
+#include <ext/stdio_filebuf.h>
+
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -27,10 +32,13 @@
 #include <torchfit/integrations/tensorboard.hpp>
 #include <torchfit/torchfit.hpp>
 
+#include "bench_support.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::NullBuffer;
 using torchfit::CallbackContext;
 using torchfit::TrainerControl;
 using torchfit::TrainerState;
@@ -43,13 +51,6 @@ inline void do_not_optimize(const T& value) {
 }
 /// Forces pending writes to memory and forbids caching memory across this point.
 inline void clobber_memory() { asm volatile("" : : : "memory"); }
-
-/// Accepts and drops every character: the stream still does all its formatting, as it would for a terminal.
-class NullBuffer : public std::streambuf {
- protected:
-  int overflow(int c) override { return traits_type::not_eof(c); }
-  std::streamsize xsputn(const char*, std::streamsize n) override { return n; }
-};
 
 /// Overrides on_step_end only; a distinct type per index, since the handler warns about duplicate types.
 template <int Index>
@@ -117,6 +118,99 @@ void bench_dispatch(int runs, int64_t iterations) {
   }
 }
 
+/// A pipe drained by a thread, as when a program's stderr is piped to another process.
+struct Pipe {
+  static std::array<int, 2> make() {
+    std::array<int, 2> fds{};
+    if (::pipe(fds.data()) != 0) throw std::runtime_error("cannot create a pipe");
+    return fds;
+  }
+  Pipe() = default;
+  ~Pipe() {
+    out.flush();
+    buffer.close();  // closes the write end: the reader sees the end of the pipe
+    reader.join();
+    ::close(fds[0]);
+  }
+  std::array<int, 2> fds = make();
+  __gnu_cxx::stdio_filebuf<char> buffer{fds[1], std::ios::out};
+  std::ostream out{&buffer};
+  std::thread reader{[fd = fds[0]] {
+    char chunk[1 << 16];
+    while (::read(fd, chunk, sizeof chunk) > 0) {
+    }
+  }};
+};
+
+/// Times the training thread spends between on_step_end and the next on_step_begin, where the Trainer logs,
+/// evaluates and saves: on logging steps and on the others.
+struct GapTimer : torchfit::TrainerCallback {
+  void on_step_end(const Args&, TrainerState& state, TrainerControl&, const CallbackContext&) override {
+    logging = state.global_step % 2 == 0;  // logging_steps 2
+    ended = Clock::now();
+  }
+  void on_step_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    if (!ended) return;
+    const double gap = std::chrono::duration<double, std::micro>(Clock::now() - *ended).count();
+    (logging ? logging_gaps : other_gaps).push_back(gap);
+  }
+  std::optional<Clock::time_point> ended;
+  bool logging = false;
+  std::vector<double> logging_gaps, other_gaps;
+};
+
+/// Microseconds a logging step costs the training thread in the Trainer: the median time from on_step_end to
+/// the next on_step_begin on logging steps minus that on the other steps, logging every other step (Linear 4-1,
+/// batch 1, so that steps are short); with no reporting callback, with TensorBoard, with ProgressCallback in
+/// plain mode writing to a pipe, and with both. Median over the runs.
+void bench_trainer_logging(int runs, int64_t steps, const fs::path& dir) {
+  const auto data = std::make_pair(torch::randn({steps, 4}), torch::randn({steps, 1}));
+  Pipe pipe;
+  const auto run = [&](bool tensorboard, bool progress) {
+    TrainingArguments args;
+    args.output_dir = (dir / "trainer").string();
+    args.logging_dir = (dir / "trainer_runs").string();
+    args.report_to = {tensorboard ? "tensorboard" : "none"};
+    args.per_device_train_batch_size = 1;
+    args.max_steps = steps;
+    args.logging_steps = 2;
+    args.save_strategy = torchfit::SaveStrategy::no;
+    args.use_cpu = true;
+    torch::nn::Linear model(4, 1);
+    torchfit::Trainer trainer(model, args, data, [](torch::nn::Linear& m, const torch::data::Example<>& b) {
+      return torch::mse_loss(m->forward(b.data), b.target);
+    });
+    trainer.remove_callback<torchfit::ProgressCallback>();
+    if (progress)
+      trainer.callback_handler().add_tail_callback(
+          std::make_shared<torchfit::ProgressCallback>(pipe.out, torchfit::ProgressMode::plain));
+    const auto gaps = trainer.add_callback<GapTimer>();
+    trainer.train();
+    return std::make_pair(bench::median(gaps->logging_gaps), bench::median(gaps->other_gaps));
+  };
+  struct Config {
+    const char* name;
+    bool tensorboard, progress;
+  };
+  const std::vector<Config> configs = {{"no reporting callback", false, false},
+                                       {"TensorBoard", true, false},
+                                       {"ProgressCallback (plain) to a pipe", false, true},
+                                       {"TensorBoard and ProgressCallback (plain) to a pipe", true, true}};
+  std::vector<std::vector<double>> logging(configs.size()), other(configs.size());
+  for (int r = 0; r <= runs; ++r)
+    for (std::size_t c = 0; c < configs.size(); ++c) {
+      const auto [log_gap, other_gap] = run(configs[c].tensorboard, configs[c].progress);
+      if (r == 0) continue;  // warm-up
+      logging[c].push_back(log_gap - other_gap);
+      other[c].push_back(other_gap);
+    }
+  std::cout << fmt::format("\n{:<64} {:>12}\n", "a logging step on the Trainer's thread (Linear 4-1, batch 1)",
+                           "us/step");
+  for (std::size_t c = 0; c < configs.size(); ++c)
+    print_row(configs[c].name, bench::median(logging[c]));
+  print_row("  reference: a step that does not log, on_step_end to on_step_begin", bench::median(other.back()));
+}
+
 void bench_logging_step(int runs, int64_t iterations, const fs::path& dir) {
   TrainingArguments args;
   args.output_dir = (dir / "output").string();
@@ -173,6 +267,13 @@ void bench_logging_step(int runs, int64_t iterations, const fs::path& dir) {
               tensorboard.on_log(args, state, control, ctx);
             }));
   tensorboard.on_train_end(args, state, control, ctx);
+
+  Pipe pipe;
+  torchfit::ProgressCallback piped(pipe.out, torchfit::ProgressMode::plain);
+  piped.on_train_begin(args, state, control, ctx);
+  print_row("ProgressCallback (plain) on_log to a pipe", median_ns(runs, iterations, [&] {
+              piped.on_log(args, state, control, ctx);
+            }));
 }
 
 }  // namespace
@@ -189,6 +290,8 @@ int main(int argc, char** argv) try {
   const fs::path dir = fs::temp_directory_path() / fmt::format("torchfit_dispatch_{}", ::getpid());
   bench_dispatch(runs, quick ? 100000 : 10000000);
   bench_logging_step(runs, quick ? 200 : 20000, dir);
+  torchfit::log::set_level(torchfit::log::Level::warning);
+  bench_trainer_logging(runs, quick ? 50 : 2000, dir);
   fs::remove_all(dir);
   std::cout << "median of " << runs << " runs\n";
   return 0;

@@ -46,12 +46,18 @@
 #include <torchfit/integrations/tensorboard.hpp>
 #include <torchfit/torchfit.hpp>
 
+#include "bench_support.hpp"
 #include "gpt.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::median;
+using bench::Mlp;
+using bench::mlp_loss;
+using bench::NullBuffer;
+using bench::seconds_since;
 using Batch = torch::data::Example<>;
 
 constexpr int64_t train_seed = 42;   // the Trainer's seed: data order (seed + epoch) and dropout
@@ -60,28 +66,6 @@ constexpr double learning_rate = 1e-3;
 constexpr double max_grad_norm = 1.0;
 constexpr int64_t logging_steps = 50;
 bool default_malloc = false;  // --default-malloc: the Trainer leaves malloc alone too (--tune_cpu_allocator false)
-
-/// Accepts and drops every character: the stream still does all its formatting, as it would for a terminal.
-class NullBuffer : public std::streambuf {
- protected:
-  int overflow(int c) override { return traits_type::not_eof(c); }
-  std::streamsize xsputn(const char*, std::streamsize n) override { return n; }
-};
-
-/// The MLP 784-256-256-10 of the CPU workload.
-struct MlpImpl : torch::nn::Module {
-  MlpImpl()
-      : fc1(register_module("fc1", torch::nn::Linear(784, 256))),
-        fc2(register_module("fc2", torch::nn::Linear(256, 256))),
-        fc3(register_module("fc3", torch::nn::Linear(256, 10))) {}
-  torch::Tensor forward(const torch::Tensor& x) { return fc3(torch::relu(fc2(torch::relu(fc1(x))))); }
-  torch::nn::Linear fc1, fc2, fc3;
-};
-TORCH_MODULE(Mlp);
-
-torch::Tensor mlp_loss(Mlp& model, const Batch& batch) {
-  return torch::cross_entropy_loss(model->forward(batch.data), batch.target);
-}
 
 /// One benchmarked training: model factory (same initial weights on every call), data, loss and length.
 template <typename Model>
@@ -97,10 +81,6 @@ struct Workload {
 
 void synchronize(const torch::Device& device) {
   if (device.is_cuda()) torch::cuda::synchronize();
-}
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
 /// Minor page faults of this process so far: how often freed buffers were handed back to the kernel and faulted
@@ -195,12 +175,6 @@ double max_parameter_difference(const torch::nn::Module& a, const torch::nn::Mod
   for (std::size_t i = 0; i < pa.size(); ++i)
     diff = std::max(diff, (pa[i] - pb[i]).abs().max().template item<double>());
   return diff;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
 struct Row {

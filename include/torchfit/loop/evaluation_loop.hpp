@@ -59,13 +59,12 @@ class EvaluationLoop {
     const bool was_training = module->is_training();
     module->eval();
     Result result;
-    const torch::Tensor loss_sum = run_batches(plan, gather, result);
+    const double loss_sum = run_batches(plan, gather, result);
     if (was_training) module->train();
 
     result.metrics = Logs::object();
     result.metrics[prefix + "_loss"] =
-        distributed::sum_over_ranks({detail::to_host(loss_sum)}, "summing eval losses").front() /
-        static_cast<double>(num_samples);
+        distributed::sum_over_ranks({loss_sum}, "summing eval losses").front() / static_cast<double>(num_samples);
     if (compute_metrics_) {
       const Logs user = compute_metrics_(EvalPrediction{result.predictions, result.labels});
       for (const auto& item : user.items())
@@ -78,18 +77,24 @@ class EvaluationLoop {
   }
 
  private:
-  // The forward passes; returns the sample-weighted loss sum, on the device.
-  torch::Tensor run_batches(const detail::BatchPlan<Data>& plan, bool gather, Result& result) {
+  // The forward passes; returns the sample-weighted loss sum. Each batch's loss stays on the device until one
+  // read after the last batch, which sums them on the host in order: the bits a running sum in double gives,
+  // without three tensor operations per batch.
+  double run_batches(const detail::BatchPlan<Data>& plan, bool gather, Result& result) {
     const TrainingArguments& args = loop_.args;
     torch::NoGradGuard no_grad;
-    torch::Tensor loss_sum = torch::zeros({}, torch::TensorOptions().dtype(torch::kDouble).device(loop_.device));
+    std::vector<torch::Tensor> losses;
+    std::vector<double> sizes;
+    losses.reserve(static_cast<std::size_t>(plan.num_batches()));
+    sizes.reserve(static_cast<std::size_t>(plan.num_batches()));
+    const bool pin = loop_.device.is_cuda() && args.dataloader_pin_memory;
     detail::EvalGatherer predictions(args.eval_accumulation_steps), labels(args.eval_accumulation_steps);
     const bool autocast = loop_.device.is_cuda() && (args.fp16 || args.bf16);
     // HF: an empty label_names means the batches carry no labels.
     const bool has_label_names = !args.label_names || !args.label_names->empty();
     const std::vector<std::string> label_names = args.label_names.value_or(std::vector<std::string>{});
     for (int64_t k = 0; k < plan.num_batches(); ++k) {
-      const Batch batch = detail::to_device(plan.batch(k), loop_.device);
+      const Batch batch = detail::to_device(pin ? detail::pinned(plan.batch(k)) : plan.batch(k), loop_.device);
       LossOutput out;
       {
         detail::AutocastScope scope(autocast, args.bf16 ? torch::kBFloat16 : torch::kHalf);
@@ -97,7 +102,8 @@ class EvaluationLoop {
       }
       if (!out.loss.defined() || out.loss.numel() != 1)
         throw Error(fmt::format("loss_fn must return a scalar tensor during evaluation (batch {})", k));
-      loss_sum += out.loss.detach().to(torch::kDouble).reshape({}) * static_cast<double>(detail::batch_size_of(batch));
+      losses.push_back(out.loss.dim() == 0 ? out.loss.detach() : out.loss.detach().reshape({}));
+      sizes.push_back(static_cast<double>(detail::batch_size_of(batch)));
       if (gather) {
         if (out.predictions.defined()) predictions.add(out.predictions);
         const torch::Tensor l = out.labels.defined() || !has_label_names ? out.labels
@@ -110,7 +116,14 @@ class EvaluationLoop {
     }
     result.predictions = distributed::gather_for_metrics(predictions.result(), plan, "gathering eval predictions");
     result.labels = distributed::gather_for_metrics(labels.result(), plan, "gathering eval labels");
-    return loss_sum;
+    if (losses.empty()) return 0;
+    ++detail::host_reads();
+    const torch::Tensor weighted = torch::stack(losses).to(torch::kCPU, torch::kDouble) *
+                                   torch::from_blob(sizes.data(), {static_cast<int64_t>(sizes.size())}, torch::kDouble);
+    const double* term = weighted.data_ptr<double>();
+    double sum = 0;
+    for (std::size_t i = 0; i < sizes.size(); ++i) sum += term[i];
+    return sum;
   }
 
   LoopContext loop_;
