@@ -14,6 +14,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -48,6 +49,25 @@ inline std::string seconds(std::chrono::milliseconds timeout) {
   return fmt::format("{} s", std::chrono::duration_cast<std::chrono::seconds>(timeout).count());
 }
 
+inline c10::intrusive_ptr<c10d::TCPStore> open_tcp_store(const std::string& address,
+                                                         c10d::TCPStoreOptions options) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  // From 2.4 the store asks for its libuv server, which libtorch builds without libuv (Debian's) refuse: use it
+  // where it is there and not turned off with PyTorch's USE_LIBUV=0, else the classic server.
+  const char* use_libuv = std::getenv("USE_LIBUV");
+  options.useLibUV = !(use_libuv != nullptr && std::string_view(use_libuv) == "0");
+  if (options.useLibUV) {
+    try {
+      return c10::make_intrusive<c10d::TCPStore>(address, options);
+    } catch (const std::exception& e) {
+      if (std::string_view(e.what()).find("without libuv support") == std::string_view::npos) throw;
+      options.useLibUV = false;
+    }
+  }
+#endif
+  return c10::make_intrusive<c10d::TCPStore>(address, options);
+}
+
 // The store at MASTER_ADDR:MASTER_PORT: rank 0 hosts it, unless torchrun's agent does.
 inline c10::intrusive_ptr<c10d::Store> connect_store(const Launch& launch, bool host,
                                                      std::chrono::milliseconds timeout) {
@@ -58,21 +78,20 @@ inline c10::intrusive_ptr<c10d::Store> connect_store(const Launch& launch, bool 
   options.timeout = timeout;
   c10::intrusive_ptr<c10d::Store> store;
   try {
-    store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, options);
+    store = open_tcp_store(launch.master_addr, options);
   } catch (const std::exception& e) {
     const std::string cause = e.what();
     if (host && cause.find("ddress already in use") != std::string::npos)
       throw DistributedError(
           fmt::format("rank 0 cannot host the rendezvous store on port {} (MASTER_PORT): the port is in use, "
-                      "perhaps by another "
-                      "job; choose another one (torchrun --master_port)",
+                      "perhaps by another job; choose another one (torchrun --master_port)",
                       launch.master_port));
-    throw DistributedError(
-        fmt::format("rank {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT) within "
-                    "--ddp_timeout {}: is "
-                    "the address right, is rank 0 running, does a firewall block the port? ({})",
-                    launch.rank, launch.master_addr, launch.master_port, seconds(timeout),
-                    cause.substr(0, cause.find('\n'))));
+    throw DistributedError(fmt::format(
+        "rank {} cannot reach the rendezvous store at {}:{} (MASTER_ADDR:MASTER_PORT) within "
+        "--ddp_timeout {}: is the address right, is rank 0 running, does a firewall block the port? "
+        "({})",
+        launch.rank, launch.master_addr, launch.master_port, seconds(timeout),
+        cause.substr(0, cause.find('\n'))));
   }
   if (launch.agent_store) return c10::make_intrusive<c10d::PrefixStore>(launch.store_prefix, store);
   return store;
@@ -93,10 +112,9 @@ inline std::string get_text(c10d::Store& store, const std::string& key) {
 inline void check_members(c10d::Store& store, const Launch& launch, std::chrono::milliseconds timeout) {
   const auto member = [](int64_t rank) { return "torchfit/member/" + std::to_string(rank); };
   if (store.add("torchfit/claim/" + std::to_string(launch.rank), 1) > 1)
-    throw DistributedError(
-        fmt::format("two processes were started as rank {} (RANK={}): give each process of the "
-                    "job its own rank",
-                    launch.rank, launch.rank));
+    throw DistributedError(fmt::format(
+        "two processes were started as rank {} (RANK={}): give each process of the job its own rank",
+        launch.rank, launch.rank));
   const auto size_of = [&](int64_t rank) {
     std::istringstream in(get_text(store, member(rank)));
     int64_t size = 0;
