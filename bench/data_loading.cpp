@@ -35,7 +35,8 @@ struct SlowDataset : torch::data::datasets::Dataset<SlowDataset, torchfit::Tenso
   torchfit::TensorDict get(std::size_t i) override {
     std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(sample_ms));
     auto gen = at::detail::createCPUGenerator(i);
-    return {{"inputs", torch::randn({features}, gen)}, {"labels", torch::tensor(static_cast<int64_t>(i % classes))}};
+    return {{"inputs", torch::randn({features}, gen)},
+            {"labels", torch::tensor(static_cast<int64_t>(i % classes))}};
   }
   c10::optional<std::size_t> size() const override { return 4096; }
   double sample_ms;
@@ -87,20 +88,27 @@ int main(int argc, char** argv) try {
   double sample_ms = 1.0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--quick") steps = 6;
-    else if (arg == "--steps" && i + 1 < argc) steps = std::stoll(argv[++i]);
-    else if (arg == "--sample_ms" && i + 1 < argc) sample_ms = std::stod(argv[++i]);
-    else throw std::runtime_error("unknown argument " + arg + " (--quick, --steps N, --sample_ms X)");
+    if (arg == "--quick")
+      steps = 6;
+    else if (arg == "--steps" && i + 1 < argc)
+      steps = std::stoll(argv[++i]);
+    else if (arg == "--sample_ms" && i + 1 < argc)
+      sample_ms = std::stod(argv[++i]);
+    else
+      throw std::runtime_error("unknown argument " + arg + " (--quick, --steps N, --sample_ms X)");
   }
-  const auto dir = std::filesystem::temp_directory_path() / fmt::format("torchfit-data-loading-{}", ::getpid());
+  const auto dir =
+      std::filesystem::temp_directory_path() / fmt::format("torchfit-data-loading-{}", ::getpid());
 
   // The two costs the workers overlap: the step alone (no loading delay) and the loading alone.
   const double step_only = train(0, steps, 0.0, dir).steps_per_second;
   fmt::print("batch {} x {} features, MLP {}-1024-1024-{}, {} steps per run, {} ms per sample\n", batch_size,
              features, features, classes, steps, sample_ms);
-  fmt::print("training step alone: {:.1f} steps/s ({:.1f} ms); loading a batch alone: {:.1f} ms\n\n", step_only,
-             1000 / step_only, sample_ms * batch_size);
-  fmt::print("| dataloader_num_workers | steps/s | ms/step | weights equal to 0 workers' |\n| --- | --- | --- | --- |\n");
+  fmt::print("training step alone: {:.1f} steps/s ({:.1f} ms); loading a batch alone: {:.1f} ms\n\n",
+             step_only, 1000 / step_only, sample_ms * batch_size);
+  fmt::print(
+      "| dataloader_num_workers | steps/s | ms/step | weights equal to 0 workers' |\n| --- | --- | --- | --- "
+      "|\n");
   torch::Tensor reference;
   bool all_equal = true;
   for (const int64_t workers : {0, 1, 2, 4}) {

@@ -83,7 +83,9 @@ double median_ns(int runs, int64_t iterations, F&& body) {
   return ns[ns.size() / 2];
 }
 
-void print_row(const std::string& what, double ns) { std::cout << fmt::format("{:<64} {:>12.1f}\n", what, ns); }
+void print_row(const std::string& what, double ns) {
+  std::cout << fmt::format("{:<64} {:>12.1f}\n", what, ns);
+}
 
 /// The entry a training logging step produces (what Trainer::log receives: loss, grad_norm, learning_rate).
 torchfit::Logs training_logs(int64_t i) {
@@ -204,11 +206,11 @@ void bench_trainer_logging(int runs, int64_t steps, const fs::path& dir) {
       logging[c].push_back(log_gap - other_gap);
       other[c].push_back(other_gap);
     }
-  std::cout << fmt::format("\n{:<64} {:>12}\n", "a logging step on the Trainer's thread (Linear 4-1, batch 1)",
-                           "us/step");
-  for (std::size_t c = 0; c < configs.size(); ++c)
-    print_row(configs[c].name, bench::median(logging[c]));
-  print_row("  reference: a step that does not log, on_step_end to on_step_begin", bench::median(other.back()));
+  std::cout << fmt::format("\n{:<64} {:>12}\n",
+                           "a logging step on the Trainer's thread (Linear 4-1, batch 1)", "us/step");
+  for (std::size_t c = 0; c < configs.size(); ++c) print_row(configs[c].name, bench::median(logging[c]));
+  print_row("  reference: a step that does not log, on_step_end to on_step_begin",
+            bench::median(other.back()));
 }
 
 void bench_logging_step(int runs, int64_t iterations, const fs::path& dir) {
@@ -254,26 +256,22 @@ void bench_logging_step(int runs, int64_t iterations, const fs::path& dir) {
   ctx.logs = &logs;
   torchfit::ProgressCallback progress(null_out, torchfit::ProgressMode::plain);
   progress.on_train_begin(args, state, control, ctx);
-  print_row("ProgressCallback (plain) on_log to a null stream", median_ns(runs, iterations, [&] {
-              progress.on_log(args, state, control, ctx);
-            }));
+  print_row("ProgressCallback (plain) on_log to a null stream",
+            median_ns(runs, iterations, [&] { progress.on_log(args, state, control, ctx); }));
   torchfit::PrinterCallback printer(null_out);
-  print_row("PrinterCallback on_log to a null stream", median_ns(runs, iterations, [&] {
-              printer.on_log(args, state, control, ctx);
-            }));
+  print_row("PrinterCallback on_log to a null stream",
+            median_ns(runs, iterations, [&] { printer.on_log(args, state, control, ctx); }));
   torchfit::TensorBoardCallback tensorboard;
   tensorboard.on_train_begin(args, state, control, ctx);
-  print_row("TensorBoardCallback on_log (4 scalars, written and flushed)", median_ns(runs, iterations, [&] {
-              tensorboard.on_log(args, state, control, ctx);
-            }));
+  print_row("TensorBoardCallback on_log (4 scalars, written and flushed)",
+            median_ns(runs, iterations, [&] { tensorboard.on_log(args, state, control, ctx); }));
   tensorboard.on_train_end(args, state, control, ctx);
 
   Pipe pipe;
   torchfit::ProgressCallback piped(pipe.out, torchfit::ProgressMode::plain);
   piped.on_train_begin(args, state, control, ctx);
-  print_row("ProgressCallback (plain) on_log to a pipe", median_ns(runs, iterations, [&] {
-              piped.on_log(args, state, control, ctx);
-            }));
+  print_row("ProgressCallback (plain) on_log to a pipe",
+            median_ns(runs, iterations, [&] { piped.on_log(args, state, control, ctx); }));
 }
 
 }  // namespace
@@ -284,7 +282,8 @@ int main(int argc, char** argv) try {
     if (std::string(argv[i]) == "--quick")
       quick = true;
     else
-      throw std::invalid_argument(std::string("unknown argument \"") + argv[i] + "\"; usage: dispatch [--quick]");
+      throw std::invalid_argument(std::string("unknown argument \"") + argv[i] +
+                                  "\"; usage: dispatch [--quick]");
   }
   const int runs = quick ? 3 : 7;
   const fs::path dir = fs::temp_directory_path() / fmt::format("torchfit_dispatch_{}", ::getpid());

@@ -19,6 +19,8 @@
 //
 // Each repetition prints a line "rep <i> <workload>: hand-written <ms> ms/step, <optim> <ms> ..." (read by
 // bench/hf_side_by_side.py), then the table.
+#include <sys/resource.h>
+#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -33,8 +35,6 @@
 #include <streambuf>
 #include <string>
 #include <thread>
-#include <sys/resource.h>
-#include <unistd.h>
 #include <vector>
 
 #include <fmt/format.h>
@@ -65,7 +65,8 @@ constexpr int64_t init_seed = 1234;  // initial weights, drawn before either pat
 constexpr double learning_rate = 1e-3;
 constexpr double max_grad_norm = 1.0;
 constexpr int64_t logging_steps = 50;
-bool default_malloc = false;  // --default-malloc: the Trainer leaves malloc alone too (--tune_cpu_allocator false)
+bool default_malloc =
+    false;  // --default-malloc: the Trainer leaves malloc alone too (--tune_cpu_allocator false)
 
 /// One benchmarked training: model factory (same initial weights on every call), data, loss and length.
 template <typename Model>
@@ -99,15 +100,16 @@ double run_hand_written(const Workload<Model>& w, Model& model, std::vector<doub
   torch::manual_seed(train_seed);  // the Trainer's constructor seeds too, so dropout draws the same numbers
   model->to(w.device);
   model->train();
-  torch::optim::AdamW optimizer(model->parameters(), torch::optim::AdamWOptions(learning_rate).weight_decay(0.0));
+  torch::optim::AdamW optimizer(model->parameters(),
+                                torch::optim::AdamWOptions(learning_rate).weight_decay(0.0));
   const auto params = model->parameters();
   const int64_t n = w.data.inputs.size(0);
   const int64_t batches = (n + w.batch_size - 1) / w.batch_size;
   int64_t step = 0;
   for (int64_t epoch = 0; step < w.steps; ++epoch) {
     // The order torchfit::detail::BatchPlan draws for this epoch.
-    const auto order =
-        torch::randperm(n, at::detail::createCPUGenerator(static_cast<uint64_t>(train_seed + epoch)), torch::kLong);
+    const auto order = torch::randperm(
+        n, at::detail::createCPUGenerator(static_cast<uint64_t>(train_seed + epoch)), torch::kLong);
     for (int64_t k = 0; k < batches && step < w.steps; ++k) {
       const auto indices = order.slice(0, k * w.batch_size, std::min(n, (k + 1) * w.batch_size));
       const Batch batch{w.data.inputs.index_select(0, indices).to(w.device, /*non_blocking=*/true),
@@ -231,7 +233,8 @@ std::vector<Row> measure(const Workload<Model>& w, int reps, const fs::path& dir
                       std::abs(hand_loss - torchfit_loss) <= tolerance * std::max(1.0, std::abs(hand_loss));
       same = same && ok;
       std::cout << fmt::format(
-                       "check {} on {}, {}: after {} steps, loss on 256 samples hand-written {:.6f}, torchfit {:.6f}; "
+                       "check {} on {}, {}: after {} steps, loss on 256 samples hand-written {:.6f}, "
+                       "torchfit {:.6f}; "
                        "max |weight difference| {:.3g}: {}",
                        w.name, w.device.str(), optim, out.global_step, hand_loss, torchfit_loss, param_diff,
                        ok ? "same" : "MISMATCH")
@@ -241,7 +244,8 @@ std::vector<Row> measure(const Workload<Model>& w, int reps, const fs::path& dir
 
   const auto steps = static_cast<double>(w.steps);
   std::vector<double> hand_ms, hand_faults;
-  std::vector<std::vector<double>> torchfit_ms(optims.size()), torchfit_faults(optims.size()), ratios(optims.size());
+  std::vector<std::vector<double>> torchfit_ms(optims.size()), torchfit_faults(optims.size()),
+      ratios(optims.size());
   for (int r = 0; r < reps; ++r) {
     hand_losses.clear();
     Model hand = w.make_model();
@@ -261,8 +265,9 @@ std::vector<Row> measure(const Workload<Model>& w, int reps, const fs::path& dir
   }
   std::vector<Row> rows;
   for (std::size_t k = 0; k < optims.size(); ++k)
-    rows.push_back(Row{w.name, w.device.str(), optims[k], w.steps, reps, median(hand_ms), median(torchfit_ms[k]),
-                       median(ratios[k]), *std::min_element(ratios[k].begin(), ratios[k].end()),
+    rows.push_back(Row{w.name, w.device.str(), optims[k], w.steps, reps, median(hand_ms),
+                       median(torchfit_ms[k]), median(ratios[k]),
+                       *std::min_element(ratios[k].begin(), ratios[k].end()),
                        *std::max_element(ratios[k].begin(), ratios[k].end()), median(hand_faults),
                        median(torchfit_faults[k])});
   return rows;
@@ -271,31 +276,42 @@ std::vector<Row> measure(const Workload<Model>& w, int reps, const fs::path& dir
 Workload<Mlp> mlp_workload(int64_t steps) {
   // Synthetic MNIST-shaped data: 200 batches of 64, drawn once from a fixed generator.
   auto gen = at::detail::createCPUGenerator(7);
-  torchfit::TensorPairDataset data{torch::randn({64 * 200, 784}, gen), torch::randint(0, 10, {64 * 200}, gen)};
-  return Workload<Mlp>{"mlp 784-256-256-10, batch 64", torch::Device(torch::kCPU),
+  torchfit::TensorPairDataset data{torch::randn({64 * 200, 784}, gen),
+                                   torch::randint(0, 10, {64 * 200}, gen)};
+  return Workload<Mlp>{"mlp 784-256-256-10, batch 64",
+                       torch::Device(torch::kCPU),
                        [] {
                          torch::manual_seed(init_seed);
                          return Mlp();
                        },
-                       std::move(data), 64, steps, &mlp_loss};
+                       std::move(data),
+                       64,
+                       steps,
+                       &mlp_loss};
 }
 
 Workload<CharGpt> gpt_workload(const torch::Device& device, int64_t steps) {
-  const GptConfig config{/*vocab_size=*/256, /*context=*/128, /*d_model=*/256, /*heads=*/4, /*layers=*/4,
+  const GptConfig config{/*vocab_size=*/256, /*context=*/128, /*d_model=*/256,
+                         /*heads=*/4,        /*layers=*/4,
                          /*dropout=*/0.1};
   // Synthetic text: 64 windows of 128 random lowercase letters (2 batches of 32 per epoch).
   auto gen = at::detail::createCPUGenerator(7);
   const int64_t length = 64 * config.context + 1;
   const auto letters = torch::randint(97, 123, {length}, gen, torch::kLong);
   std::string text(static_cast<std::size_t>(length), ' ');
-  for (int64_t i = 0; i < length; ++i) text[static_cast<std::size_t>(i)] = static_cast<char>(letters[i].item<int64_t>());
+  for (int64_t i = 0; i < length; ++i)
+    text[static_cast<std::size_t>(i)] = static_cast<char>(letters[i].item<int64_t>());
   auto [inputs, targets] = byte_windows(text, config.context);
-  return Workload<CharGpt>{"gpt 4x256, 4 heads, context 128, batch 32", device,
+  return Workload<CharGpt>{"gpt 4x256, 4 heads, context 128, batch 32",
+                           device,
                            [config] {
                              torch::manual_seed(init_seed);
                              return CharGpt(config);
                            },
-                           torchfit::TensorPairDataset{inputs, targets}, 32, steps, &next_token_loss};
+                           torchfit::TensorPairDataset{inputs, targets},
+                           32,
+                           steps,
+                           &next_token_loss};
 }
 
 std::string cpu_model() {
@@ -330,7 +346,8 @@ Options parse(int argc, char** argv) {
         throw std::invalid_argument("--workload: \"" + o.workload + "\" is not one of mlp, gpt, all");
     } else if (a == "--reps" && i + 1 < argc) {
       o.reps = std::stoi(argv[++i]);
-      if (o.reps < 1) throw std::invalid_argument("--reps: " + std::to_string(o.reps) + " must be at least 1");
+      if (o.reps < 1)
+        throw std::invalid_argument("--reps: " + std::to_string(o.reps) + " must be at least 1");
       reps_given = true;
     } else {
       throw std::invalid_argument("unknown argument \"" + a +
@@ -359,26 +376,31 @@ int main(int argc, char** argv) try {
   std::vector<Row> rows;
   bool same = true;
   auto add = [&rows](std::vector<Row> more) { rows.insert(rows.end(), more.begin(), more.end()); };
-  if (opt.workload != "gpt") add(measure(mlp_workload(opt.quick ? 60 : 400), opt.reps, dir, progress_out, same));
+  if (opt.workload != "gpt")
+    add(measure(mlp_workload(opt.quick ? 60 : 400), opt.reps, dir, progress_out, same));
   if (opt.workload != "mlp") {
     // About 1.5 s a step on 2 cores: fewer steps and repetitions keep the CPU run within minutes.
-    add(measure(gpt_workload(torch::Device(torch::kCPU), opt.quick ? 2 : 8), opt.quick ? opt.reps : std::min(opt.reps, 5),
-                dir, progress_out, same));
+    add(measure(gpt_workload(torch::Device(torch::kCPU), opt.quick ? 2 : 8),
+                opt.quick ? opt.reps : std::min(opt.reps, 5), dir, progress_out, same));
     if (torch::cuda::is_available())
-      add(measure(gpt_workload(torch::Device(torch::kCUDA), opt.quick ? 20 : 300), opt.reps, dir, progress_out, same));
+      add(measure(gpt_workload(torch::Device(torch::kCUDA), opt.quick ? 20 : 300), opt.reps, dir,
+                  progress_out, same));
   }
   fs::remove_all(dir);
 
   std::cout << fmt::format("\n{:<44} {:<6} {:<18} {:>5} {:>4} {:>21} {:>17} {:>26} {:>18}\n", "workload",
-                           "device", "torchfit --optim", "steps", "reps", "hand-written ms/step", "torchfit ms/step",
-                           "ratio [min, max]", "faults/step h, t");
+                           "device", "torchfit --optim", "steps", "reps", "hand-written ms/step",
+                           "torchfit ms/step", "ratio [min, max]", "faults/step h, t");
   for (const auto& r : rows)
-    std::cout << fmt::format("{:<44} {:<6} {:<18} {:>5} {:>4} {:>21.3f} {:>17.3f} {:>8.4f} [{:.4f}, {:.4f}] {:>8.1f}, {:.1f}\n",
-                             r.workload, r.device, r.optim, r.steps, r.reps, r.hand_ms, r.torchfit_ms, r.ratio,
-                             r.ratio_min, r.ratio_max, r.hand_faults, r.torchfit_faults);
-  std::cout << "ratio: median over repetitions of torchfit / hand-written time, each repetition run back to back; "
-               "the hand-written loop uses torch::optim::AdamW and clip_grad_norm_, torchfit its multi-tensor "
-               "clipping and the --optim shown; faults/step: minor page faults per step, hand-written and torchfit\n";
+    std::cout << fmt::format(
+        "{:<44} {:<6} {:<18} {:>5} {:>4} {:>21.3f} {:>17.3f} {:>8.4f} [{:.4f}, {:.4f}] {:>8.1f}, {:.1f}\n",
+        r.workload, r.device, r.optim, r.steps, r.reps, r.hand_ms, r.torchfit_ms, r.ratio, r.ratio_min,
+        r.ratio_max, r.hand_faults, r.torchfit_faults);
+  std::cout
+      << "ratio: median over repetitions of torchfit / hand-written time, each repetition run back to back; "
+         "the hand-written loop uses torch::optim::AdamW and clip_grad_norm_, torchfit its multi-tensor "
+         "clipping and the --optim shown; faults/step: minor page faults per step, hand-written and "
+         "torchfit\n";
   if (!same) {
     std::cout << "the two paths did not compute the same thing (see MISMATCH above)\n";
     return 1;

@@ -3,9 +3,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <cstdlib>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -37,7 +37,8 @@ class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = std::filesystem::temp_directory_path() / ("torchfit-test-" + std::to_string(rd()) + std::to_string(rd()));
+    path_ = std::filesystem::temp_directory_path() /
+            ("torchfit-test-" + std::to_string(rd()) + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
   ~TempDir() {
@@ -84,7 +85,8 @@ class CaptureLog {
 namespace torchfit::test {
 
 /// A small regression problem: y = x·w + noise, `n` samples of `features` inputs, fixed by `seed`.
-inline std::pair<torch::Tensor, torch::Tensor> regression_data(int64_t n, int64_t features = 4, uint64_t seed = 7) {
+inline std::pair<torch::Tensor, torch::Tensor> regression_data(int64_t n, int64_t features = 4,
+                                                               uint64_t seed = 7) {
   auto gen = at::detail::createCPUGenerator(seed);
   auto x = torch::randn({n, features}, gen);
   auto w = torch::arange(1, features + 1, torch::kFloat).unsqueeze(1) / features;
@@ -113,20 +115,42 @@ inline torch::Tensor mse_loss(Mlp& model, const torch::data::Example<>& batch) {
 struct TraceCallback : TrainerCallback {
   std::vector<std::string> events;
   void add(const std::string& e) { events.push_back(e); }
-  void on_init_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_init_end"); }
-  void on_train_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_train_begin"); }
-  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_train_end"); }
-  void on_epoch_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_epoch_begin"); }
-  void on_epoch_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_epoch_end"); }
-  void on_step_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_step_begin"); }
-  void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_pre_optimizer_step"); }
-  void on_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_optimizer_step"); }
-  void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_substep_end"); }
+  void on_init_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_init_end");
+  }
+  void on_train_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_train_begin");
+  }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_train_end");
+  }
+  void on_epoch_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_epoch_begin");
+  }
+  void on_epoch_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_epoch_end");
+  }
+  void on_step_begin(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_step_begin");
+  }
+  void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_pre_optimizer_step");
+  }
+  void on_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_optimizer_step");
+  }
+  void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_substep_end");
+  }
   void on_step_end(const Args&, TrainerState& s, TrainerControl&, const CallbackContext&) override {
     add("on_step_end(gs=" + std::to_string(s.global_step) + ")");
   }
-  void on_evaluate(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_evaluate"); }
-  void on_predict(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { add("on_predict"); }
+  void on_evaluate(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_evaluate");
+  }
+  void on_predict(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    add("on_predict");
+  }
   void on_save(const Args&, TrainerState& s, TrainerControl&, const CallbackContext&) override {
     add("on_save(gs=" + std::to_string(s.global_step) + ")");
   }
@@ -208,7 +232,9 @@ struct Recorder : TrainerCallback {
   int logs_seen = 0;
   bool ended = false;
   void on_log(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ++logs_seen; }
-  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override { ended = true; }
+  void on_train_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext&) override {
+    ended = true;
+  }
 };
 
 /// Training logs for each step, an evaluation every second step, then the end-of-training summary with a string.
@@ -216,7 +242,8 @@ inline void simulate(TrackerRun& run, int64_t from_step, int64_t to_step) {
   run.train_begin();
   for (int64_t step = from_step + 1; step <= to_step; ++step) {
     run.log(step, {{"loss", 1.0 / double(step)}, {"learning_rate", 5e-05}, {"epoch", 0.25 * double(step)}});
-    if (step % 2 == 0) run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
+    if (step % 2 == 0)
+      run.log(step, {{"eval_loss", 0.5}, {"eval_acc@1", 0.75}, {"epoch", 0.25 * double(step)}});
   }
   run.log(to_step, {{"train_runtime", 1.5}, {"train_loss", 0.3}, {"note", "done"}, {"total_flos", 0}});
   run.train_end();
@@ -242,9 +269,8 @@ template <typename Tracker, typename Options>
 void check_refused(const std::filesystem::path& dir, const Options& options, const std::string& cause) {
   TrackerRun run(dir);
   const auto tracker = run.handler.add_callback<Tracker>(options);
-  check_disabled_with_one_warning(
-      run, "[torchfit] warning: " + tracker->name() + " failed and is disabled for the rest of this run: " +
-               cause);
+  check_disabled_with_one_warning(run, "[torchfit] warning: " + tracker->name() +
+                                           " failed and is disabled for the rest of this run: " + cause);
 }
 
 /// Waits until `condition()` holds, however slow the machine (up to a minute); returns whether it held.
@@ -261,8 +287,8 @@ bool eventually(Condition condition) {
 /// flush() rethrows it, the next event disables the tracker with one warning naming it, and destroying the
 /// tracker ends nothing and warns no more.
 template <typename Tracker, typename Options, typename Before>
-void check_background_failure(const std::filesystem::path& dir, const Options& options, const std::string& failure,
-                              Before before) {
+void check_background_failure(const std::filesystem::path& dir, const Options& options,
+                              const std::string& failure, Before before) {
   CaptureLog log;
   {
     TrackerRun run(dir);
@@ -270,9 +296,8 @@ void check_background_failure(const std::filesystem::path& dir, const Options& o
     run.train_begin();
     before(run);
     CHECK_THROWS_WITH(tracker->flush(), Catch::StartsWith(failure));
-    check_disabled_with_one_warning(
-        run, "[torchfit] warning: " + tracker->name() + " failed and is disabled for the rest of this run: " +
-                 failure);
+    check_disabled_with_one_warning(run, "[torchfit] warning: " + tracker->name() +
+                                             " failed and is disabled for the rest of this run: " + failure);
   }
   CHECK(log.text().empty());
 }
@@ -287,7 +312,8 @@ namespace torchfit::test {
 /// `during(trainer)` runs after train(), before the trainer (and its trackers, which end their runs then) is
 /// destroyed. Returns the log history.
 template <typename During>
-std::vector<json> train_reporting_to(const std::string& tracker, const std::filesystem::path& dir, During during) {
+std::vector<json> train_reporting_to(const std::string& tracker, const std::filesystem::path& dir,
+                                     During during) {
   TrainingArguments args;
   args.output_dir = (dir / "out").string();
   args.max_steps = 6;

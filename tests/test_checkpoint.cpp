@@ -59,8 +59,8 @@ nlohmann::json comparable_history(const TrainerState& state) {
   nlohmann::json out = nlohmann::json::array();
   for (const auto& entry : state.log_history) {
     nlohmann::json e = entry;
-    for (const char* k : {"train_runtime", "train_samples_per_second", "train_steps_per_second", "eval_runtime",
-                          "eval_samples_per_second", "eval_steps_per_second"})
+    for (const char* k : {"train_runtime", "train_samples_per_second", "train_steps_per_second",
+                          "eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
       e.erase(k);
     out.push_back(e);
   }
@@ -79,8 +79,9 @@ bool same_weights(torch::nn::Module& a, torch::nn::Module& b) {
 // resumes from the last checkpoint, "die-saving" / "fail-saving" / "warn-saving" act at the save of step `at`.
 // With `kill_after_checkpoint`, the child is SIGKILLed as soon as that checkpoint appears; its stderr goes to
 // `stderr_file` when given.
-int run_child(const fs::path& dir, const std::string& mode, std::optional<int64_t> kill_after_checkpoint = std::nullopt,
-              const std::string& at = "", const std::optional<fs::path>& stderr_file = std::nullopt) {
+int run_child(const fs::path& dir, const std::string& mode,
+              std::optional<int64_t> kill_after_checkpoint = std::nullopt, const std::string& at = "",
+              const std::optional<fs::path>& stderr_file = std::nullopt) {
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -97,8 +98,8 @@ int run_child(const fs::path& dir, const std::string& mode, std::optional<int64_
   if (kill_after_checkpoint) {
     // Kill as soon as the checkpoint appears: the child is typically in the middle of its next steps or save.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
-    while (!fs::exists(checkpoint::dir_for(dir, *kill_after_checkpoint)) && std::chrono::steady_clock::now() < deadline &&
-           waitpid(pid, &status, WNOHANG) == 0)
+    while (!fs::exists(checkpoint::dir_for(dir, *kill_after_checkpoint)) &&
+           std::chrono::steady_clock::now() < deadline && waitpid(pid, &status, WNOHANG) == 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     kill(pid, SIGKILL);
   }
@@ -136,8 +137,9 @@ TEST_CASE("a run stopped mid-epoch by a callback and resumed ends bit-identical 
         fs::path(*full.state().best_model_checkpoint).filename());
 }
 
-TEST_CASE("a run killed with SIGKILL at any moment resumes from its newest complete checkpoint to the same end",
-          "[checkpoint][resume][kill]") {
+TEST_CASE(
+    "a run killed with SIGKILL at any moment resumes from its newest complete checkpoint to the same end",
+    "[checkpoint][resume][kill]") {
   test::TempDir reference_dir;
   REQUIRE(run_child(reference_dir.path(), "", std::nullopt) == 0);
   const auto reference = test::read_file(reference_dir / "final/model.safetensors");
@@ -162,7 +164,8 @@ TEST_CASE("a run killed with SIGKILL at any moment resumes from its newest compl
     // The half-written checkpoint is a hidden temporary with the weights but no trainer_state.json.
     std::vector<fs::path> temporaries;
     for (const auto& entry : fs::directory_iterator(dir.path()))
-      if (entry.path().filename().string().rfind(".checkpoint-6.tmp-", 0) == 0) temporaries.push_back(entry.path());
+      if (entry.path().filename().string().rfind(".checkpoint-6.tmp-", 0) == 0)
+        temporaries.push_back(entry.path());
     REQUIRE(temporaries.size() == 1);
     CHECK(fs::exists(temporaries[0] / "model.safetensors"));
     CHECK(fs::exists(temporaries[0] / "optimizer.pt"));
@@ -273,7 +276,8 @@ TEST_CASE("load_best_model_at_end restores the best checkpoint's weights", "[che
   CHECK(same_weights(*reloaded.ptr(), *trainer.model().ptr()));
 }
 
-TEST_CASE("save_strategy best saves exactly the improving evaluations and records them", "[checkpoint][best]") {
+TEST_CASE("save_strategy best saves exactly the improving evaluations and records them",
+          "[checkpoint][best]") {
   test::TempDir dir;
   auto args = resume_args(dir.path());
   args.max_steps = 10;
@@ -361,10 +365,12 @@ TEST_CASE("a bad checkpoint is refused whole, naming the file or parameter", "[c
   SECTION("a checkpoint of a model with other parameter shapes") {
     torch::manual_seed(1);
     TrainingArguments other = args;
-    MlpTrainer wide(Mlp(4, 32), other, test::regression_data(36), test::regression_data(8, 4, 5), test::mse_loss);
+    MlpTrainer wide(Mlp(4, 32), other, test::regression_data(36), test::regression_data(8, 4, 5),
+                    test::mse_loss);
     wide.remove_callback<ProgressCallback>();
-    CHECK_THROWS_WITH(wide.train(ckpt.string()),
-                      Catch::Contains("fc1.weight") && Catch::Contains("[16, 4]") && Catch::Contains("[32, 4]"));
+    CHECK_THROWS_WITH(wide.train(ckpt.string()), Catch::Contains("fc1.weight") &&
+                                                     Catch::Contains("[16, 4]") &&
+                                                     Catch::Contains("[32, 4]"));
   }
   CHECK(unchanged());
 }
@@ -405,8 +411,8 @@ TEST_CASE("a save on a full disk is a CheckpointError naming the file and the ca
   const auto reference = test::read_file(reference_dir / "final/model.safetensors");
   test::TempDir root;
   const fs::path dir = root / "out";
-  const std::string failed_save = "cannot save checkpoint " + (dir / "checkpoint-6").string() + ": cannot write " +
-                                  dir.string() + "/.checkpoint-6.tmp-";
+  const std::string failed_save = "cannot save checkpoint " + (dir / "checkpoint-6").string() +
+                                  ": cannot write " + dir.string() + "/.checkpoint-6.tmp-";
 
   SECTION("by default the error stops training; earlier checkpoints stay byte for byte and resume") {
     const int status = run_child(dir, "fail-saving", std::nullopt, "6", root / "stderr.txt");
@@ -423,7 +429,8 @@ TEST_CASE("a save on a full disk is a CheckpointError naming the file and the ca
     REQUIRE(run_child(dir, "resume") == 0);
     CHECK(test::read_file(dir / "final/model.safetensors") == reference);
   }
-  SECTION("under SaveErrorPolicy::warn one warning names the checkpoint and the cause, and training goes on") {
+  SECTION(
+      "under SaveErrorPolicy::warn one warning names the checkpoint and the cause, and training goes on") {
     const int status = run_child(dir, "warn-saving", std::nullopt, "6", root / "stderr.txt");
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
@@ -482,7 +489,8 @@ struct Observed {
 
 Observed observe(MlpTrainer& trainer) {
   Observed o;
-  for (const auto& [name, t] : checkpoint::model_state(*trainer.model().ptr())) o.tensors.push_back(t.clone());
+  for (const auto& [name, t] : checkpoint::model_state(*trainer.model().ptr()))
+    o.tensors.push_back(t.clone());
   auto& optimizer = *trainer.optimizer();
   using StateMap = std::decay_t<decltype(optimizer.state())>;
   for (auto& group : optimizer.param_groups()) {
@@ -554,8 +562,9 @@ TEST_CASE("a refused resume names the file and what is wrong, and changes nothin
   auto trainer = make_trainer(other_args, /*init_seed=*/7);
   trainer.add_callback<EarlyStoppingCallback>(100);
   trainer.train();
-  const checkpoint::Targets targets{*trainer.model().ptr(),         *trainer.optimizer(), *trainer.lr_scheduler(),
-                                    nullptr, &trainer.callback_handler(), &trainer.control()};
+  const checkpoint::Targets targets{*trainer.model().ptr(),      *trainer.optimizer(),
+                                    *trainer.lr_scheduler(),     nullptr,
+                                    &trainer.callback_handler(), &trainer.control()};
   torch::manual_seed(123);
   const Observed before = observe(trainer);
 
@@ -589,8 +598,9 @@ TEST_CASE("a refused resume names the file and what is wrong, and changes nothin
                              "trainer_progress.json", "trainer_state.json"}) {
       INFO(file);
       fs::rename(ckpt / file, dir / "aside");
-      CHECK_THROWS_WITH(load(), "checkpoint " + ckpt.string() + " is missing " + file +
-                                    (std::string(file) == "optimizer.pt" ? " (was it saved with --save_only_model?)" : ""));
+      CHECK_THROWS_WITH(
+          load(), "checkpoint " + ckpt.string() + " is missing " + file +
+                      (std::string(file) == "optimizer.pt" ? " (was it saved with --save_only_model?)" : ""));
       CHECK(observe(trainer) == before);
       fs::rename(dir / "aside", ckpt / file);
     }
@@ -616,7 +626,8 @@ TEST_CASE("a refused resume names the file and what is wrong, and changes nothin
     std::vector<torch::Tensor> wide_parameters = decay;
     wide_parameters.insert(wide_parameters.end(), no_decay.begin(), no_decay.end());
     save_optimizer_for(wide_parameters, {decay.size(), no_decay.size()}, ckpt / "optimizer.pt");
-    refused("optimizer.pt", ": the state of parameter 0 of group 0 has shape [32, 4] but the parameter has [16, 4]");
+    refused("optimizer.pt",
+            ": the state of parameter 0 of group 0 has shape [32, 4] but the parameter has [16, 4]");
   }
   SECTION("scheduler.json without a key") {
     edit_json("scheduler.json", [](auto& j) { j.erase("last_step"); });
@@ -667,8 +678,10 @@ TEST_CASE("a refused resume names the file and what is wrong, and changes nothin
   }
   // Refused by the last step of loading, after the scheduler and the optimizer took their states: both go back.
   SECTION("trainer_state.json with a TrainerControl that does not load") {
-    edit_json("trainer_state.json", [](auto& j) { j["stateful_callbacks"]["TrainerControl"]["args"]["should_log"] = "yes"; });
-    refused("trainer_state.json", ": stateful_callbacks: the state stored under \"TrainerControl\" does not load: ");
+    edit_json("trainer_state.json",
+              [](auto& j) { j["stateful_callbacks"]["TrainerControl"]["args"]["should_log"] = "yes"; });
+    refused("trainer_state.json",
+            ": stateful_callbacks: the state stored under \"TrainerControl\" does not load: ");
   }
   SECTION("trainer_state.json with a callback state that does not load") {
     edit_json("trainer_state.json", [](auto& j) {
@@ -694,8 +707,10 @@ TEST_CASE("a loss scaler's state is checked and loaded with the checkpoint", "[c
   auto trainer = make_trainer(args);
   trainer.train();
   const fs::path ckpt = checkpoint::dir_for(dir.path(), 2);
-  torchfit::detail::GradScaler scaler(torch::kCPU);  // the Trainer has one only with fp16 on CUDA; its state is host-side
-  const checkpoint::Targets targets{*trainer.model().ptr(), *trainer.optimizer(), *trainer.lr_scheduler(), &scaler};
+  torchfit::detail::GradScaler scaler(
+      torch::kCPU);  // the Trainer has one only with fp16 on CUDA; its state is host-side
+  const checkpoint::Targets targets{*trainer.model().ptr(), *trainer.optimizer(), *trainer.lr_scheduler(),
+                                    &scaler};
   const auto load = [&] {
     auto loaded = checkpoint::read(ckpt, targets);
     checkpoint::apply(loaded, targets);
@@ -709,22 +724,27 @@ TEST_CASE("a loss scaler's state is checked and loaded with the checkpoint", "[c
     CHECK(scaler.state() == scaler_before);
   };
   refused("[1, 2]", "scaler state must be a JSON object (got a JSON array)");
-  refused(R"({"scale": "big", "growth_tracker": 0})", "scaler state: \"scale\" must be a number (got a JSON string)");
+  refused(R"({"scale": "big", "growth_tracker": 0})",
+          "scaler state: \"scale\" must be a number (got a JSON string)");
   refused(R"({"scale": 1024.0})", "scaler state has no \"growth_tracker\"");
-  refused(R"({"scale": -1.0, "growth_tracker": 0})", "scaler state: \"scale\" must be a positive finite number (got -1.0)");
-  refused(R"({"scale": 1024.0, "growth_tracker": -3})", "scaler state: \"growth_tracker\" must be a count of steps (got -3)");
+  refused(R"({"scale": -1.0, "growth_tracker": 0})",
+          "scaler state: \"scale\" must be a positive finite number (got -1.0)");
+  refused(R"({"scale": 1024.0, "growth_tracker": -3})",
+          "scaler state: \"growth_tracker\" must be a count of steps (got -3)");
   test::write_file(ckpt / "scaler.json", R"({"scale": 1024.0, "growth_tracker": 7})");
   load();
   CHECK(scaler.state() == json{{"scale", 1024.0}, {"growth_tracker", 7}});
 }
 
-TEST_CASE("interrupted saves and deletions leave only hidden directories, never listed and cleared at train start",
-          "[checkpoint][rotation]") {
+TEST_CASE(
+    "interrupted saves and deletions leave only hidden directories, never listed and cleared at train start",
+    "[checkpoint][rotation]") {
   test::TempDir dir;
   auto args = resume_args(dir.path());
   args.max_steps = 4;
   make_trainer(args).train();  // checkpoints 2 and 4
-  const auto checkpoints = std::vector<fs::path>{checkpoint::dir_for(dir.path(), 2), checkpoint::dir_for(dir.path(), 4)};
+  const auto checkpoints =
+      std::vector<fs::path>{checkpoint::dir_for(dir.path(), 2), checkpoint::dir_for(dir.path(), 4)};
   REQUIRE(checkpoint::list(dir.path()) == checkpoints);
 
   // A deletion of a newer checkpoint-8 cut short: renamed out of sight first, so what is left (a trainer_state.json

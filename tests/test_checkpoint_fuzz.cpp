@@ -20,11 +20,31 @@ namespace fs = std::filesystem;
 namespace {
 
 // Values at the edges of what JSON numbers and the loaders' integer types hold.
-const std::vector<std::string> edge_values = {
-    "0",         "-0",         "-1",    "1e999", "-1e999", "1e-999", "0.5",   "-9223372036854775808",
-    "9223372036854775807", "9223372036854775808", "18446744073709551615", "18446744073709551616",
-    "4294967296", "1e19",      "NaN",   "Infinity", "-Infinity", "null", "true", "\"x\"", "[]", "{}",
-    "[4294967296,4294967296,4294967296]", "[0,18446744073709551615]", "99999999999999999999999999999"};
+const std::vector<std::string> edge_values = {"0",
+                                              "-0",
+                                              "-1",
+                                              "1e999",
+                                              "-1e999",
+                                              "1e-999",
+                                              "0.5",
+                                              "-9223372036854775808",
+                                              "9223372036854775807",
+                                              "9223372036854775808",
+                                              "18446744073709551615",
+                                              "18446744073709551616",
+                                              "4294967296",
+                                              "1e19",
+                                              "NaN",
+                                              "Infinity",
+                                              "-Infinity",
+                                              "null",
+                                              "true",
+                                              "\"x\"",
+                                              "[]",
+                                              "{}",
+                                              "[4294967296,4294967296,4294967296]",
+                                              "[0,18446744073709551615]",
+                                              "99999999999999999999999999999"};
 
 class Mutator {
  public:
@@ -97,8 +117,10 @@ void check_loaded_or_refused(const std::string& what, int64_t index, const std::
   } catch (const Error&) {
     ++refused;
   } catch (const std::exception& e) {
-    const std::string shown = nlohmann::json(input).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
-    FAIL(what << " mutation " << index << " escaped as " << typeid(e).name() << ": " << e.what() << "\ninput: " << shown);
+    const std::string shown =
+        nlohmann::json(input).dump(-1, ' ', true, nlohmann::json::error_handler_t::replace);
+    FAIL(what << " mutation " << index << " escaped as " << typeid(e).name() << ": " << e.what()
+              << "\ninput: " << shown);
   }
 }
 
@@ -108,16 +130,17 @@ TEST_CASE("mutated safetensors files are loaded or refused with a CheckpointErro
   test::TempDir dir;
   const fs::path valid = dir / "valid.safetensors";
   torchfit::detail::save_safetensors(valid,
-                           {{"fc1.weight", torch::randn({16, 4})},
-                            {"fc1.bias", torch::randn({16})},
-                            {"steps", torch::arange(3, torch::kLong)},
-                            {"mask", torch::tensor({true, false})},
-                            {"half", torch::ones({2, 2}, torch::kHalf)},
-                            {"empty", torch::zeros({0, 3})}},
-                           {{"format", "pt"}});
+                                     {{"fc1.weight", torch::randn({16, 4})},
+                                      {"fc1.bias", torch::randn({16})},
+                                      {"steps", torch::arange(3, torch::kLong)},
+                                      {"mask", torch::tensor({true, false})},
+                                      {"half", torch::ones({2, 2}, torch::kHalf)},
+                                      {"empty", torch::zeros({0, 3})}},
+                                     {{"format", "pt"}});
   const std::string bytes = test::read_file(valid);
   std::size_t header_length = 0;
-  for (int i = 7; i >= 0; --i) header_length = header_length << 8 | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
+  for (int i = 7; i >= 0; --i)
+    header_length = header_length << 8 | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
   const std::string header = bytes.substr(8, header_length), data = bytes.substr(8 + header_length);
 
   Mutator mutator(20240611);
@@ -142,9 +165,11 @@ TEST_CASE("mutated safetensors files are loaded or refused with a CheckpointErro
       }
     }
     test::write_file(file, input);
-    check_loaded_or_refused("safetensors", i, input, [&] { torchfit::detail::load_safetensors(file); }, refused);
-    check_loaded_or_refused("safetensors metadata", i, input, [&] { torchfit::detail::load_safetensors_metadata(file); },
-                            refused);
+    check_loaded_or_refused(
+        "safetensors", i, input, [&] { torchfit::detail::load_safetensors(file); }, refused);
+    check_loaded_or_refused(
+        "safetensors metadata", i, input, [&] { torchfit::detail::load_safetensors_metadata(file); },
+        refused);
   }
   CHECK(refused > runs);  // most mutations are caught (two loaders per input)
 }
@@ -162,7 +187,8 @@ TEST_CASE("mutated trainer_state.json files are loaded or refused with a FormatE
     const std::string& base = valid[static_cast<std::size_t>(i) % valid.size()];
     const std::string input = i % 2 == 0 ? mutator.mutate(base) : mutator.replace_token(base);
     test::write_file(file, input);
-    check_loaded_or_refused("trainer_state.json", i, input, [&] { TrainerState::load_from_json(file); }, refused);
+    check_loaded_or_refused(
+        "trainer_state.json", i, input, [&] { TrainerState::load_from_json(file); }, refused);
   }
   CHECK(refused > runs / 2);
 }

@@ -108,7 +108,8 @@ TEST_CASE("batch helpers find labels, inputs and the batch size of a TensorDict"
                          {"end_positions", ids({4, 5, 6})}};
   CHECK(torchfit::detail::batch_size_of(batch) == 3);
   CHECK(torchfit::detail::input_of(batch).sizes() == c10::IntArrayRef{3, 5});
-  CHECK(torch::equal(torchfit::detail::labels_of(batch), ids({1, 0, 2})));  // default names: labels, then label
+  CHECK(
+      torch::equal(torchfit::detail::labels_of(batch), ids({1, 0, 2})));  // default names: labels, then label
   CHECK(torch::equal(torchfit::detail::labels_of(batch, {"end_positions"}), ids({4, 5, 6})));
   // Several label names: stacked along a new last dimension (HF gives a tuple).
   CHECK(torch::equal(torchfit::detail::labels_of(batch, {"start_positions", "end_positions"}),
@@ -120,25 +121,34 @@ TEST_CASE("batch helpers find labels, inputs and the batch size of a TensorDict"
 // ---- collators ----
 
 TEST_CASE("StackCollator stacks equal shapes and points to padding for unequal ones", "[data][collator]") {
-  const TensorDict batch = StackCollator{}({{{"x", torch::ones({2})}, {"y", ids({1})[0]}},
-                                            {{"y", ids({2})[0]}, {"x", torch::zeros({2})}}});
+  const TensorDict batch = StackCollator{}(
+      {{{"x", torch::ones({2})}, {"y", ids({1})[0]}}, {{"y", ids({2})[0]}, {"x", torch::zeros({2})}}});
   CHECK(batch.keys() == std::vector<std::string>{"x", "y"});
   CHECK(torch::equal(batch.at("y"), ids({1, 2})));
-  CHECK_THAT(error_of([] { StackCollator{}({{{"x", torch::ones({2})}}, {{"x", torch::ones({3})}}}); }),
+  CHECK_THAT(error_of([] {
+               StackCollator{}({{{"x", torch::ones({2})}}, {{"x", torch::ones({3})}}});
+             }),
              Contains("key \"x\" has shape [3] in example 1") && Contains("PaddingCollator"));
-  CHECK_THAT(error_of([] { StackCollator{}({{{"x", torch::ones({2})}}, {{"z", torch::ones({2})}}}); }),
+  CHECK_THAT(error_of([] {
+               StackCollator{}({{{"x", torch::ones({2})}}, {{"z", torch::ones({2})}}});
+             }),
              Contains("example 1 of the batch has no key \"x\""));
 }
 
-TEST_CASE("PaddingCollator pads to the longest (or a multiple), masks and labels with -100", "[data][collator]") {
-  std::vector<TensorDict> examples = {{{"input_ids", ids({5, 6, 7})}, {"labels", ids({1, 2, 3})}, {"label", ids({4})[0]}},
-                                      {{"input_ids", ids({8})}, {"labels", ids({9})}, {"label", ids({0})[0]}}};
+TEST_CASE("PaddingCollator pads to the longest (or a multiple), masks and labels with -100",
+          "[data][collator]") {
+  std::vector<TensorDict> examples = {
+      {{"input_ids", ids({5, 6, 7})}, {"labels", ids({1, 2, 3})}, {"label", ids({4})[0]}},
+      {{"input_ids", ids({8})}, {"labels", ids({9})}, {"label", ids({0})[0]}}};
   SECTION("to the longest") {
     const TensorDict batch = PaddingCollator(/*pad_token=*/99)(examples);
     CHECK(batch.keys() == std::vector<std::string>{"input_ids", "labels", "label", "attention_mask"});
-    CHECK(torch::equal(batch.at("input_ids"), torch::tensor({5, 6, 7, 8, 99, 99}, torch::kLong).view({2, 3})));
-    CHECK(torch::equal(batch.at("labels"), torch::tensor({1, 2, 3, 9, -100, -100}, torch::kLong).view({2, 3})));
-    CHECK(torch::equal(batch.at("attention_mask"), torch::tensor({1, 1, 1, 1, 0, 0}, torch::kLong).view({2, 3})));
+    CHECK(
+        torch::equal(batch.at("input_ids"), torch::tensor({5, 6, 7, 8, 99, 99}, torch::kLong).view({2, 3})));
+    CHECK(
+        torch::equal(batch.at("labels"), torch::tensor({1, 2, 3, 9, -100, -100}, torch::kLong).view({2, 3})));
+    CHECK(torch::equal(batch.at("attention_mask"),
+                       torch::tensor({1, 1, 1, 1, 0, 0}, torch::kLong).view({2, 3})));
     CHECK(torch::equal(batch.at("label"), ids({4, 0})));  // scalars are stacked
   }
   SECTION("to a multiple of 4") {
@@ -152,7 +162,9 @@ TEST_CASE("PaddingCollator pads to the longest (or a multiple), masks and labels
     CHECK(torch::equal(PaddingCollator()(examples).at("attention_mask"),
                        torch::tensor({0, 1, 1, 1, 0, 0}, torch::kLong).view({2, 3})));
   }
-  CHECK_THAT(error_of([] { PaddingCollator()({{{"x", torch::zeros({2, 3})}}, {{"x", torch::zeros({2, 4})}}}); }),
+  CHECK_THAT(error_of([] {
+               PaddingCollator()({{{"x", torch::zeros({2, 3})}}, {{"x", torch::zeros({2, 4})}}});
+             }),
              Contains("only dimension 0 (the sequence) may differ"));
 }
 
@@ -164,7 +176,8 @@ TEST_CASE("LanguageModelingCollator copies input_ids to labels, -100 on padding,
   CHECK(torch::equal(plain.at("input_ids"), torch::tensor({1, 2, 3, 4, 3, 3}, torch::kLong).view({2, 3})));
   CHECK(torch::equal(plain.at("labels"), torch::tensor({1, 2, 3, 4, -100, -100}, torch::kLong).view({2, 3})));
   const TensorDict shifted = LanguageModelingCollator(3, std::nullopt, /*shift=*/true)(examples);
-  CHECK(torch::equal(shifted.at("labels"), torch::tensor({2, 3, -100, -100, -100, -100}, torch::kLong).view({2, 3})));
+  CHECK(torch::equal(shifted.at("labels"),
+                     torch::tensor({2, 3, -100, -100, -100, -100}, torch::kLong).view({2, 3})));
 }
 
 // ---- batching and workers ----
@@ -189,11 +202,14 @@ TEST_CASE("map-style TensorDict datasets are stacked or collated by index", "[da
   torchfit::detail::BatchPlan<TensorDictDataset> column_plan(columns, 2, true, std::nullopt);
   CHECK(column_plan.num_batches() == 2);
   CHECK(torch::equal(column_plan.batch(1).at("labels"), ids({2, 3})));
-  CHECK_THAT(error_of([] { TensorDictDataset{{"x", torch::zeros({3})}, {"y", torch::zeros({4})}}; }),
+  CHECK_THAT(error_of([] {
+               TensorDictDataset{{"x", torch::zeros({3})}, {"y", torch::zeros({4})}};
+             }),
              Contains("column \"y\" has 4 samples but column \"x\" has 3"));
 }
 
-TEST_CASE("workers build the same batches in the same order and report errors at their batch", "[data][workers]") {
+TEST_CASE("workers build the same batches in the same order and report errors at their batch",
+          "[data][workers]") {
   struct SlowOnSome : torch::data::datasets::Dataset<SlowOnSome, TensorDict> {
     explicit SlowOnSome(int64_t unreadable_sample) : unreadable(unreadable_sample) {}
     TensorDict get(std::size_t i) override {
@@ -239,7 +255,8 @@ TEST_CASE("a stream resumes at exactly the consumed samples, across passes and s
       const auto data = source.dataset(rank, world_size);
       // Batches of 4 over passes of this shard's samples (10 / world_size per pass), read from the start...
       const auto read = [&](int64_t first, int64_t count, int64_t workers) {
-        torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(data, 4, false, std::nullopt, first, workers);
+        torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(data, 4, false, std::nullopt,
+                                                                                first, workers);
         std::vector<float> values;
         for (int64_t k = 0; k < count; ++k) {
           const auto x = batches.next().at("x").view({-1});
@@ -263,15 +280,20 @@ TEST_CASE("a stream resumes at exactly the consumed samples, across passes and s
   SECTION("a seekable stream skips without building the skipped samples") {
     const CountingStream source{10, true};
     const auto data = source.dataset();
-    torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(data, 4, false, std::nullopt, 6, 0);
+    torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(data, 4, false, std::nullopt, 6,
+                                                                            0);
     CHECK(batches.next().at("x").view({-1})[0].item<float>() == 2004.0f);  // sample 24 = pass 2, position 4
     CHECK(*source.built == 4);
   }
   SECTION("a stream without samples is refused") {
     const auto empty = CountingStream{0, false}.dataset();
-    torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(empty, 2, false, std::nullopt, 0, 0);
+    torchfit::detail::BatchPrefetcher<StreamingDataset<TensorDict>> batches(empty, 2, false, std::nullopt, 0,
+                                                                            0);
     CHECK_THROWS_WITH(batches.next(), Contains("no sample for rank 0 of 1 in pass 0"));
-    CHECK_THAT(error_of([] { CountingStream{4, false}.dataset(3, 3); }), Contains("rank 3 is not one of world_size 3"));
+    CHECK_THAT(error_of([] {
+                 CountingStream{4, false}.dataset(3, 3);
+               }),
+               Contains("rank 3 is not one of world_size 3"));
   }
 }
 
@@ -281,7 +303,8 @@ TEST_CASE("open_npy maps NumPy's arrays and refuses what it cannot read in place
   const auto npy = [](const std::string& name) { return test::data_path("npy/" + name); };
   CHECK(torch::equal(open_npy(npy("float32_2x3.npy")), torch::arange(6, torch::kFloat).view({2, 3}) / 4));
   CHECK(torch::equal(open_npy(npy("int64_4.npy")), ids({-3, 0, 7, int64_t{1} << 40})));
-  CHECK(torch::equal(open_npy(npy("uint8_3x2.npy")), torch::tensor({0, 1, 128, 255, 7, 9}, torch::kByte).view({3, 2})));
+  CHECK(torch::equal(open_npy(npy("uint8_3x2.npy")),
+                     torch::tensor({0, 1, 128, 255, 7, 9}, torch::kByte).view({3, 2})));
   CHECK(torch::equal(open_npy(npy("bool_3.npy")), torch::tensor({true, false, true})));
   CHECK(open_npy(npy("float64_scalar.npy")).item<double>() == 2.5);
   CHECK(open_npy(npy("float64_scalar.npy")).dim() == 0);
@@ -289,9 +312,10 @@ TEST_CASE("open_npy maps NumPy's arrays and refuses what it cannot read in place
   CHECK(torch::equal(open_npy(npy("int32_v2.npy")), torch::arange(5, torch::kInt)));
   CHECK(open_npy(npy("empty_0x3.npy")).sizes() == c10::IntArrayRef{0, 3});
 
-  CHECK_THROWS_WITH(open_npy(npy("fortran.npy")), Contains("fortran.npy") && Contains("Fortran (column-major) order"));
-  CHECK_THROWS_WITH(open_npy(npy("big_endian.npy")), Contains("big_endian.npy") && Contains("'>i4'") &&
-                                                          Contains("big-endian"));
+  CHECK_THROWS_WITH(open_npy(npy("fortran.npy")),
+                    Contains("fortran.npy") && Contains("Fortran (column-major) order"));
+  CHECK_THROWS_WITH(open_npy(npy("big_endian.npy")),
+                    Contains("big_endian.npy") && Contains("'>i4'") && Contains("big-endian"));
   CHECK_THROWS_WITH(open_npy(npy("uint16.npy")), Contains("'<u2'") && Contains("no such type"));
   CHECK_THROWS_WITH(open_npy(npy("structured.npy")), Contains("structured arrays are not supported"));
   CHECK_THROWS_WITH(open_npy(npy("complex.npy")), Contains("'<c8'"));
@@ -299,10 +323,11 @@ TEST_CASE("open_npy maps NumPy's arrays and refuses what it cannot read in place
   test::TempDir dir;
   const std::string good = test::read_file(npy("float32_2x3.npy"));
   test::write_file(dir / "truncated.npy", good.substr(0, good.size() - 3));
-  CHECK_THROWS_WITH(open_npy(dir / "truncated.npy"), Contains("needs 24 data bytes but the file has 21 (truncated?)"));
+  CHECK_THROWS_WITH(open_npy(dir / "truncated.npy"),
+                    Contains("needs 24 data bytes but the file has 21 (truncated?)"));
   test::write_file(dir / "text.npy", "not an array");
-  CHECK_THROWS_WITH(open_npy(dir / "text.npy"), Contains("text.npy is not a valid .npy file") &&
-                                                     Contains("\\x93NUMPY"));
+  CHECK_THROWS_WITH(open_npy(dir / "text.npy"),
+                    Contains("text.npy is not a valid .npy file") && Contains("\\x93NUMPY"));
   std::string bad_header = good;
   bad_header.replace(bad_header.find("'shape'"), 7, "'shapf'");
   test::write_file(dir / "bad_key.npy", bad_header);
@@ -321,13 +346,16 @@ TEST_CASE("a memory-mapped dataset larger than memory batches without reading th
   prefix.push_back(static_cast<char>(header.size() & 0xFF));
   prefix.push_back(static_cast<char>(header.size() >> 8));
   test::write_file(dir / "huge.npy", prefix + header);
-  REQUIRE(::truncate((dir / "huge.npy").c_str(), static_cast<off_t>(prefix.size() + header.size()) + rows * features * 4) == 0);
+  REQUIRE(::truncate((dir / "huge.npy").c_str(),
+                     static_cast<off_t>(prefix.size() + header.size()) + rows * features * 4) == 0);
 
   const int64_t resident_before = resident_bytes();
-  const TensorDictDataset data{{"inputs", open_npy(dir / "huge.npy")}, {"labels", torch::zeros({rows}, torch::kByte)}};
+  const TensorDictDataset data{{"inputs", open_npy(dir / "huge.npy")},
+                               {"labels", torch::zeros({rows}, torch::kByte)}};
   torchfit::detail::BatchPlan<TensorDictDataset> plan(data, 32, false, 3);
   CHECK(plan.num_batches() == rows / 32);
-  for (int64_t k = 0; k < 100; ++k) CHECK(torch::equal(plan.batch(k).at("inputs"), torch::zeros({32, features})));
+  for (int64_t k = 0; k < 100; ++k)
+    CHECK(torch::equal(plan.batch(k).at("inputs"), torch::zeros({32, features})));
   // The shuffled order (8 bytes a sample) and the labels are in memory; the 64 GiB of inputs are not.
   CHECK(resident_bytes() - resident_before < (int64_t{1} << 30));
 }
@@ -343,12 +371,14 @@ TEST_CASE("open_safetensors maps every tensor of a safetensors file", "[data][sa
   const TensorDictDataset data(tensors);
   CHECK(data.size() == 6);
   test::write_file(dir / "bad.safetensors", "\x08\0\0\0\0\0\0\0{\"a\":1} ");
-  CHECK_THROWS_WITH(open_safetensors(dir / "bad.safetensors"), Contains("bad.safetensors is not a valid safetensors file"));
+  CHECK_THROWS_WITH(open_safetensors(dir / "bad.safetensors"),
+                    Contains("bad.safetensors is not a valid safetensors file"));
 }
 
 TEST_CASE("a token file is cut into shifted windows, as nanoGPT's train.bin", "[data][tokens]") {
   test::TempDir dir;
-  write_token_file(dir / "train.bin", torch::arange(0, 11) * 6000);  // ids above 32767 check the unsigned read
+  write_token_file(dir / "train.bin",
+                   torch::arange(0, 11) * 6000);  // ids above 32767 check the unsigned read
   const TokenFileDataset data(dir / "train.bin", 4);
   REQUIRE(data.num_tokens() == 11);
   REQUIRE(data.size() == 2u);  // windows start at 0 and 4; the one at 8 would need token 12
@@ -361,10 +391,13 @@ TEST_CASE("a token file is cut into shifted windows, as nanoGPT's train.bin", "[
   CHECK(wide.size() == 2u);
   CHECK(torch::equal(wide.get(0).at("input_ids"), ids({70000, 1})));
 
-  CHECK_THAT(error_of([&] { write_token_file(dir / "x.bin", ids({1, 70000})); }),
+  CHECK_THAT(error_of([&] {
+               write_token_file(dir / "x.bin", ids({1, 70000}));
+             }),
              Contains("token 70000 at position 1 does not fit a uint16"));
   test::write_file(dir / "odd.bin", std::string(7, '\0'));
-  CHECK_THAT(error_of([&] { TokenFileDataset(dir / "odd.bin", 2); }), Contains("odd.bin has 7 bytes, not a whole number"));
+  CHECK_THAT(error_of([&] { TokenFileDataset(dir / "odd.bin", 2); }),
+             Contains("odd.bin has 7 bytes, not a whole number"));
   CHECK_THAT(error_of([&] { TokenFileDataset(dir / "wide.bin", 8, TokenWidth::uint32); }),
              Contains("wide.bin has 4 tokens, fewer than one window needs (context_length 8 + 1)"));
 }
@@ -391,7 +424,8 @@ TEST_CASE("text files give one tokenized example per non-blank line, indexed or 
              Contains("lines.txt:4: the tokenizer made no token"));
 }
 
-TEST_CASE("load_csv reads numeric columns and names the file, line and column of a bad value", "[data][csv]") {
+TEST_CASE("load_csv reads numeric columns and names the file, line and column of a bad value",
+          "[data][csv]") {
   test::TempDir dir;
   test::write_file(dir / "good.csv", "a,\"b\",label\r\n1, 2.5 ,0\r\n\r\n-3,+4e1,2\r\n");
   const TensorDictDataset good = load_csv(dir / "good.csv", {{"label"}});
@@ -415,7 +449,8 @@ TEST_CASE("load_csv reads numeric columns and names the file, line and column of
   CHECK(refused("a,label\n1,0\n\n2,3,4\n") == bad + ":4: the row has more than the header's 2 columns");
   CHECK(refused("a,label\n1,0\n2\n") == bad + ":3: the row has 1 columns but the header has 2");
   CHECK(refused("a,label\n1,\n") == bad + ":2: column 2 (\"label\"): the value is empty");
-  CHECK_THAT(refused("a,label\n1,0.5\n"), Contains(":2: column 2 (\"label\"): label 0.5 is not a whole number"));
+  CHECK_THAT(refused("a,label\n1,0.5\n"),
+             Contains(":2: column 2 (\"label\"): label 0.5 is not a whole number"));
   CHECK_THAT(refused("a,b\n1,0\n"), Contains(":1: the header has no label column \"label\" (columns: a, b)"));
   CHECK_THAT(refused("a,label\n\"1,0\n"), Contains("malformed quoting"));
   CHECK_THAT(refused("a,label\n"), Contains("has a header but no data rows"));
@@ -444,7 +479,8 @@ StreamingDataset<TensorDict> regression_stream(int64_t length, int64_t rank, int
         p.next = [=]() -> std::optional<TensorDict> {
           if (*position == length) return std::nullopt;
           ++*built;
-          const auto x = torch::randn({4}, at::detail::createCPUGenerator(static_cast<uint64_t>(pass * length + (*position)++)));
+          const auto x = torch::randn(
+              {4}, at::detail::createCPUGenerator(static_cast<uint64_t>(pass * length + (*position)++)));
           return TensorDict{{"inputs", x}, {"labels", x.sum().unsqueeze(0)}};
         };
         p.skip = [=](int64_t n) {
@@ -466,13 +502,17 @@ torch::Tensor dict_mse(test::Mlp& model, const TensorDict& batch) {
 TEST_CASE("a transformer trains from a token file with TensorDict batches, evaluated on padded lines",
           "[data][trainer][tokens]") {
   test::TempDir dir;
-  const std::string text = test::read_file(std::filesystem::path(TORCHFIT_SOURCE_DIR) / "examples/data/genesis.txt");
+  const std::string text =
+      test::read_file(std::filesystem::path(TORCHFIT_SOURCE_DIR) / "examples/data/genesis.txt");
   const auto split = text.rfind('\n', 40000) + 1;
-  write_token_file(dir / "train.bin", torch::tensor(byte_tokens(std::string_view(text).substr(0, split)), torch::kLong));
+  write_token_file(dir / "train.bin",
+                   torch::tensor(byte_tokens(std::string_view(text).substr(0, split)), torch::kLong));
   test::write_file(dir / "eval.txt", text.substr(split, 6000));
-  const GptConfig config{/*vocab_size=*/256, /*context=*/32, /*d_model=*/32, /*heads=*/2, /*layers=*/1, /*dropout=*/0.0};
+  const GptConfig config{/*vocab_size=*/256, /*context=*/32, /*d_model=*/32,
+                         /*heads=*/2,        /*layers=*/1,   /*dropout=*/0.0};
   const auto truncated = [](std::string_view line) { return byte_tokens(line.substr(0, 32)); };
-  const Collated eval(TextLineDataset(dir / "eval.txt", truncated), LanguageModelingCollator(0, 8, /*shift=*/true));
+  const Collated eval(TextLineDataset(dir / "eval.txt", truncated),
+                      LanguageModelingCollator(0, 8, /*shift=*/true));
 
   auto args = quiet_args(dir);
   args.max_steps = 40;
@@ -494,7 +534,8 @@ TEST_CASE("a transformer trains from a token file with TensorDict batches, evalu
 
 TEST_CASE("a tabular model trains from the CSV file shipped with the examples", "[data][trainer][csv]") {
   test::TempDir dir;
-  const TensorDictDataset table = load_csv(std::filesystem::path(TORCHFIT_SOURCE_DIR) / "examples/data/wine.csv", {{"class"}});
+  const TensorDictDataset table =
+      load_csv(std::filesystem::path(TORCHFIT_SOURCE_DIR) / "examples/data/wine.csv", {{"class"}});
   REQUIRE(table.size() == 178);
   TensorDict rows = table.columns();
   rows.at("inputs") = (rows.at("inputs") - rows.at("inputs").mean(0)) / rows.at("inputs").std(0);
@@ -511,7 +552,8 @@ TEST_CASE("a tabular model trains from the CSV file shipped with the examples", 
   torch::Tensor seen_labels;
   auto accuracy = [&](const EvalPrediction& p) {
     seen_labels = p.label_ids;
-    return Logs{{"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
+    return Logs{
+        {"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
   };
   const TensorDictDataset data(rows);
   Trainer trainer(model, args, data, data, loss, accuracy);
@@ -660,13 +702,13 @@ TEST_CASE("on CUDA batches are pinned and reach the device without a host sync o
   SECTION("the prefetcher pins each batch, on the worker that built it") {
     const auto data = test::regression_data(24);
     for (const int64_t workers : {0, 2}) {
-      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> batches(data, 4, false, 1, 0, workers,
-                                                                                        {}, /*pin=*/true);
+      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> batches(
+          data, 4, false, 1, 0, workers, {}, /*pin=*/true);
       const auto batch = batches.next();
       CHECK(batch.data.is_pinned());
       CHECK(batch.target.is_pinned());
-      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> unpinned(data, 4, false, 1, 0,
-                                                                                         workers);
+      torchfit::detail::BatchPrefetcher<std::pair<torch::Tensor, torch::Tensor>> unpinned(data, 4, false, 1,
+                                                                                          0, workers);
       CHECK(!unpinned.next().data.is_pinned());
     }
   }

@@ -37,7 +37,6 @@ void log_typical_run(Run& run) {
   run.log(3, {{"loss", 0.125}, {"grad_norm", 0.5}, {"learning_rate", 0.0}, {"epoch", 0.75}});
 }
 
-
 bool has_temporary_files(const fs::path& dir) {
   for (const auto& entry : fs::directory_iterator(dir))
     if (entry.path().extension() == ".tmp") return true;
@@ -307,14 +306,17 @@ TEST_CASE("report_to refuses a name it does not know, saying what is available",
   };
   CHECK(error_of("tensorbord") ==
         "--report_to: \"tensorbord\" is not a tracker; available: " + available + " (\"all\", \"none\")");
-  CHECK(error_of("comet_ml") == "--report_to: \"comet_ml\" is not available; include "
-                                "<torchfit/integrations/comet.hpp> to make it available (available: " +
-                                    available + ")");
-  CHECK(error_of("tensorboard") == "--report_to: \"tensorboard\" is not available; include "
-                                   "<torchfit/integrations/tensorboard.hpp> to make it available (available: " +
-                                       available + ")");
+  CHECK(error_of("comet_ml") ==
+        "--report_to: \"comet_ml\" is not available; include "
+        "<torchfit/integrations/comet.hpp> to make it available (available: " +
+            available + ")");
+  CHECK(error_of("tensorboard") ==
+        "--report_to: \"tensorboard\" is not available; include "
+        "<torchfit/integrations/tensorboard.hpp> to make it available (available: " +
+            available + ")");
   CHECK(error_of("neptune") ==
-        "--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; available: " + available);
+        "--report_to: \"neptune\": Neptune's hosted service shut down on 2026-03-05; available: " +
+            available);
   CHECK(error_of("kubeflow") ==
         "--report_to: \"kubeflow\" is a Hugging Face integration torchfit does not have; available: " +
             available);

@@ -651,7 +651,8 @@ TEST_CASE("report_to \"tensorboard\" adds TensorBoardCallback", "[tensorboard]")
   CHECK(handler.callback_list() == "TensorBoardCallback");
 }
 
-TEST_CASE("a Trainer run's TensorBoard series equal its log_history at the same steps", "[tensorboard][trainer]") {
+TEST_CASE("a Trainer run's TensorBoard series equal its log_history at the same steps",
+          "[tensorboard][trainer]") {
   TempDir dir;
   TrainingArguments args;
   args.output_dir = dir.path().string();
@@ -672,10 +673,11 @@ TEST_CASE("a Trainer run's TensorBoard series equal its log_history at the same 
     return LossOutput{torch::cross_entropy_loss(logits, b.target), logits, b.target};
   };
   auto accuracy = [](const EvalPrediction& p) {
-    return Logs{{"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
+    return Logs{
+        {"accuracy", p.predictions.argmax(1).eq(p.label_ids).to(torch::kDouble).mean().item<double>()}};
   };
-  Trainer trainer(test::Mlp(4, 16, 2), args, std::make_pair(x, y), std::make_pair(x.slice(0, 0, 16), y.slice(0, 0, 16)),
-                  loss_fn, accuracy);
+  Trainer trainer(test::Mlp(4, 16, 2), args, std::make_pair(x, y),
+                  std::make_pair(x.slice(0, 0, 16), y.slice(0, 0, 16)), loss_fn, accuracy);
   trainer.remove_callback<PrinterCallback>();
   trainer.train();
 

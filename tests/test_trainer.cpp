@@ -35,9 +35,11 @@ TrainingArguments quiet_args(const test::TempDir& dir) {
 using MlpTrainer = Trainer<Mlp, std::pair<torch::Tensor, torch::Tensor>>;
 
 template <typename Setup = void (*)(MlpTrainer&)>
-Events trace_run(TrainingArguments args, int64_t n_train, Setup setup = [](auto&) {}) {
+Events trace_run(
+    TrainingArguments args, int64_t n_train, Setup setup = [](auto&) {}) {
   torch::manual_seed(0);
-  MlpTrainer trainer(Mlp(), args, test::regression_data(n_train), test::regression_data(4, 4, 99), test::mse_loss);
+  MlpTrainer trainer(Mlp(), args, test::regression_data(n_train), test::regression_data(4, 4, 99),
+                     test::mse_loss);
   trainer.remove_callback<ProgressCallback>();
   auto trace = trainer.add_callback<TraceCallback>();
   setup(trainer);
@@ -49,7 +51,8 @@ Events trace_run(TrainingArguments args, int64_t n_train, Setup setup = [](auto&
 Events update(int gs, int micro = 1) {
   Events e{"on_step_begin"};
   for (int i = 1; i < micro; ++i) e.push_back("on_substep_end");
-  e.insert(e.end(), {"on_pre_optimizer_step", "on_optimizer_step", "on_step_end(gs=" + std::to_string(gs) + ")"});
+  e.insert(e.end(),
+           {"on_pre_optimizer_step", "on_optimizer_step", "on_step_end(gs=" + std::to_string(gs) + ")"});
   return e;
 }
 Events evaluation(int batches = 2) {
@@ -76,9 +79,16 @@ TEST_CASE("the worked trace of HF (5 batches, GA 2, log 1, eval and save every 2
   args.save_strategy = SaveStrategy::steps;
   args.save_steps = 2;
   const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
-                                  update(1, 2), {"on_log(loss)"},
-                                  update(2, 2), {"on_log(loss)"}, evaluation(), {"on_save(gs=2)"},
-                                  update(3, 1), {"on_log(loss)"}, evaluation(), {"on_save(gs=3)"},
+                                  update(1, 2),
+                                  {"on_log(loss)"},
+                                  update(2, 2),
+                                  {"on_log(loss)"},
+                                  evaluation(),
+                                  {"on_save(gs=2)"},
+                                  update(3, 1),
+                                  {"on_log(loss)"},
+                                  evaluation(),
+                                  {"on_save(gs=3)"},
                                   {"on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 10) == expected);
 }
@@ -93,9 +103,17 @@ TEST_CASE("epoch strategies with a short last accumulation group, over two epoch
   args.save_strategy = SaveStrategy::epoch;
   const Events epoch_end_pass = concat({{"on_epoch_end", "on_log(loss)"}, evaluation()});
   // No forced log at the last step: with logging_strategy "epoch" HF logs only at epoch ends.
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1, 2), update(2, 2), update(3, 1),
-                                  epoch_end_pass, {"on_save(gs=3)", "on_epoch_begin"}, update(4, 2), update(5, 2),
-                                  update(6, 1), epoch_end_pass, {"on_save(gs=6)", "on_log(summary)", "on_train_end"}});
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1, 2),
+                                  update(2, 2),
+                                  update(3, 1),
+                                  epoch_end_pass,
+                                  {"on_save(gs=3)", "on_epoch_begin"},
+                                  update(4, 2),
+                                  update(5, 2),
+                                  update(6, 1),
+                                  epoch_end_pass,
+                                  {"on_save(gs=6)", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 10) == expected);
 }
 
@@ -109,11 +127,20 @@ TEST_CASE("max_steps that is not a multiple of the eval and save steps still end
   args.eval_steps = 2;
   args.save_strategy = SaveStrategy::steps;
   args.save_steps = 3;
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1),
-                                  update(2), {"on_log(loss)"}, evaluation(),
-                                  update(3), {"on_save(gs=3)"},
-                                  update(4), {"on_log(loss)"}, evaluation(),
-                                  update(5), {"on_log(loss)"}, evaluation(), {"on_save(gs=5)"},
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1),
+                                  update(2),
+                                  {"on_log(loss)"},
+                                  evaluation(),
+                                  update(3),
+                                  {"on_save(gs=3)"},
+                                  update(4),
+                                  {"on_log(loss)"},
+                                  evaluation(),
+                                  update(5),
+                                  {"on_log(loss)"},
+                                  evaluation(),
+                                  {"on_save(gs=5)"},
                                   {"on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 20) == expected);
 }
@@ -128,9 +155,19 @@ TEST_CASE("fractional epochs stop mid-epoch with HF's fractional epoch values", 
   trainer.remove_callback<ProgressCallback>();
   auto trace = trainer.add_callback<TraceCallback>();
   trainer.train();
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)"}, update(2),
-                                  {"on_log(loss)"}, update(3), {"on_log(loss)"}, update(4), {"on_log(loss)"},
-                                  {"on_epoch_end", "on_epoch_begin"}, update(5), {"on_log(loss)"}, update(6),
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1),
+                                  {"on_log(loss)"},
+                                  update(2),
+                                  {"on_log(loss)"},
+                                  update(3),
+                                  {"on_log(loss)"},
+                                  update(4),
+                                  {"on_log(loss)"},
+                                  {"on_epoch_end", "on_epoch_begin"},
+                                  update(5),
+                                  {"on_log(loss)"},
+                                  update(6),
                                   {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace->events == expected);
   const auto& s = trainer.state();
@@ -146,14 +183,18 @@ TEST_CASE("logging_strategy no logs nothing during training, not even the last s
   auto args = quiet_args(dir);
   args.logging_strategy = IntervalStrategy::no;
   args.logging_steps = 1;
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2), update(3),
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1),
+                                  update(2),
+                                  update(3),
                                   {"on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 6) == expected);
 }
 
-TEST_CASE("callbacks given to the constructor come after the integrations, receive on_init_end, and keep their "
-          "events",
-          "[trainer][callbacks]") {
+TEST_CASE(
+    "callbacks given to the constructor come after the integrations, receive on_init_end, and keep their "
+    "events",
+    "[trainer][callbacks]") {
   test::TempDir dir;
   auto args = quiet_args(dir);
   args.report_to = {"jsonl"};
@@ -192,8 +233,12 @@ TEST_CASE("logging_first_step logs step 1 even when logging every 100 steps", "[
   auto args = quiet_args(dir);
   args.logging_steps = 100;
   args.logging_first_step = true;
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)"}, update(2),
-                                  update(3), {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}});
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1),
+                                  {"on_log(loss)"},
+                                  update(2),
+                                  update(3),
+                                  {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 6) == expected);
 }
 
@@ -204,8 +249,14 @@ TEST_CASE("eval_delay postpones step evaluations", "[trainer][events]") {
   args.eval_strategy = IntervalStrategy::steps;
   args.eval_steps = 1;
   args.eval_delay = 3;
-  const Events expected = concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2), update(3),
-                                  evaluation(), update(4), {"on_log(loss)"}, evaluation(),
+  const Events expected = concat({{"on_train_begin", "on_epoch_begin"},
+                                  update(1),
+                                  update(2),
+                                  update(3),
+                                  evaluation(),
+                                  update(4),
+                                  {"on_log(loss)"},
+                                  evaluation(),
                                   {"on_epoch_end", "on_log(summary)", "on_train_end"}});
   CHECK(trace_run(args, 8) == expected);
 }
@@ -230,7 +281,9 @@ TEST_CASE("control flags raised by a user callback take effect", "[trainer][cont
     auto events = trace_run(args, 8, [](T& t) {
       t.add_callback<RaiseAt>(2, [](TrainerControl& c) { c.should_training_stop = true; });
     });
-    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), update(2),
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"},
+                            update(1),
+                            update(2),
                             {"on_epoch_end", "on_log(summary)", "on_train_end"}}));
   }
   SECTION("should_epoch_stop ends only the current epoch") {
@@ -238,16 +291,25 @@ TEST_CASE("control flags raised by a user callback take effect", "[trainer][cont
       t.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_epoch_stop = true; });
     });
     // Step 3 is the last one taken but not max_steps (4), so nothing forces a log.
-    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_epoch_end", "on_epoch_begin"},
-                            update(2), update(3), {"on_epoch_end", "on_log(summary)", "on_train_end"}}));
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"},
+                            update(1),
+                            {"on_epoch_end", "on_epoch_begin"},
+                            update(2),
+                            update(3),
+                            {"on_epoch_end", "on_log(summary)", "on_train_end"}}));
   }
   SECTION("forced log, evaluation and save happen at that step") {
     args.eval_strategy = IntervalStrategy::no;
     auto events = trace_run(args, 4, [](T& t) {
       t.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_log = c.should_save = true; });
     });
-    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), {"on_log(loss)", "on_save(gs=1)"},
-                            update(2), {"on_epoch_end", "on_epoch_begin"}, update(3), update(4),
+    CHECK(events == concat({{"on_train_begin", "on_epoch_begin"},
+                            update(1),
+                            {"on_log(loss)", "on_save(gs=1)"},
+                            update(2),
+                            {"on_epoch_end", "on_epoch_begin"},
+                            update(3),
+                            update(4),
                             {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}}));
     CHECK(checkpoint::list(dir.path()).size() == 1);
   }
@@ -261,7 +323,10 @@ TEST_CASE("control flags raised by a user callback take effect", "[trainer][cont
     auto trace = trainer.add_callback<TraceCallback>();
     trainer.add_callback<RaiseAt>(1, [](TrainerControl& c) { c.should_evaluate = true; });
     trainer.train();
-    CHECK(trace->events == concat({{"on_train_begin", "on_epoch_begin"}, update(1), evaluation(), update(2),
+    CHECK(trace->events == concat({{"on_train_begin", "on_epoch_begin"},
+                                   update(1),
+                                   evaluation(),
+                                   update(2),
                                    {"on_log(loss)", "on_epoch_end", "on_log(summary)", "on_train_end"}}));
   }
 }
@@ -282,7 +347,8 @@ TEST_CASE("logged losses are means of the step losses and learning rates follow 
     void on_substep_end(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
       current += ctx.loss->item<double>();
     }
-    void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&, const CallbackContext& ctx) override {
+    void on_pre_optimizer_step(const Args&, TrainerState&, TrainerControl&,
+                               const CallbackContext& ctx) override {
       current += ctx.loss->item<double>();
       per_step.push_back(current);
       current = 0;
@@ -383,10 +449,13 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
   const auto data = test::regression_data(8);
 
   SECTION("a loss that is not a scalar") {
-    auto per_sample = [](Mlp& m, const torch::data::Example<>& b) { return (m->forward(b.data) - b.target).pow(2); };
+    auto per_sample = [](Mlp& m, const torch::data::Example<>& b) {
+      return (m->forward(b.data) - b.target).pow(2);
+    };
     Trainer trainer(Mlp(), args, data, per_sample);
-    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("loss_fn must return a scalar tensor, got shape [2, 1]") &&
-                                           Catch::Contains("at step 1"));
+    CHECK_THROWS_WITH(trainer.train(),
+                      Catch::Contains("loss_fn must return a scalar tensor, got shape [2, 1]") &&
+                          Catch::Contains("at step 1"));
   }
   SECTION("an empty train dataset") {
     Trainer trainer(Mlp(), args, std::make_pair(torch::zeros({0, 4}), torch::zeros({0, 1})), test::mse_loss);
@@ -395,7 +464,8 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
   SECTION("a batch size of 0") {
     args.per_device_train_batch_size = 0;
     CHECK_THROWS_AS(Trainer(Mlp(), args, data, test::mse_loss), ArgumentError);
-    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Contains("--per_device_train_batch_size"));
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss),
+                      Catch::Contains("--per_device_train_batch_size"));
   }
   SECTION("metric_for_best_model naming a metric evaluation never produces") {
     args.eval_strategy = IntervalStrategy::steps;
@@ -411,8 +481,9 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
     args.load_best_model_at_end = true;
     args.eval_strategy = IntervalStrategy::epoch;
     args.save_strategy = SaveStrategy::steps;
-    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::regression_data(4), test::mse_loss),
-                      Catch::Contains("--load_best_model_at_end requires the save and eval strategy to match"));
+    CHECK_THROWS_WITH(
+        Trainer(Mlp(), args, data, test::regression_data(4), test::mse_loss),
+        Catch::Contains("--load_best_model_at_end requires the save and eval strategy to match"));
   }
   SECTION("an eval strategy without an eval dataset") {
     args.eval_strategy = IntervalStrategy::steps;
@@ -421,7 +492,8 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
   SECTION("eval_on_start without an eval dataset") {
     args.eval_on_start = true;
     CHECK_THROWS_AS(Trainer(Mlp(), args, data, test::mse_loss), ArgumentError);
-    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss), Catch::Matchers::StartsWith("--eval_on_start needs an eval dataset"));
+    CHECK_THROWS_WITH(Trainer(Mlp(), args, data, test::mse_loss),
+                      Catch::Matchers::StartsWith("--eval_on_start needs an eval dataset"));
   }
   SECTION("a step count that does not fit") {
     args.num_train_epochs = 1e300;
@@ -432,7 +504,8 @@ TEST_CASE("bad input is reported clearly", "[trainer][errors]") {
   }
   SECTION("inputs and targets of different lengths") {
     Trainer trainer(Mlp(), args, std::make_pair(torch::zeros({8, 4}), torch::zeros({7, 1})), test::mse_loss);
-    CHECK_THROWS_WITH(trainer.train(), Catch::Contains("same number of samples") && Catch::Contains("8 and 7"));
+    CHECK_THROWS_WITH(trainer.train(),
+                      Catch::Contains("same number of samples") && Catch::Contains("8 and 7"));
   }
 }
 
@@ -444,7 +517,8 @@ TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
     return LossOutput{torch::mse_loss(out, b.target), out, b.target};
   };
   auto metrics_fn = [](const EvalPrediction& p) {
-    return Logs{{"mae", (p.predictions - p.label_ids).abs().mean().item<double>()}, {"n", p.predictions.size(0)}};
+    return Logs{{"mae", (p.predictions - p.label_ids).abs().mean().item<double>()},
+                {"n", p.predictions.size(0)}};
   };
   const auto eval = test::regression_data(5, 4, 11);  // 3 batches of 2, 2, 1
   Trainer trainer(Mlp(), args, test::regression_data(8), eval, loss_fn, metrics_fn);
@@ -456,8 +530,8 @@ TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
   CHECK(keys == std::vector<std::string>{"eval_loss", "eval_mae", "eval_n", "eval_runtime",
                                          "eval_samples_per_second", "eval_steps_per_second"});
   CHECK(metrics.at("eval_n") == 5);
-  CHECK(trace->events == Events{"on_prediction_step", "on_prediction_step", "on_prediction_step", "on_log(eval)",
-                                "on_evaluate"});
+  CHECK(trace->events == Events{"on_prediction_step", "on_prediction_step", "on_prediction_step",
+                                "on_log(eval)", "on_evaluate"});
   // The exact mean over the 5 samples (HF would weight the last single-sample batch as 2).
   torch::NoGradGuard no_grad;
   trainer.model()->eval();
@@ -479,7 +553,8 @@ TEST_CASE("evaluate and predict report HF-shaped metrics", "[trainer][eval]") {
   CHECK(trainer.predict(eval, "val").metrics.contains("val_mae"));
 }
 
-TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss scaling", "[trainer][cuda]") {
+TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss scaling",
+          "[trainer][cuda]") {
   if (!torch::cuda::is_available()) {
     WARN("no CUDA device: the [cuda] checks did not run");
     return;
@@ -502,7 +577,8 @@ TEST_CASE("on CUDA the model trains on the GPU, with bf16 autocast and fp16 loss
     const auto& h = trainer.state().log_history;
     CHECK(std::isfinite(h.front().at("loss").get<double>()));
     CHECK(h.front().at("loss").get<double>() > h[1].at("loss").get<double>());
-    CHECK(torchfit::detail::host_reads() - reads_before == 5);  // fp16's overflow check is the scaler's own read
+    CHECK(torchfit::detail::host_reads() - reads_before ==
+          5);  // fp16's overflow check is the scaler's own read
   }
 }
 
@@ -549,10 +625,12 @@ TEST_CASE("a user-supplied optimizer and scheduler are used", "[trainer][optimiz
   trainer.set_scheduler(std::shared_ptr<LRScheduler>(get_scheduler("constant", *sgd, 0, 3)));
   trainer.train();
   CHECK(trainer.optimizer() == sgd.get());
-  for (int i = 0; i < 3; ++i) CHECK(trainer.state().log_history[static_cast<std::size_t>(i)].at("learning_rate") == 0.5);
+  for (int i = 0; i < 3; ++i)
+    CHECK(trainer.state().log_history[static_cast<std::size_t>(i)].at("learning_rate") == 0.5);
 }
 
-TEST_CASE("logging_nan_inf_filter replaces a non-finite step loss by the running mean, as HF", "[trainer][logs]") {
+TEST_CASE("logging_nan_inf_filter replaces a non-finite step loss by the running mean, as HF",
+          "[trainer][logs]") {
   auto run = [](bool filter) {
     test::TempDir dir;
     auto args = quiet_args(dir);
@@ -588,19 +666,22 @@ TEST_CASE("logging_nan_inf_filter replaces a non-finite step loss by the running
   CHECK(std::isnan(run(false).first));
 }
 
-TEST_CASE("evaluation outputs of different widths are padded with -100, with or without eval_accumulation_steps",
-          "[trainer][eval]") {
+TEST_CASE(
+    "evaluation outputs of different widths are padded with -100, with or without eval_accumulation_steps",
+    "[trainer][eval]") {
   SECTION("concat_padded") {
     const auto a = torch::tensor({1, 2, 3, 4}, torch::kLong).reshape({2, 2});
     const auto b = torch::tensor({5, 6, 7}, torch::kLong).reshape({1, 3});
     const auto c = torch::tensor({8}, torch::kLong).reshape({1, 1});
     const auto out = torchfit::detail::concat_padded({a, b, c});
-    CHECK(torch::equal(out, torch::tensor({1, 2, -100, 3, 4, -100, 5, 6, 7, 8, -100, -100}, torch::kLong)
-                                .reshape({4, 3})));
+    CHECK(torch::equal(
+        out, torch::tensor({1, 2, -100, 3, 4, -100, 5, 6, 7, 8, -100, -100}, torch::kLong).reshape({4, 3})));
     CHECK(torch::equal(torchfit::detail::concat_padded({a, a}), torch::cat({a, a})));
-    CHECK(torch::equal(torchfit::detail::concat_padded({a.flatten(), c.flatten()}), torch::tensor({1, 2, 3, 4, 8}, torch::kLong)));
-    CHECK_THROWS_WITH(torchfit::detail::concat_padded({a, torch::zeros({2, 2, 2}, torch::kLong)}),
-                      Catch::Contains("cannot concatenate evaluation outputs of shapes [2, 2] and [2, 2, 2]"));
+    CHECK(torch::equal(torchfit::detail::concat_padded({a.flatten(), c.flatten()}),
+                       torch::tensor({1, 2, 3, 4, 8}, torch::kLong)));
+    CHECK_THROWS_WITH(
+        torchfit::detail::concat_padded({a, torch::zeros({2, 2, 2}, torch::kLong)}),
+        Catch::Contains("cannot concatenate evaluation outputs of shapes [2, 2] and [2, 2, 2]"));
   }
   SECTION("predict") {
     test::TempDir dir;
@@ -654,7 +735,8 @@ TEST_CASE("total_flos sums the model's floating_point_ops over micro-batches, an
   auto loss_fn = [](CountingMlp& m, const torch::data::Example<>& b) {
     return torch::mse_loss(m->forward(b.data), b.target);
   };
-  Trainer counted(CountingMlp(), args, test::regression_data(7), loss_fn);  // 4 micro-batches: 2, 2, 2, 1 samples
+  Trainer counted(CountingMlp(), args, test::regression_data(7),
+                  loss_fn);  // 4 micro-batches: 2, 2, 2, 1 samples
   counted.remove_callback<ProgressCallback>();
   const auto out = counted.train();
   const double per_sample = 6.0 * (4 * 16 + 16 + 16 * 1 + 1);
@@ -669,8 +751,9 @@ TEST_CASE("total_flos sums the model's floating_point_ops over micro-batches, an
   CHECK(plain.train().metrics.at("total_flos") == 0.0);
 }
 
-TEST_CASE("skip_memory_metrics false adds HF's memory metrics, CPU peaks come from the kernel's high-water mark",
-          "[trainer][memory]") {
+TEST_CASE(
+    "skip_memory_metrics false adds HF's memory metrics, CPU peaks come from the kernel's high-water mark",
+    "[trainer][memory]") {
   test::TempDir dir;
   auto args = quiet_args(dir);
   args.skip_memory_metrics = false;
@@ -690,10 +773,11 @@ TEST_CASE("skip_memory_metrics false adds HF's memory metrics, CPU peaks come fr
   const auto out = trainer.train();
   std::vector<std::string> keys;
   for (const auto& item : out.metrics.items()) keys.push_back(item.key());
-  CHECK(keys == std::vector<std::string>{"train_runtime", "train_samples_per_second", "train_steps_per_second",
-                                         "total_flos", "train_loss", "init_mem_cpu_alloc_delta",
-                                         "init_mem_cpu_peaked_delta", "train_mem_cpu_alloc_delta",
-                                         "train_mem_cpu_peaked_delta", "before_init_mem_cpu", "epoch"});
+  CHECK(keys == std::vector<std::string>{"train_runtime", "train_samples_per_second",
+                                         "train_steps_per_second", "total_flos", "train_loss",
+                                         "init_mem_cpu_alloc_delta", "init_mem_cpu_peaked_delta",
+                                         "train_mem_cpu_alloc_delta", "train_mem_cpu_peaked_delta",
+                                         "before_init_mem_cpu", "epoch"});
   CHECK(out.metrics.at("train_mem_cpu_peaked_delta").get<int64_t>() >= temporary_bytes * 3 / 4);
   CHECK(out.metrics.at("before_init_mem_cpu").get<int64_t>() > 0);
   auto memory_keys = [](const Logs& logs) {
@@ -752,13 +836,16 @@ TEST_CASE("num_input_tokens_seen counts input elements (all) or non-padding ones
     REQUIRE(h.size() == 3);
     std::vector<std::string> keys;
     for (const auto& item : h[0].items()) keys.push_back(item.key());
-    CHECK(keys == std::vector<std::string>{"loss", "grad_norm", "learning_rate", "epoch", "num_input_tokens_seen",
-                                           "train_runtime", "train_tokens_per_second", "step"});
+    CHECK(keys == std::vector<std::string>{"loss", "grad_norm", "learning_rate", "epoch",
+                                           "num_input_tokens_seen", "train_runtime",
+                                           "train_tokens_per_second", "step"});
     CHECK(h[0].at("num_input_tokens_seen") == 16);
     CHECK(h[1].at("num_input_tokens_seen") == 32);
     CHECK(h[2].at("num_input_tokens_seen") == 32);
-    CHECK_FALSE(h[2].contains("train_tokens_per_second"));  // the summary has it only with include_tokens_per_second
-    CHECK(torchfit::detail::host_reads() == 5);  // loss and grad_norm at the two logs, the loss for the summary
+    CHECK_FALSE(
+        h[2].contains("train_tokens_per_second"));  // the summary has it only with include_tokens_per_second
+    CHECK(torchfit::detail::host_reads() ==
+          5);  // loss and grad_norm at the two logs, the loss for the summary
   }
   SECTION("non_padding, read on the logging steps") {
     const auto trainer = train(TokenCounting::non_padding, true, 0);
@@ -789,7 +876,8 @@ TEST_CASE("several named eval datasets are evaluated in order, logged apart and 
   args.num_train_epochs = 2;
   args.metric_for_best_model = "val_loss";
   using Data = std::pair<torch::Tensor, torch::Tensor>;
-  const NamedDatasets<Data> evals{{"val", test::regression_data(4, 4, 99)}, {"test", test::regression_data(2, 4, 98)}};
+  const NamedDatasets<Data> evals{{"val", test::regression_data(4, 4, 99)},
+                                  {"test", test::regression_data(2, 4, 98)}};
   torch::manual_seed(0);
   test::CaptureLog log;
   Trainer trainer(Mlp(), args, test::regression_data(8), evals, test::mse_loss);
@@ -803,8 +891,8 @@ TEST_CASE("several named eval datasets are evaluated in order, logged apart and 
   CHECK(h[1].contains("eval_test_loss"));
   CHECK_FALSE(h[1].contains("eval_val_loss"));
   CHECK(h[3].contains("eval_val_loss"));
-  CHECK(*trainer.state().best_metric == std::min(h[0].at("eval_val_loss").get<double>(),
-                                                 h[3].at("eval_val_loss").get<double>()));
+  CHECK(*trainer.state().best_metric ==
+        std::min(h[0].at("eval_val_loss").get<double>(), h[3].at("eval_val_loss").get<double>()));
   CHECK(log.text().empty());  // EarlyStopping watches eval_val_loss and ignores the test evaluations
   const auto first_epoch_end =
       std::find(trace->events.begin(), trace->events.end(), "on_epoch_end") - trace->events.begin();
@@ -821,7 +909,8 @@ TEST_CASE("several named eval datasets are evaluated in order, logged apart and 
   };
   CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"", evals[1].second}}),
                     "eval dataset 1 has no name: name every one of several eval datasets");
-  CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"val", evals[1].second}}), "two eval datasets are named \"val\"");
+  CHECK_THROWS_WITH(build({{"val", evals[0].second}, {"val", evals[1].second}}),
+                    "two eval datasets are named \"val\"");
 }
 
 TEST_CASE("tune_cpu_allocator: CPU training steps re-use freed buffers instead of page-faulting them in",
@@ -928,8 +1017,8 @@ TEST_CASE("signal child", "[.signal_child]") {
   const std::string dir = std::getenv("TORCHFIT_SIGNAL_DIR");
   const std::string mode = std::getenv("TORCHFIT_SIGNAL_MODE");
   torch::manual_seed(3);
-  Trainer trainer(Mlp(), signal_run_args(dir + "/" + (mode == "resume" ? "signal" : mode)), test::regression_data(36),
-                  test::mse_loss);
+  Trainer trainer(Mlp(), signal_run_args(dir + "/" + (mode == "resume" ? "signal" : mode)),
+                  test::regression_data(36), test::mse_loss);
   trainer.remove_callback<PrinterCallback>();
   if (mode == "signal")
     trainer.add_callback<SignalDuringStep>(7, std::atoi(std::getenv("TORCHFIT_SIGNAL")),
@@ -938,9 +1027,10 @@ TEST_CASE("signal child", "[.signal_child]") {
   trainer.save_model(dir + "/final-" + mode);
 }
 
-TEST_CASE("SIGTERM and SIGINT stop after the current update, save a checkpoint, exit with 143 and 130, and the run "
-          "resumes bit-exactly",
-          "[trainer][signals]") {
+TEST_CASE(
+    "SIGTERM and SIGINT stop after the current update, save a checkpoint, exit with 143 and 130, and the run "
+    "resumes bit-exactly",
+    "[trainer][signals]") {
   for (const int signal : {SIGTERM, SIGINT}) {
     test::TempDir dir;
     INFO("signal " << signal);
@@ -950,14 +1040,14 @@ TEST_CASE("SIGTERM and SIGINT stop after the current update, save a checkpoint, 
     CHECK(WEXITSTATUS(stopped.status) == 128 + signal);
     const auto run_dir = dir / "signal";
     // Update 7 was finished and saved (its micro-batches were half done when the signal came); nothing after it.
-    CHECK(checkpoint::list(run_dir) ==
-          std::vector<std::filesystem::path>{checkpoint::dir_for(run_dir, 3), checkpoint::dir_for(run_dir, 6),
-                                             checkpoint::dir_for(run_dir, 7)});
+    CHECK(checkpoint::list(run_dir) == std::vector<std::filesystem::path>{checkpoint::dir_for(run_dir, 3),
+                                                                          checkpoint::dir_for(run_dir, 6),
+                                                                          checkpoint::dir_for(run_dir, 7)});
     CHECK_FALSE(has_leftovers(run_dir));
     const std::string name = signal == SIGTERM ? "SIGTERM" : "SIGINT";
-    CHECK(stopped.stderr_text == "[torchfit] warning: training stopped by " + name + " after step 7; checkpoint in " +
-                                     checkpoint::dir_for(run_dir, 7).string() +
-                                     " (resume with --resume_from_checkpoint last)\n");
+    CHECK(stopped.stderr_text ==
+          "[torchfit] warning: training stopped by " + name + " after step 7; checkpoint in " +
+              checkpoint::dir_for(run_dir, 7).string() + " (resume with --resume_from_checkpoint last)\n");
     REQUIRE(run_signal_child(dir.path(), "resume").status == 0);
     CHECK(test::read_file(dir / "final-resume" / "model.safetensors") ==
           test::read_file(dir / "final-reference" / "model.safetensors"));

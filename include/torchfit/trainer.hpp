@@ -35,7 +35,6 @@
 #include "torchfit/distributed/data_parallel.hpp"
 #include "torchfit/distributed/world.hpp"
 #include "torchfit/error.hpp"
-#include "torchfit/report_to.hpp"
 #include "torchfit/log.hpp"
 #include "torchfit/loop/best_metric.hpp"
 #include "torchfit/loop/evaluation_loop.hpp"
@@ -47,6 +46,7 @@
 #include "torchfit/model_summary.hpp"
 #include "torchfit/optimizers.hpp"
 #include "torchfit/outputs.hpp"
+#include "torchfit/report_to.hpp"
 #include "torchfit/schedulers.hpp"
 #include "torchfit/seed.hpp"
 #include "torchfit/trainer_state.hpp"
@@ -81,7 +81,8 @@ class Trainer {
   Trainer(Model model, TrainingArguments args, TrainData train_dataset, std::optional<EvalData> eval_dataset,
           LossFunction loss_fn, MetricsFn compute_metrics = {}, const CallbackList& callbacks = {})
       : Trainer(std::move(model), std::move(args), std::move(train_dataset),
-                eval_dataset ? NamedDatasets<EvalData>{{"", std::move(*eval_dataset)}} : NamedDatasets<EvalData>{},
+                eval_dataset ? NamedDatasets<EvalData>{{"", std::move(*eval_dataset)}}
+                             : NamedDatasets<EvalData>{},
                 std::move(loss_fn), std::move(compute_metrics), callbacks) {}
 
   /// With several named eval datasets: each evaluation runs them in order, logs each, and returns (and tracks
@@ -98,11 +99,13 @@ class Trainer {
         compute_metrics_(std::move(compute_metrics)) {
     args_.validate();
     if (args_.eval_strategy != IntervalStrategy::no && eval_sets_.empty())
-      throw ArgumentError(fmt::format("--eval_strategy \"{}\" needs an eval dataset; pass one to the Trainer or use "
-                                      "--eval_strategy no",
-                                      to_string(args_.eval_strategy)));
+      throw ArgumentError(
+          fmt::format("--eval_strategy \"{}\" needs an eval dataset; pass one to the Trainer or use "
+                      "--eval_strategy no",
+                      to_string(args_.eval_strategy)));
     if (args_.eval_on_start && eval_sets_.empty())
-      throw ArgumentError("--eval_on_start needs an eval dataset; pass one to the Trainer or drop --eval_on_start");
+      throw ArgumentError(
+          "--eval_on_start needs an eval dataset; pass one to the Trainer or drop --eval_on_start");
     check_eval_dataset_names();
     detail::seed_trainer(args_.seed, args_.full_determinism);  // HF: set_seed, or enable_full_determinism
     device_ = distributed::join(args_);  // this rank's GPU or the CPU; the job's process group when launched
@@ -130,8 +133,8 @@ class Trainer {
   template <typename LossFunction>
   Trainer(Model model, TrainingArguments args, TrainData train_dataset, LossFunction loss_fn,
           const CallbackList& callbacks = {})
-      : Trainer(std::move(model), std::move(args), std::move(train_dataset), std::nullopt, std::move(loss_fn), {},
-                callbacks) {}
+      : Trainer(std::move(model), std::move(args), std::move(train_dataset), std::nullopt, std::move(loss_fn),
+                {}, callbacks) {}
 
   // ---- callbacks ----
 
@@ -203,16 +206,18 @@ class Trainer {
     // The epochs, each ending with on_epoch_end and its log/evaluate/save pass; a resume skips what was trained.
     const int64_t epochs_trained = state_.global_step / plan.updates_per_epoch;
     const int64_t skip_in_first_epoch =
-        args_.ignore_data_skip ? 0 : (state_.global_step % plan.updates_per_epoch) * args_.gradient_accumulation_steps;
+        args_.ignore_data_skip
+            ? 0
+            : (state_.global_step % plan.updates_per_epoch) * args_.gradient_accumulation_steps;
     const bool done = control_.should_training_stop || state_.global_step >= plan.max_steps;
     for (int64_t epoch = epochs_trained; epoch < plan.num_train_epochs && !done; ++epoch) {
       handler_.on_epoch_begin(args_, state_, control_);
       const int64_t first = epoch == epochs_trained ? skip_in_first_epoch : 0;
-      detail::BatchPrefetcher<TrainData> batches(train_data_, plan.batch_size, args_.dataloader_drop_last,
-                                                 static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch),
-                                                 first, args_.dataloader_num_workers,
-                                                 distributed::Shard{world.rank, world.size},
-                                                 /*pin=*/device_.is_cuda() && args_.dataloader_pin_memory);
+      detail::BatchPrefetcher<TrainData> batches(
+          train_data_, plan.batch_size, args_.dataloader_drop_last,
+          static_cast<uint64_t>(args_.data_seed.value_or(args_.seed) + epoch), first,
+          args_.dataloader_num_workers, distributed::Shard{world.rank, world.size},
+          /*pin=*/device_.is_cuda() && args_.dataloader_pin_memory);
       run_epoch(batches, plan.batches_per_epoch, epoch, first, stop_signals);
       handler_.on_epoch_end(args_, state_, control_);
       maybe_log_save_evaluate();
@@ -297,7 +302,8 @@ class Trainer {
                   plan.max_steps);
     session_ = Session{std::chrono::steady_clock::now(), state_.global_step, 0, {}};
     tokens_.start(args_, pad_token_id_, device_, state_.num_input_tokens_seen);
-    optimization_.emplace(*optimizer_, *scheduler_, scaler_.get(), trainable_parameters(), args_.max_grad_norm);
+    optimization_.emplace(*optimizer_, *scheduler_, scaler_.get(), trainable_parameters(),
+                          args_.max_grad_norm);
     data_parallel_.start(*module_, trainable_parameters(), args_);
 
     train_loader_info_ = LoaderInfo{plan.batches_per_epoch, plan.num_samples, plan.batch_size};
@@ -340,7 +346,8 @@ class Trainer {
       if (ends_update) {
         optimization_->run(handler_, args_, state_, control_);
         state_.global_step += 1;
-        state_.epoch = static_cast<double>(epoch) + static_cast<double>(step + 1) / static_cast<double>(steps_in_epoch);
+        state_.epoch =
+            static_cast<double>(epoch) + static_cast<double>(step + 1) / static_cast<double>(steps_in_epoch);
         handler_.on_step_end(args_, state_, control_);
         if (const int signal = stop_signals.received()) stop_for_signal(signal);
         maybe_log_save_evaluate();
@@ -363,7 +370,8 @@ class Trainer {
       detail::AutocastScope scope(device_.is_cuda() && (args_.fp16 || args_.bf16),
                                   args_.bf16 ? torch::kBFloat16 : torch::kHalf);
       loss = checked_loss(loss_fn_(model_, batch));
-      if (group_size > 1) loss = loss / static_cast<double>(group_size);  // no extra graph node without accumulation
+      if (group_size > 1)
+        loss = loss / static_cast<double>(group_size);  // no extra graph node without accumulation
     }
     data_parallel_.backward(loss, ends_update, [&] { optimization_->backward(loss); });
     session_.last_loss = loss.detach();
@@ -396,7 +404,8 @@ class Trainer {
 
   void log_training_loss() {
     Logs logs = Logs::object();
-    logs["loss"] = distributed::mean_over_ranks(loss_.close(state_.global_step), "averaging the training loss");
+    logs["loss"] =
+        distributed::mean_over_ranks(loss_.close(state_.global_step), "averaging the training loss");
     const torch::Tensor& grad_norm = optimization_->grad_norm();
     if (args_.max_grad_norm > 0 && grad_norm.defined()) logs["grad_norm"] = detail::to_host(grad_norm);
     logs["learning_rate"] = optimization_->learning_rate();
@@ -409,16 +418,16 @@ class Trainer {
     if (args_.load_best_model_at_end && state_.best_model_checkpoint) {
       log::notice("Loading best model from {} (score: {}).", *state_.best_model_checkpoint,
                   detail::python_float_repr(state_.best_metric.value_or(NAN)));
-      checkpoint::load_model_state(*module_, std::filesystem::path(*state_.best_model_checkpoint) / checkpoint::model_file);
+      checkpoint::load_model_state(
+          *module_, std::filesystem::path(*state_.best_model_checkpoint) / checkpoint::model_file);
     }
     const double train_loss = distributed::mean_over_ranks(loss_.total(), "averaging the training loss") /
                               static_cast<double>(std::max<int64_t>(state_.global_step, 1));
     Logs metrics = Logs::object();
-    detail::add_speed_metrics(metrics, "train", detail::seconds_since(session_.start),
-                              session_.samples * distributed::world().size,
-                              state_.global_step - session_.start_step,
-                              args_.include_tokens_per_second ? std::optional<int64_t>(tokens_.session_tokens())
-                                                              : std::nullopt);
+    detail::add_speed_metrics(
+        metrics, "train", detail::seconds_since(session_.start), session_.samples * distributed::world().size,
+        state_.global_step - session_.start_step,
+        args_.include_tokens_per_second ? std::optional<int64_t>(tokens_.session_tokens()) : std::nullopt);
     metrics["total_flos"] = state_.total_flos;
     metrics["train_loss"] = train_loss;
     memory_.stop_and_update_metrics("train", metrics);
@@ -436,13 +445,13 @@ class Trainer {
   }
 
   [[noreturn]] void exit_after_signal(int signal) {
-    const std::string saved =
-        args_.save_strategy == SaveStrategy::no
-            ? "no checkpoint written (--save_strategy no)"
-            : "checkpoint in " + checkpoint::dir_for(args_.output_dir, state_.global_step).string() +
-                  " (resume with --resume_from_checkpoint last)";
-    log::warning("training stopped by {} after step {}; {}", detail::StopSignals::name(signal), state_.global_step,
-                 saved);
+    const std::string saved = args_.save_strategy == SaveStrategy::no
+                                  ? "no checkpoint written (--save_strategy no)"
+                                  : "checkpoint in " +
+                                        checkpoint::dir_for(args_.output_dir, state_.global_step).string() +
+                                        " (resume with --resume_from_checkpoint last)";
+    log::warning("training stopped by {} after step {}; {}", detail::StopSignals::name(signal),
+                 state_.global_step, saved);
     std::exit(128 + signal);
   }
 
@@ -456,8 +465,8 @@ class Trainer {
       tokens_.flush(state_.num_input_tokens_seen);
       logs["num_input_tokens_seen"] = state_.num_input_tokens_seen;
       if (with_token_rate)
-        detail::add_speed_metrics(logs, "train", detail::seconds_since(session_.start), std::nullopt, std::nullopt,
-                                  state_.num_input_tokens_seen - tokens_.seen_at_start());
+        detail::add_speed_metrics(logs, "train", detail::seconds_since(session_.start), std::nullopt,
+                                  std::nullopt, state_.num_input_tokens_seen - tokens_.seen_at_start());
     }
     Logs entry = logs;
     entry["step"] = state_.global_step;
@@ -488,18 +497,20 @@ class Trainer {
   // What one train() call counts besides the loss window and tokens.
   struct Session {
     std::chrono::steady_clock::time_point start;  // of this train() call
-    int64_t start_step = 0;                        // global_step when it began (after a resume)
-    int64_t samples = 0;                           // samples trained on in this call
-    torch::Tensor last_loss;                       // what step events see as ctx.loss
+    int64_t start_step = 0;                       // global_step when it began (after a resume)
+    int64_t samples = 0;                          // samples trained on in this call
+    torch::Tensor last_loss;                      // what step events see as ctx.loss
   };
 
   void check_eval_dataset_names() const {
     for (std::size_t i = 0; i < eval_sets_.size(); ++i) {
       const std::string& name = eval_sets_[i].first;
       if (eval_sets_.size() > 1 && name.empty())
-        throw ArgumentError(fmt::format("eval dataset {} has no name: name every one of several eval datasets", i));
+        throw ArgumentError(
+            fmt::format("eval dataset {} has no name: name every one of several eval datasets", i));
       for (std::size_t j = 0; j < i; ++j)
-        if (eval_sets_[j].first == name) throw ArgumentError(fmt::format("two eval datasets are named \"{}\"", name));
+        if (eval_sets_[j].first == name)
+          throw ArgumentError(fmt::format("two eval datasets are named \"{}\"", name));
     }
   }
 
@@ -522,8 +533,8 @@ class Trainer {
     }
     if (!scheduler_ || owns_scheduler_) {
       scheduler_ = get_scheduler(args_.lr_scheduler_type, *optimizer_,
-                                 num_warmup_steps(args_.warmup_steps, args_.warmup_ratio, max_steps), max_steps,
-                                 args_.lr_scheduler_kwargs);
+                                 num_warmup_steps(args_.warmup_steps, args_.warmup_ratio, max_steps),
+                                 max_steps, args_.lr_scheduler_kwargs);
       owns_scheduler_ = true;
     }
     if (args_.fp16 && device_.is_cuda() && !scaler_) scaler_ = std::make_unique<detail::GradScaler>(device_);
@@ -541,13 +552,15 @@ class Trainer {
     const int64_t step = state_.global_step + 1;
     if (!loss.defined()) throw Error(fmt::format("loss_fn returned an undefined tensor at step {}", step));
     if (loss.numel() != 1)
-      throw Error(fmt::format("loss_fn must return a scalar tensor, got shape {} at step {} (reduce it, e.g. with "
-                              ".mean())",
-                              c10::str(loss.sizes()), step));
+      throw Error(
+          fmt::format("loss_fn must return a scalar tensor, got shape {} at step {} (reduce it, e.g. with "
+                      ".mean())",
+                      c10::str(loss.sizes()), step));
     if (!loss.requires_grad())
-      throw Error(fmt::format("loss_fn returned a tensor that does not require grad at step {} (was it computed under "
-                              "NoGradGuard or detached?)",
-                              step));
+      throw Error(fmt::format(
+          "loss_fn returned a tensor that does not require grad at step {} (was it computed under "
+          "NoGradGuard or detached?)",
+          step));
     return loss.dim() == 0 ? loss : loss.reshape({});
   }
 
@@ -572,9 +585,10 @@ class Trainer {
     progress.loss_since_last_log = sums[0] / static_cast<double>(distributed::world().size);
     progress.loss_total = sums[1] / static_cast<double>(distributed::world().size);
     const std::vector<std::string> rng_states =
-        args_.save_only_model ? std::vector<std::string>()
-                              : distributed::all_gather_bytes(checkpoint::rng_state_bytes(checkpoint::capture_rng_state()),
-                                                              "collecting the generator states");
+        args_.save_only_model
+            ? std::vector<std::string>()
+            : distributed::all_gather_bytes(checkpoint::rng_state_bytes(checkpoint::capture_rng_state()),
+                                            "collecting the generator states");
     tokens_.flush(state_.num_input_tokens_seen);
     json outcome = json::object();
     if (state_.is_world_process_zero) {
@@ -591,7 +605,8 @@ class Trainer {
     outcome = json::parse(distributed::from_rank_zero(outcome.dump(), "waiting for the checkpoint"));
     if (outcome.contains("best")) state_.best_model_checkpoint = outcome["best"].get<std::string>();
     if (outcome.contains("error")) {
-      state_.best_model_checkpoint = best_before;  // a best step whose save failed has no checkpoint to point at
+      state_.best_model_checkpoint =
+          best_before;  // a best step whose save failed has no checkpoint to point at
       const std::string error = outcome["error"].get<std::string>();
       if (save_error_policy_ == checkpoint::SaveErrorPolicy::raise) throw CheckpointError(error);
       log::warning("{}; training goes on without this checkpoint", error);
@@ -616,7 +631,13 @@ class Trainer {
 
   checkpoint::Targets checkpoint_targets() {
     CallbackHandler* callbacks = args_.restore_callback_states_from_checkpoint ? &handler_ : nullptr;
-    return {*module_, *optimizer_, *scheduler_, scaler_.get(), callbacks, &control_, distributed::world().rank,
+    return {*module_,
+            *optimizer_,
+            *scheduler_,
+            scaler_.get(),
+            callbacks,
+            &control_,
+            distributed::world().rank,
             distributed::world().size};
   }
 
@@ -626,9 +647,10 @@ class Trainer {
     checkpoint::Checkpoint loaded = checkpoint::read(dir, targets);
     checkpoint::apply(loaded, targets);
     if (loaded.state.train_batch_size && *loaded.state.train_batch_size != args_.per_device_train_batch_size)
-      log::warning("resuming from {} with --per_device_train_batch_size {} although it was trained with {}: the "
-                   "data position will not match",
-                   dir.string(), args_.per_device_train_batch_size, *loaded.state.train_batch_size);
+      log::warning(
+          "resuming from {} with --per_device_train_batch_size {} although it was trained with {}: the "
+          "data position will not match",
+          dir.string(), args_.per_device_train_batch_size, *loaded.state.train_batch_size);
 
     // Interval steps follow the current arguments (HF keeps the checkpoint's, #28867); say so when they differ.
     const TrainerState current = state_;
@@ -674,20 +696,23 @@ class Trainer {
 
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction) -> Trainer<Model, TrainData, EvalData>;
-template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction,
+          typename MetricsFunction>
 Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, MetricsFunction)
     -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
-Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction, std::function<Logs(const EvalPrediction&)>,
-        CallbackList) -> Trainer<Model, TrainData, EvalData>;
+Trainer(Model, TrainingArguments, TrainData, EvalData, LossFunction,
+        std::function<Logs(const EvalPrediction&)>, CallbackList) -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, LossFunction) -> Trainer<Model, TrainData, TrainData>;
 template <typename Model, typename TrainData, typename LossFunction>
-Trainer(Model, TrainingArguments, TrainData, LossFunction, CallbackList) -> Trainer<Model, TrainData, TrainData>;
+Trainer(Model, TrainingArguments, TrainData, LossFunction, CallbackList)
+    -> Trainer<Model, TrainData, TrainData>;
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction>
 Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction)
     -> Trainer<Model, TrainData, EvalData>;
-template <typename Model, typename TrainData, typename EvalData, typename LossFunction, typename MetricsFunction>
+template <typename Model, typename TrainData, typename EvalData, typename LossFunction,
+          typename MetricsFunction>
 Trainer(Model, TrainingArguments, TrainData, NamedDatasets<EvalData>, LossFunction, MetricsFunction)
     -> Trainer<Model, TrainData, EvalData>;
 template <typename Model, typename TrainData, typename EvalData, typename LossFunction>

@@ -57,7 +57,8 @@ struct TokenCountingCodec : Codec<TokenCounting> {
   }
   static TokenCounting from_json(std::string_view where, const json& j) {
     if (j.is_boolean()) return j.get<bool>() ? TokenCounting::all : TokenCounting::no;
-    if (!j.is_string()) bad_value(where, "one of " + join_quoted(EnumNames<TokenCounting>::values) + " or a bool", j.dump());
+    if (!j.is_string())
+      bad_value(where, "one of " + join_quoted(EnumNames<TokenCounting>::values) + " or a bool", j.dump());
     return parse(where, j.get<std::string>());
   }
 };
@@ -166,11 +167,11 @@ struct TrainingArguments {
   bool bf16 = false;
   bool fp16 = false;
 
-  std::optional<std::string> ddp_backend;           // "gloo" or "nccl"; None: nccl on CUDA, gloo on the CPU
-  int64_t ddp_timeout = 1800;                        // seconds the rendezvous or a collective may wait
-  std::optional<int64_t> ddp_bucket_cap_mb;          // None: 25, DistributedDataParallel's
-  std::optional<bool> ddp_find_unused_parameters;    // None: true (HF's value for models other than HF's)
-  std::optional<bool> ddp_broadcast_buffers;         // None: true, DistributedDataParallel's
+  std::optional<std::string> ddp_backend;          // "gloo" or "nccl"; None: nccl on CUDA, gloo on the CPU
+  int64_t ddp_timeout = 1800;                      // seconds the rendezvous or a collective may wait
+  std::optional<int64_t> ddp_bucket_cap_mb;        // None: 25, DistributedDataParallel's
+  std::optional<bool> ddp_find_unused_parameters;  // None: true (HF's value for models other than HF's)
+  std::optional<bool> ddp_broadcast_buffers;       // None: true, DistributedDataParallel's
 
   bool disable_tqdm = false;
   bool skip_memory_metrics = true;
@@ -311,8 +312,9 @@ inline const ArgumentFields<TrainingArguments>& training_fields() {
           .add("dataloader_drop_last", &A::dataloader_drop_last, "drop the last incomplete training batch")
           .add("dataloader_num_workers", &A::dataloader_num_workers,
                "data loading worker threads; 0: main thread")
-          .add("dataloader_pin_memory", &A::dataloader_pin_memory,
-               "on CUDA, copy batches to page-locked memory so that they reach the device without a host sync")
+          .add(
+              "dataloader_pin_memory", &A::dataloader_pin_memory,
+              "on CUDA, copy batches to page-locked memory so that they reach the device without a host sync")
           .add("label_names", &A::label_names,
                "keys of a TensorDict batch holding the labels, comma-separated (several are stacked); None: "
                "\"labels\", then \"label\"")

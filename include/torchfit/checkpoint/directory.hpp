@@ -82,7 +82,8 @@ class AtomicWriter {
   AtomicWriter(const fs::path& output_dir, int64_t step) : final_(dir_for(output_dir, step)) {
     std::error_code ec;
     fs::create_directories(output_dir, ec);
-    if (ec) detail::throw_fs_error(fmt::format("cannot create the output directory {}", output_dir.string()), ec);
+    if (ec)
+      detail::throw_fs_error(fmt::format("cannot create the output directory {}", output_dir.string()), ec);
     tmp_ = detail::hidden_sibling(final_, detail::temporary_tag);
     if (!fs::create_directory(tmp_, ec))
       detail::throw_fs_error(fmt::format("cannot create {}", tmp_.string()),
@@ -126,7 +127,8 @@ class AtomicWriter {
 /// Deletes the oldest checkpoints beyond `limit`, never the newest one (needed to resume) nor `best` (HF
 /// deletes the newest at the end of training when the limit is 1, #35070; torchfit keeps both, so the effective
 /// limit is 2 when they differ). A checkpoint that cannot be deleted is kept, with a warning.
-inline void rotate(const fs::path& output_dir, std::optional<int64_t> limit, const std::optional<std::string>& best) {
+inline void rotate(const fs::path& output_dir, std::optional<int64_t> limit,
+                   const std::optional<std::string>& best) {
   if (!limit || *limit <= 0) return;
   auto all = list(output_dir);
   if (static_cast<int64_t>(all.size()) <= *limit) return;
@@ -137,7 +139,8 @@ inline void rotate(const fs::path& output_dir, std::optional<int64_t> limit, con
   std::vector<fs::path> keep{all.back()};
   for (const auto& p : all)
     if (best && same(p, *best) && !same(p, all.back())) keep.push_back(p);
-  int64_t budget = std::max<int64_t>(*limit, static_cast<int64_t>(keep.size())) - static_cast<int64_t>(keep.size());
+  int64_t budget =
+      std::max<int64_t>(*limit, static_cast<int64_t>(keep.size())) - static_cast<int64_t>(keep.size());
   for (auto it = all.rbegin() + 1; it != all.rend(); ++it) {
     if (std::any_of(keep.begin(), keep.end(), [&](const fs::path& k) { return same(k, *it); })) continue;
     if (budget > 0) {

@@ -86,8 +86,8 @@ inline std::vector<fs::path> list(const fs::path& output_dir) {
 inline fs::path last(const fs::path& output_dir) {
   auto all = list(output_dir);
   if (all.empty())
-    throw CheckpointError(
-        fmt::format("--resume_from_checkpoint last: no complete checkpoint-<step> directory in {}", output_dir.string()));
+    throw CheckpointError(fmt::format(
+        "--resume_from_checkpoint last: no complete checkpoint-<step> directory in {}", output_dir.string()));
   return all.back();
 }
 

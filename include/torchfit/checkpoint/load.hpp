@@ -60,8 +60,9 @@ inline void require_files(const fs::path& dir, const std::vector<const char*>& f
     throw CheckpointError(fmt::format("checkpoint directory {} does not exist", dir.string()));
   for (const char* f : files)
     if (!fs::is_regular_file(dir / f, ec))
-      throw CheckpointError(fmt::format("checkpoint {} is missing {}{}", dir.string(), f,
-                                        std::string(f) == optimizer_file ? " (was it saved with --save_only_model?)" : ""));
+      throw CheckpointError(
+          fmt::format("checkpoint {} is missing {}{}", dir.string(), f,
+                      std::string(f) == optimizer_file ? " (was it saved with --save_only_model?)" : ""));
 }
 
 /// Reads every file of the checkpoint in `dir` and checks what can be checked without loading it: the weights
@@ -69,14 +70,15 @@ inline void require_files(const fs::path& dir, const std::vector<const char*>& f
 /// CheckpointError naming the first file that is missing, unreadable, corrupt or does not fit.
 inline Checkpoint read(const fs::path& dir, const Targets& targets) {
   const std::string rank_rng_file = rng_file_of(targets.rank, targets.world_size);
-  std::vector<const char*> files{model_file, state_file, optimizer_file, scheduler_file, rank_rng_file.c_str(),
-                                 progress_file};
+  std::vector<const char*> files{
+      model_file, state_file, optimizer_file, scheduler_file, rank_rng_file.c_str(), progress_file};
   if (targets.scaler) files.push_back(scaler_file);
   // The data position and the generator states belong to each process: another number of them cannot resume.
   if (const auto saved = saved_world_size(dir); saved && *saved != targets.world_size)
-    throw CheckpointError(fmt::format("checkpoint {} was saved by {} process(es) and this run has {}: resume it with "
-                                      "{} (torchrun --nproc_per_node, --nnodes)",
-                                      dir.string(), *saved, targets.world_size, *saved));
+    throw CheckpointError(
+        fmt::format("checkpoint {} was saved by {} process(es) and this run has {}: resume it with "
+                    "{} (torchrun --nproc_per_node, --nnodes)",
+                    dir.string(), *saved, targets.world_size, *saved));
   require_files(dir, files);
   Checkpoint c;
   c.dir = dir;
@@ -118,11 +120,13 @@ inline void apply(Checkpoint& c, const Targets& targets) {
   const OptimizerSnapshot optimizer_before(targets.optimizer);
   try {
     detail::loading(c.dir / scheduler_file, [&] { targets.scheduler.load_state(c.scheduler_state); });
-    if (targets.scaler) detail::loading(c.dir / scaler_file, [&] { targets.scaler->load_state(*c.scaler_state); });
+    if (targets.scaler)
+      detail::loading(c.dir / scaler_file, [&] { targets.scaler->load_state(*c.scaler_state); });
     load_optimizer_state(targets.optimizer, c.optimizer, c.dir / optimizer_file);
     if (targets.callbacks)
-      detail::loading(c.dir / state_file,
-                      [&] { targets.callbacks->restore_states(c.state.stateful_callbacks, *targets.control); });
+      detail::loading(c.dir / state_file, [&] {
+        targets.callbacks->restore_states(c.state.stateful_callbacks, *targets.control);
+      });
   } catch (...) {
     // The scheduler writes its rates into the optimizer: put it back first, the optimizer's exact state last.
     targets.scheduler.load_state(scheduler_before);

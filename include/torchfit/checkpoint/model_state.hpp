@@ -19,7 +19,8 @@ namespace torchfit::checkpoint {
 /// Parameters and buffers of a module by their dotted names (the state dict).
 inline std::vector<std::pair<std::string, torch::Tensor>> model_state(const torch::nn::Module& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& p : model.named_parameters(/*recurse=*/true)) out.emplace_back(p.key(), p.value().detach());
+  for (const auto& p : model.named_parameters(/*recurse=*/true))
+    out.emplace_back(p.key(), p.value().detach());
   for (const auto& b : model.named_buffers(/*recurse=*/true)) out.emplace_back(b.key(), b.value().detach());
   return out;
 }
@@ -36,19 +37,23 @@ inline ModelStateCopies read_model_state(const torch::nn::Module& model, const s
   for (const auto& [name, target] : model_state(model)) {
     auto it = by_name.find(name);
     if (it == by_name.end())
-      throw CheckpointError(fmt::format("{} has no tensor \"{}\" that the model expects", file.string(), name));
+      throw CheckpointError(
+          fmt::format("{} has no tensor \"{}\" that the model expects", file.string(), name));
     if (it->second.sizes() != target.sizes())
-      throw CheckpointError(fmt::format("{}: tensor \"{}\" has shape {} but the model expects {}", file.string(), name,
-                                        c10::str(it->second.sizes()), c10::str(target.sizes())));
+      throw CheckpointError(fmt::format("{}: tensor \"{}\" has shape {} but the model expects {}",
+                                        file.string(), name, c10::str(it->second.sizes()),
+                                        c10::str(target.sizes())));
     if (it->second.scalar_type() != target.scalar_type())
-      throw CheckpointError(fmt::format("{}: tensor \"{}\" has dtype {} but the model expects {}", file.string(), name,
-                                        c10::toString(it->second.scalar_type()), c10::toString(target.scalar_type())));
+      throw CheckpointError(fmt::format("{}: tensor \"{}\" has dtype {} but the model expects {}",
+                                        file.string(), name, c10::toString(it->second.scalar_type()),
+                                        c10::toString(target.scalar_type())));
     copies.emplace_back(target, it->second);
     by_name.erase(it);
   }
   if (!by_name.empty())
-    throw CheckpointError(fmt::format("{} has tensor \"{}\" that the model does not have (a checkpoint of another model?)",
-                                      file.string(), by_name.begin()->first));
+    throw CheckpointError(
+        fmt::format("{} has tensor \"{}\" that the model does not have (a checkpoint of another model?)",
+                    file.string(), by_name.begin()->first));
   return copies;
 }
 

@@ -18,7 +18,8 @@
 namespace torchfit::checkpoint {
 
 /// Writes the optimizer's state, flushed to disk.
-inline void save_optimizer_state(const torch::optim::Optimizer& optimizer, const std::filesystem::path& file) {
+inline void save_optimizer_state(const torch::optim::Optimizer& optimizer,
+                                 const std::filesystem::path& file) {
   torch::serialize::OutputArchive archive;
   optimizer.save(archive);
   save_archive(archive, file);
@@ -43,8 +44,10 @@ typename StateMap::key_type state_key(const torch::Tensor& parameter) {
 // The tensors of libtorch's optimizers' per-parameter states, each shaped like its parameter (none for others).
 inline std::vector<torch::Tensor> parameter_shaped(const torch::optim::OptimizerParamState& s) {
   namespace optim = torch::optim;
-  if (const auto* a = dynamic_cast<const optim::AdamParamState*>(&s)) return {a->exp_avg(), a->exp_avg_sq(), a->max_exp_avg_sq()};
-  if (const auto* w = dynamic_cast<const optim::AdamWParamState*>(&s)) return {w->exp_avg(), w->exp_avg_sq(), w->max_exp_avg_sq()};
+  if (const auto* a = dynamic_cast<const optim::AdamParamState*>(&s))
+    return {a->exp_avg(), a->exp_avg_sq(), a->max_exp_avg_sq()};
+  if (const auto* w = dynamic_cast<const optim::AdamWParamState*>(&s))
+    return {w->exp_avg(), w->exp_avg_sq(), w->max_exp_avg_sq()};
   if (const auto* g = dynamic_cast<const optim::SGDParamState*>(&s)) return {g->momentum_buffer()};
   if (const auto* d = dynamic_cast<const optim::AdagradParamState*>(&s)) return {d->sum()};
   if (const auto* r = dynamic_cast<const optim::RMSpropParamState*>(&s))
@@ -65,9 +68,10 @@ inline void check_state_shapes(const torch::optim::Optimizer& optimizer, const s
       if (found == states.end()) continue;
       for (const torch::Tensor& t : parameter_shaped(*found->second))
         if (t.defined() && t.sizes() != parameter.sizes())
-          throw CheckpointError(fmt::format("{}: the state of parameter {} of group {} has shape {} but the parameter "
-                                            "has {} (a checkpoint of another model?)",
-                                            file.string(), i, g, c10::str(t.sizes()), c10::str(parameter.sizes())));
+          throw CheckpointError(
+              fmt::format("{}: the state of parameter {} of group {} has shape {} but the parameter "
+                          "has {} (a checkpoint of another model?)",
+                          file.string(), i, g, c10::str(t.sizes()), c10::str(parameter.sizes())));
     }
 }
 
@@ -102,7 +106,8 @@ inline void load_optimizer_state(torch::optim::Optimizer& optimizer, torch::seri
     detail::check_state_shapes(optimizer, file);
   } catch (const c10::Error& e) {  // libtorch refuses midway, after loading the groups before the bad one
     before.restore(optimizer);
-    throw CheckpointError(fmt::format("{} does not fit this optimizer: {}", file.string(), e.what_without_backtrace()));
+    throw CheckpointError(
+        fmt::format("{} does not fit this optimizer: {}", file.string(), e.what_without_backtrace()));
   } catch (...) {
     before.restore(optimizer);
     throw;

@@ -49,8 +49,8 @@ inline void check_generator_state(c10::DeviceIndex cuda_device, const torch::Ten
   try {
     probe.set_state(state);
   } catch (const c10::Error& e) {
-    throw CheckpointError(fmt::format("{}: entry \"{}\" is not a state of this generator: {}", file.string(), key,
-                                      e.what_without_backtrace()));
+    throw CheckpointError(fmt::format("{}: entry \"{}\" is not a state of this generator: {}", file.string(),
+                                      key, e.what_without_backtrace()));
   }
 }
 

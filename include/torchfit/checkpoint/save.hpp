@@ -68,7 +68,8 @@ inline void save_training_state(const fs::path& dir, const torch::optim::Optimiz
 }
 
 /// Writes trainer_state.json (HF's bytes) and training_args.json.
-inline void save_state_and_args(const fs::path& dir, const TrainerState& state, const TrainingArguments& args) {
+inline void save_state_and_args(const fs::path& dir, const TrainerState& state,
+                                const TrainingArguments& args) {
   torchfit::detail::write_file_durably(dir / state_file, state.to_json_string());
   torchfit::detail::write_file_durably(dir / args_file, args.to_json_string() + "\n");
 }

@@ -56,7 +56,9 @@ class TensorDict {
       if (item.first == key) return &item.second;
     return nullptr;
   }
-  torch::Tensor* find(std::string_view key) { return const_cast<torch::Tensor*>(std::as_const(*this).find(key)); }
+  torch::Tensor* find(std::string_view key) {
+    return const_cast<torch::Tensor*>(std::as_const(*this).find(key));
+  }
 
   bool contains(std::string_view key) const { return find(key) != nullptr; }
 
@@ -102,7 +104,9 @@ namespace detail {
 inline torch::Tensor pinned(const torch::Tensor& t) {
   return t.defined() && t.device().is_cpu() && !t.is_pinned() ? t.pin_memory() : t;
 }
-inline torch::data::Example<> pinned(const torch::data::Example<>& b) { return {pinned(b.data), pinned(b.target)}; }
+inline torch::data::Example<> pinned(const torch::data::Example<>& b) {
+  return {pinned(b.data), pinned(b.target)};
+}
 inline torch::data::TensorExample pinned(const torch::data::TensorExample& b) {
   return torch::data::TensorExample(pinned(b.data));
 }
@@ -120,7 +124,8 @@ inline torch::Tensor to_device(const torch::Tensor& t, const torch::Device& devi
 inline torch::data::Example<> to_device(const torch::data::Example<>& b, const torch::Device& device) {
   return {to_device(b.data, device), to_device(b.target, device)};
 }
-inline torch::data::TensorExample to_device(const torch::data::TensorExample& b, const torch::Device& device) {
+inline torch::data::TensorExample to_device(const torch::data::TensorExample& b,
+                                            const torch::Device& device) {
   return torch::data::TensorExample(to_device(b.data, device));
 }
 inline TensorDict to_device(const TensorDict& b, const torch::Device& device) {
@@ -135,7 +140,9 @@ inline TensorDict to_device(const TensorDict& b, const torch::Device& device) {
 inline torch::Tensor labels_of(const torch::data::Example<>& b, const std::vector<std::string>& = {}) {
   return b.target;
 }
-inline torch::Tensor labels_of(const torch::data::TensorExample&, const std::vector<std::string>& = {}) { return {}; }
+inline torch::Tensor labels_of(const torch::data::TensorExample&, const std::vector<std::string>& = {}) {
+  return {};
+}
 inline torch::Tensor labels_of(const TensorDict& b, const std::vector<std::string>& label_names = {}) {
   if (label_names.size() <= 1) {
     for (const auto& name : label_names.empty() ? default_label_names() : label_names)
@@ -147,9 +154,10 @@ inline torch::Tensor labels_of(const TensorDict& b, const std::vector<std::strin
     const torch::Tensor* t = b.find(name);
     if (t == nullptr) return {};  // HF: labels only when every label name is in the batch
     if (!parts.empty() && t->sizes() != parts.front().sizes())
-      throw Error(fmt::format("label \"{}\" has shape {} but label \"{}\" has shape {}: several labels are "
-                              "gathered stacked, so their shapes must match",
-                              name, c10::str(t->sizes()), label_names.front(), c10::str(parts.front().sizes())));
+      throw Error(
+          fmt::format("label \"{}\" has shape {} but label \"{}\" has shape {}: several labels are "
+                      "gathered stacked, so their shapes must match",
+                      name, c10::str(t->sizes()), label_names.front(), c10::str(parts.front().sizes())));
     parts.push_back(*t);
   }
   return torch::stack(parts, -1);

@@ -57,9 +57,10 @@ struct StackCollator {
       const auto values = detail::column(examples, key);
       for (std::size_t i = 1; i < values.size(); ++i)
         if (values[i].sizes() != first.sizes())
-          throw Error(fmt::format("StackCollator: key \"{}\" has shape {} in example {} but {} in example 0 of the "
-                                  "batch; pad sequences of different lengths with a PaddingCollator",
-                                  key, c10::str(values[i].sizes()), i, c10::str(first.sizes())));
+          throw Error(
+              fmt::format("StackCollator: key \"{}\" has shape {} in example {} but {} in example 0 of the "
+                          "batch; pad sequences of different lengths with a PaddingCollator",
+                          key, c10::str(values[i].sizes()), i, c10::str(first.sizes())));
       batch.insert(key, torch::stack(values));
     }
     return batch;
@@ -75,7 +76,8 @@ struct StackCollator {
 /// sequence key).
 struct PaddingCollator {
   explicit PaddingCollator(int64_t pad_token = 0, std::optional<int64_t> pad_to_multiple = std::nullopt,
-                           int64_t label_pad_token = -100, std::vector<std::string> labels = default_label_names())
+                           int64_t label_pad_token = -100,
+                           std::vector<std::string> labels = default_label_names())
       : pad_token_id(pad_token),
         pad_to_multiple_of(pad_to_multiple),
         label_pad_token_id(label_pad_token),
@@ -89,7 +91,8 @@ struct PaddingCollator {
   TensorDict operator()(std::vector<TensorDict> examples) const {
     detail::check_same_keys(examples, "PaddingCollator");
     if (pad_to_multiple_of && *pad_to_multiple_of <= 0)
-      throw Error(fmt::format("PaddingCollator: pad_to_multiple_of must be > 0 (got {})", *pad_to_multiple_of));
+      throw Error(
+          fmt::format("PaddingCollator: pad_to_multiple_of must be > 0 (got {})", *pad_to_multiple_of));
     const TensorDict& first = examples.front();
     int64_t length = 0;
     const torch::Tensor* main = first.find("input_ids");
@@ -100,13 +103,15 @@ struct PaddingCollator {
       for (std::size_t i = 0; i < examples.size(); ++i) {
         const torch::Tensor& t = examples[i].at(key);
         if (t.dim() == 0 || t.sizes().slice(1) != value.sizes().slice(1))
-          throw Error(fmt::format("PaddingCollator: key \"{}\" has shape {} in example {} but {} in example 0 of "
-                                  "the batch; only dimension 0 (the sequence) may differ",
-                                  key, c10::str(t.sizes()), i, c10::str(value.sizes())));
+          throw Error(
+              fmt::format("PaddingCollator: key \"{}\" has shape {} in example {} but {} in example 0 of "
+                          "the batch; only dimension 0 (the sequence) may differ",
+                          key, c10::str(t.sizes()), i, c10::str(value.sizes())));
         length = std::max(length, t.size(0));
       }
     }
-    if (pad_to_multiple_of) length = (length + *pad_to_multiple_of - 1) / *pad_to_multiple_of * *pad_to_multiple_of;
+    if (pad_to_multiple_of)
+      length = (length + *pad_to_multiple_of - 1) / *pad_to_multiple_of * *pad_to_multiple_of;
 
     TensorDict batch;
     for (const auto& [key, value] : first) {
@@ -123,7 +128,8 @@ struct PaddingCollator {
 
  private:
   int64_t padding_value(const std::string& key) const {
-    if (std::find(label_names.begin(), label_names.end(), key) != label_names.end()) return label_pad_token_id;
+    if (std::find(label_names.begin(), label_names.end(), key) != label_names.end())
+      return label_pad_token_id;
     return key == "attention_mask" ? 0 : pad_token_id;
   }
 
@@ -146,8 +152,8 @@ struct PaddingCollator {
 /// attention mask, not by value, so a real token equal to `pad_token_id` (GPT-2's end of text) keeps its label.
 /// Labels already in the examples are replaced.
 struct LanguageModelingCollator {
-  explicit LanguageModelingCollator(int64_t pad_token = 0, std::optional<int64_t> pad_to_multiple = std::nullopt,
-                                    bool shift = false)
+  explicit LanguageModelingCollator(int64_t pad_token = 0,
+                                    std::optional<int64_t> pad_to_multiple = std::nullopt, bool shift = false)
       : pad_token_id(pad_token), pad_to_multiple_of(pad_to_multiple), shift_labels(shift) {}
 
   int64_t pad_token_id;
@@ -160,7 +166,9 @@ struct LanguageModelingCollator {
     const torch::Tensor& ids = batch.at("input_ids");
     torch::Tensor labels = ids.masked_fill(batch.at("attention_mask") == 0, -100);
     if (shift_labels && labels.size(1) > 0)
-      labels = torch::cat({labels.narrow(1, 1, labels.size(1) - 1), torch::full({labels.size(0), 1}, -100, labels.options())}, 1);
+      labels = torch::cat(
+          {labels.narrow(1, 1, labels.size(1) - 1), torch::full({labels.size(0), 1}, -100, labels.options())},
+          1);
     batch["labels"] = labels;
     return batch;
   }

@@ -30,7 +30,8 @@ namespace torchfit {
 
 /// How load_csv reads a file.
 struct CsvOptions {
-  CsvOptions(std::vector<std::string> labels = {}) : label_columns(std::move(labels)) {}  // NOLINT: {{"label"}}
+  CsvOptions(std::vector<std::string> labels = {})
+      : label_columns(std::move(labels)) {}  // NOLINT: {{"label"}}
 
   /// Columns that become "labels" (none: the dataset has "inputs" only).
   std::vector<std::string> label_columns;
@@ -55,15 +56,16 @@ torch::Tensor tensor_owning(std::vector<T>&& values, std::vector<int64_t> shape,
 // libcsv's callbacks fill this, one field and one row end at a time.
 class CsvReader {
  public:
-  CsvReader(std::filesystem::path path, const CsvOptions& options) : path_(std::move(path)), options_(options) {}
+  CsvReader(std::filesystem::path path, const CsvOptions& options)
+      : path_(std::move(path)), options_(options) {}
 
   TensorDictDataset read() {
     const MappedFile file(path_);
-    const char delimiter = options_.delimiter != 0 ? options_.delimiter
-                           : ends_with(lower(path_.extension().string()), ".tsv") ||
-                                   lower(path_.extension().string()) == ".tab"
-                               ? '\t'
-                               : ',';
+    const char delimiter =
+        options_.delimiter != 0 ? options_.delimiter
+        : ends_with(lower(path_.extension().string()), ".tsv") || lower(path_.extension().string()) == ".tab"
+            ? '\t'
+            : ',';
     csv_parser parser;
     if (csv_init(&parser, CSV_REPALL_NL | CSV_STRICT | CSV_STRICT_FINI) != 0)
       throw Error(fmt::format("cannot read {}: libcsv could not start", path_.string()));
@@ -79,12 +81,14 @@ class CsvReader {
     if (rows_ == 0) throw FormatError(fmt::format("{} has a header but no data rows", path_.string()));
 
     TensorDict columns;
-    columns.insert("inputs", tensor_owning(std::move(inputs_), {rows_, static_cast<int64_t>(feature_index_.size())},
-                                           torch::kFloat));
+    columns.insert("inputs",
+                   tensor_owning(std::move(inputs_), {rows_, static_cast<int64_t>(feature_index_.size())},
+                                 torch::kFloat));
     if (!label_index_.empty()) {
       std::vector<int64_t> shape = {rows_};
       if (label_index_.size() > 1) shape.push_back(static_cast<int64_t>(label_index_.size()));
-      columns.insert("labels", tensor_owning(std::move(labels_), shape, torch::kDouble).to(options_.label_dtype));
+      columns.insert("labels",
+                     tensor_owning(std::move(labels_), shape, torch::kDouble).to(options_.label_dtype));
     }
     return TensorDictDataset(std::move(columns));
   }
@@ -138,7 +142,8 @@ class CsvReader {
     for (const std::size_t i : feature_index_) inputs_.push_back(static_cast<float>(row_[i]));
     for (const std::size_t i : label_index_) {
       const double value = row_[i];
-      if (!torch::isFloatingType(options_.label_dtype) && (!std::isfinite(value) || std::trunc(value) != value))
+      if (!torch::isFloatingType(options_.label_dtype) &&
+          (!std::isfinite(value) || std::trunc(value) != value))
         fail(row_line, fmt::format("column {} (\"{}\"): label {} is not a whole number (labels are {}; use "
                                    "label_dtype torch::kFloat for regression targets)",
                                    i + 1, names_[i], value, c10::toString(options_.label_dtype)));
@@ -154,17 +159,20 @@ class CsvReader {
     const auto index_of = [&](const std::string& name, const char* role) {
       const auto it = std::find(names_.begin(), names_.end(), name);
       if (it == names_.end())
-        fail(line, fmt::format("the header has no {} column \"{}\" (columns: {})", role, name, fmt::join(names_, ", ")));
+        fail(line, fmt::format("the header has no {} column \"{}\" (columns: {})", role, name,
+                               fmt::join(names_, ", ")));
       return static_cast<std::size_t>(it - names_.begin());
     };
     for (std::size_t i = 0; i < names_.size(); ++i)
       for (std::size_t j = 0; j < i; ++j)
-        if (names_[i] == names_[j]) fail(line, fmt::format("the header names column \"{}\" twice", names_[i]));
+        if (names_[i] == names_[j])
+          fail(line, fmt::format("the header names column \"{}\" twice", names_[i]));
     for (const auto& name : options_.label_columns) label_index_.push_back(index_of(name, "label"));
     for (const auto& name : options_.feature_columns) feature_index_.push_back(index_of(name, "feature"));
     if (options_.feature_columns.empty())
       for (std::size_t i = 0; i < names_.size(); ++i)
-        if (std::find(label_index_.begin(), label_index_.end(), i) == label_index_.end()) feature_index_.push_back(i);
+        if (std::find(label_index_.begin(), label_index_.end(), i) == label_index_.end())
+          feature_index_.push_back(i);
     if (feature_index_.empty()) fail(line, "no column is left for the inputs");
   }
 

@@ -39,8 +39,9 @@ class StreamingDataset {
       : open_(std::move(open)), rank_(rank), world_size_(world_size) {
     if (!open_) throw Error("StreamingDataset: no function to open a pass was given");
     if (world_size < 1 || rank < 0 || rank >= world_size)
-      throw Error(fmt::format("StreamingDataset: rank {} is not one of world_size {} ranks (0 to world_size - 1)",
-                              rank, world_size));
+      throw Error(
+          fmt::format("StreamingDataset: rank {} is not one of world_size {} ranks (0 to world_size - 1)",
+                      rank, world_size));
   }
 
   int64_t rank() const { return rank_; }
@@ -139,8 +140,8 @@ class StreamCursor {
 
   void next_pass() {
     if (read_in_pass_ == 0)
-      throw Error(fmt::format("the streaming dataset has no sample for rank {} of {} in pass {}", data_.rank(),
-                              data_.world_size(), pass_));
+      throw Error(fmt::format("the streaming dataset has no sample for rank {} of {} in pass {}",
+                              data_.rank(), data_.world_size(), pass_));
     shard_ = open(++pass_);
     read_in_pass_ = 0;
   }

@@ -34,13 +34,15 @@ class TensorDictDataset {
     const auto& [first_key, first] = *columns_.begin();
     for (const auto& [key, value] : columns_) {
       if (!value.defined() || value.dim() == 0)
-        throw Error(fmt::format("TensorDictDataset: column \"{}\" has no dimension 0 to index samples by", key));
+        throw Error(
+            fmt::format("TensorDictDataset: column \"{}\" has no dimension 0 to index samples by", key));
       if (value.size(0) != first.size(0))
-        throw Error(fmt::format("TensorDictDataset: column \"{}\" has {} samples but column \"{}\" has {}", key,
-                                value.size(0), first_key, first.size(0)));
+        throw Error(fmt::format("TensorDictDataset: column \"{}\" has {} samples but column \"{}\" has {}",
+                                key, value.size(0), first_key, first.size(0)));
     }
   }
-  TensorDictDataset(std::initializer_list<TensorDict::Item> columns) : TensorDictDataset(TensorDict(columns)) {}
+  TensorDictDataset(std::initializer_list<TensorDict::Item> columns)
+      : TensorDictDataset(TensorDict(columns)) {}
 
   int64_t size() const { return columns_.begin()->second.size(0); }
   const TensorDict& columns() const { return columns_; }

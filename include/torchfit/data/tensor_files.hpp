@@ -33,7 +33,8 @@ inline TensorDict open_safetensors(const std::filesystem::path& path) {
   auto in = detail::safetensors_impl::open(path, file_size);
   const auto header = detail::safetensors_impl::read_header(in, path, file_size);
   auto file = std::make_shared<detail::MappedFile>(path);
-  if (file->size() != file_size) throw Error(fmt::format("{} changed while it was being opened", path.string()));
+  if (file->size() != file_size)
+    throw Error(fmt::format("{} changed while it was being opened", path.string()));
   TensorDict out;
   for (const auto& e : header.entries)
     out.insert(e.name, detail::tensor_over(file, header.data_start + e.begin, e.shape, e.dtype->type));

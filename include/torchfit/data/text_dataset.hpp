@@ -52,11 +52,12 @@ class LineScanner {
   int64_t line_number_ = 0;
 };
 
-inline TensorDict tokenized(const Tokenizer& tokenizer, std::string_view line, const std::filesystem::path& path,
-                            int64_t line_number) {
+inline TensorDict tokenized(const Tokenizer& tokenizer, std::string_view line,
+                            const std::filesystem::path& path, int64_t line_number) {
   const std::vector<int64_t> ids = tokenizer(line);
   if (ids.empty())
-    throw Error(fmt::format("{}:{}: the tokenizer made no token of this non-blank line", path.string(), line_number));
+    throw Error(
+        fmt::format("{}:{}: the tokenizer made no token of this non-blank line", path.string(), line_number));
   return {{"input_ids", torch::tensor(ids, torch::kLong)}};
 }
 
@@ -88,8 +89,8 @@ class TextLineDataset : public torch::data::datasets::Dataset<TextLineDataset, T
  private:
   std::shared_ptr<detail::MappedFile> file_;
   Tokenizer tokenizer_;
-  std::vector<std::size_t> starts_;   // offset of each non-blank line
-  std::vector<int64_t> numbers_;      // its line number, for messages
+  std::vector<std::size_t> starts_;  // offset of each non-blank line
+  std::vector<int64_t> numbers_;     // its line number, for messages
 };
 
 /// The non-blank lines of a text file as a stream of {"input_ids": tokenizer(line)} (see TextLineDataset), for

@@ -20,7 +20,8 @@
 
 namespace torchfit {
 
-static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "token files are little-endian, as numpy writes them");
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "token files are little-endian, as numpy writes them");
 
 /// The width of the ids in a token file: uint16 (nanoGPT's choice for GPT-2's 50257 tokens) or uint32.
 enum class TokenWidth { uint16 = 2, uint32 = 4 };
@@ -32,8 +33,8 @@ enum class TokenWidth { uint16 = 2, uint32 = 4 };
 /// labels are already shifted, so the model's output at position t is scored against labels[t].
 class TokenFileDataset : public torch::data::datasets::Dataset<TokenFileDataset, TensorDict> {
  public:
-  TokenFileDataset(const std::filesystem::path& path, int64_t context_length, TokenWidth width = TokenWidth::uint16,
-                   std::optional<int64_t> stride = std::nullopt)
+  TokenFileDataset(const std::filesystem::path& path, int64_t context_length,
+                   TokenWidth width = TokenWidth::uint16, std::optional<int64_t> stride = std::nullopt)
       : file_(std::make_shared<detail::MappedFile>(path)),
         width_(static_cast<std::size_t>(width)),
         context_length_(context_length),
@@ -42,9 +43,10 @@ class TokenFileDataset : public torch::data::datasets::Dataset<TokenFileDataset,
       throw Error(fmt::format("TokenFileDataset {}: context_length and stride must be >= 1 (got {} and {})",
                               path.string(), context_length_, stride_));
     if (file_->size() % width_ != 0)
-      throw FormatError(fmt::format("{} has {} bytes, not a whole number of {}-byte token ids (truncated, or not "
-                                    "a uint{} token file?)",
-                                    path.string(), file_->size(), width_, 8 * width_));
+      throw FormatError(
+          fmt::format("{} has {} bytes, not a whole number of {}-byte token ids (truncated, or not "
+                      "a uint{} token file?)",
+                      path.string(), file_->size(), width_, 8 * width_));
     num_tokens_ = static_cast<int64_t>(file_->size() / width_);
     if (num_tokens_ < context_length_ + 1)
       throw FormatError(fmt::format("{} has {} tokens, fewer than one window needs (context_length {} + 1)",
@@ -68,7 +70,8 @@ class TokenFileDataset : public torch::data::datasets::Dataset<TokenFileDataset,
         out[i] = id;
       }
     }
-    return {{"input_ids", tokens.narrow(0, 0, context_length_)}, {"labels", tokens.narrow(0, 1, context_length_)}};
+    return {{"input_ids", tokens.narrow(0, 0, context_length_)},
+            {"labels", tokens.narrow(0, 1, context_length_)}};
   }
 
   c10::optional<std::size_t> size() const override { return static_cast<std::size_t>(num_windows_); }
@@ -93,11 +96,12 @@ inline void write_token_file(const std::filesystem::path& path, const torch::Ten
   std::vector<char> bytes(static_cast<std::size_t>(ids.numel()) * static_cast<std::size_t>(width));
   for (int64_t i = 0; i < ids.numel(); ++i) {
     if (p[i] < 0 || p[i] > limit)
-      throw Error(fmt::format("write_token_file {}: token {} at position {} does not fit a uint{}", path.string(),
-                              p[i], i, 8 * static_cast<int>(width)));
+      throw Error(fmt::format("write_token_file {}: token {} at position {} does not fit a uint{}",
+                              path.string(), p[i], i, 8 * static_cast<int>(width)));
     const auto id32 = static_cast<uint32_t>(p[i]);
     const auto id16 = static_cast<uint16_t>(p[i]);
-    std::memcpy(bytes.data() + i * static_cast<int64_t>(width), width == TokenWidth::uint16 ? static_cast<const void*>(&id16) : &id32,
+    std::memcpy(bytes.data() + i * static_cast<int64_t>(width),
+                width == TokenWidth::uint16 ? static_cast<const void*>(&id16) : &id32,
                 static_cast<std::size_t>(width));
   }
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -50,8 +50,10 @@ class EvaluationLoop {
     detail::BatchPlan<Data> plan(dataset, args.per_device_eval_batch_size, false, std::nullopt,
                                  distributed::Shard{world.rank, world.size, /*even=*/false});
     const auto num_samples = static_cast<int64_t>(
-        distributed::sum_over_ranks({static_cast<double>(plan.num_samples())}, "counting eval samples").front());
-    if (num_samples == 0) throw Error(fmt::format("{} dataset is empty: there is nothing to evaluate", prefix));
+        distributed::sum_over_ranks({static_cast<double>(plan.num_samples())}, "counting eval samples")
+            .front());
+    if (num_samples == 0)
+      throw Error(fmt::format("{} dataset is empty: there is nothing to evaluate", prefix));
     loader_info_ = LoaderInfo{plan.num_batches(), num_samples, args.per_device_eval_batch_size};
     loop_.handler.context().eval_dataloader = &loader_info_;
 
@@ -64,7 +66,8 @@ class EvaluationLoop {
 
     result.metrics = Logs::object();
     result.metrics[prefix + "_loss"] =
-        distributed::sum_over_ranks({loss_sum}, "summing eval losses").front() / static_cast<double>(num_samples);
+        distributed::sum_over_ranks({loss_sum}, "summing eval losses").front() /
+        static_cast<double>(num_samples);
     if (compute_metrics_) {
       const Logs user = compute_metrics_(EvalPrediction{result.predictions, result.labels});
       for (const auto& item : user.items())
@@ -94,7 +97,8 @@ class EvaluationLoop {
     const bool has_label_names = !args.label_names || !args.label_names->empty();
     const std::vector<std::string> label_names = args.label_names.value_or(std::vector<std::string>{});
     for (int64_t k = 0; k < plan.num_batches(); ++k) {
-      const Batch batch = detail::to_device(pin ? detail::pinned(plan.batch(k)) : plan.batch(k), loop_.device);
+      const Batch batch =
+          detail::to_device(pin ? detail::pinned(plan.batch(k)) : plan.batch(k), loop_.device);
       LossOutput out;
       {
         detail::AutocastScope scope(autocast, args.bf16 ? torch::kBFloat16 : torch::kHalf);
@@ -106,20 +110,22 @@ class EvaluationLoop {
       sizes.push_back(static_cast<double>(detail::batch_size_of(batch)));
       if (gather) {
         if (out.predictions.defined()) predictions.add(out.predictions);
-        const torch::Tensor l = out.labels.defined() || !has_label_names ? out.labels
-                                                                          : detail::labels_of(batch, label_names);
+        const torch::Tensor l =
+            out.labels.defined() || !has_label_names ? out.labels : detail::labels_of(batch, label_names);
         if (l.defined()) labels.add(l);
         predictions.step(k + 1);
         labels.step(k + 1);
       }
       loop_.handler.on_prediction_step(args, loop_.state, loop_.control);
     }
-    result.predictions = distributed::gather_for_metrics(predictions.result(), plan, "gathering eval predictions");
+    result.predictions =
+        distributed::gather_for_metrics(predictions.result(), plan, "gathering eval predictions");
     result.labels = distributed::gather_for_metrics(labels.result(), plan, "gathering eval labels");
     if (losses.empty()) return 0;
     ++detail::host_reads();
-    const torch::Tensor weighted = torch::stack(losses).to(torch::kCPU, torch::kDouble) *
-                                   torch::from_blob(sizes.data(), {static_cast<int64_t>(sizes.size())}, torch::kDouble);
+    const torch::Tensor weighted =
+        torch::stack(losses).to(torch::kCPU, torch::kDouble) *
+        torch::from_blob(sizes.data(), {static_cast<int64_t>(sizes.size())}, torch::kDouble);
     const double* term = weighted.data_ptr<double>();
     double sum = 0;
     for (std::size_t i = 0; i < sizes.size(); ++i) sum += term[i];

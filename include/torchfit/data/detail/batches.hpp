@@ -36,16 +36,19 @@ template <typename Example>
 Example stack_examples(std::vector<Example>&& examples) {
   return torch::data::transforms::Stack<Example>().apply_batch(std::move(examples));
 }
-inline TensorDict stack_examples(std::vector<TensorDict>&& examples) { return StackCollator{}(std::move(examples)); }
+inline TensorDict stack_examples(std::vector<TensorDict>&& examples) {
+  return StackCollator{}(std::move(examples));
+}
 
 /// How the Trainer reads a dataset type. Sized (map-style) data has size() and the batch for a set of indices;
 /// a stream has stream() and collate() for the examples read from it.
 template <typename Data, typename = void>
 struct DataTraits {
-  static_assert(is_torch_dataset<Data>::value,
-                "torchfit: a dataset must be a TensorPairDataset, a std::pair of tensors, a TensorDictDataset, a "
-                "map-style torch::data::datasets::Dataset of Examples or TensorDicts, a StreamingDataset, or "
-                "torchfit::Collated over a map-style or streaming dataset");
+  static_assert(
+      is_torch_dataset<Data>::value,
+      "torchfit: a dataset must be a TensorPairDataset, a std::pair of tensors, a TensorDictDataset, a "
+      "map-style torch::data::datasets::Dataset of Examples or TensorDicts, a StreamingDataset, or "
+      "torchfit::Collated over a map-style or streaming dataset");
 };
 
 template <>
@@ -55,9 +58,10 @@ struct DataTraits<TensorPairDataset> {
   static int64_t size(const TensorPairDataset& d) {
     if (!d.inputs.defined() || !d.targets.defined()) return 0;
     if (d.inputs.dim() == 0 || d.targets.dim() == 0 || d.inputs.size(0) != d.targets.size(0))
-      throw Error(fmt::format("dataset: inputs and targets must have the same number of samples along dimension "
-                              "0 (got {} and {})",
-                              d.inputs.dim() ? d.inputs.size(0) : 0, d.targets.dim() ? d.targets.size(0) : 0));
+      throw Error(
+          fmt::format("dataset: inputs and targets must have the same number of samples along dimension "
+                      "0 (got {} and {})",
+                      d.inputs.dim() ? d.inputs.size(0) : 0, d.targets.dim() ? d.targets.size(0) : 0));
     return d.inputs.size(0);
   }
   static Batch batch(const TensorPairDataset& d, const torch::Tensor& indices) {
@@ -69,7 +73,9 @@ template <>
 struct DataTraits<std::pair<torch::Tensor, torch::Tensor>> {
   using Batch = torch::data::Example<>;
   static constexpr bool sized = true;
-  static TensorPairDataset view(const std::pair<torch::Tensor, torch::Tensor>& d) { return {d.first, d.second}; }
+  static TensorPairDataset view(const std::pair<torch::Tensor, torch::Tensor>& d) {
+    return {d.first, d.second};
+  }
   static int64_t size(const std::pair<torch::Tensor, torch::Tensor>& d) {
     return DataTraits<TensorPairDataset>::size(view(d));
   }
@@ -95,8 +101,9 @@ struct DataTraits<Data, std::enable_if_t<is_torch_dataset<Data>::value>> {
   static int64_t size(const Data& d) {
     const auto n = d.size();
     if (!n.has_value())
-      throw Error("dataset: a torch dataset without a size() cannot be batched by index; wrap a stream in "
-                  "torchfit::StreamingDataset");
+      throw Error(
+          "dataset: a torch dataset without a size() cannot be batched by index; wrap a stream in "
+          "torchfit::StreamingDataset");
     return static_cast<int64_t>(*n);
   }
   static std::vector<Example> examples(const Data& d, const torch::Tensor& indices) {
@@ -105,10 +112,13 @@ struct DataTraits<Data, std::enable_if_t<is_torch_dataset<Data>::value>> {
     out.reserve(static_cast<std::size_t>(indices.numel()));
     // torch datasets' get() is non-const by signature; reading an example does not change the dataset.
     auto& mutable_data = const_cast<Data&>(d);
-    for (int64_t i = 0; i < indices.numel(); ++i) out.push_back(mutable_data.get(static_cast<std::size_t>(p[i])));
+    for (int64_t i = 0; i < indices.numel(); ++i)
+      out.push_back(mutable_data.get(static_cast<std::size_t>(p[i])));
     return out;
   }
-  static Batch batch(const Data& d, const torch::Tensor& indices) { return stack_examples(examples(d, indices)); }
+  static Batch batch(const Data& d, const torch::Tensor& indices) {
+    return stack_examples(examples(d, indices));
+  }
 };
 
 template <typename Data>
@@ -135,7 +145,9 @@ template <typename Example>
 struct DataTraits<Collated<StreamingDataset<Example>>> {
   using Batch = TensorDict;
   static constexpr bool sized = false;
-  static const StreamingDataset<Example>& stream(const Collated<StreamingDataset<Example>>& d) { return d.dataset; }
+  static const StreamingDataset<Example>& stream(const Collated<StreamingDataset<Example>>& d) {
+    return d.dataset;
+  }
   static Batch collate(const Collated<StreamingDataset<Example>>& d, std::vector<Example>&& examples) {
     return d.collator(std::move(examples));
   }
@@ -198,9 +210,10 @@ class BatchPlan {
 template <typename Example>
 void check_stream_shard(const StreamingDataset<Example>& stream, const distributed::Shard& shard) {
   if (shard.count > 1 && (stream.rank() != shard.rank || stream.world_size() != shard.count))
-    throw Error(fmt::format("this streaming dataset is shard {} of {}, but it is read by rank {} of {}: build it "
-                            "with torchfit::distributed::world()'s rank and size",
-                            stream.rank(), stream.world_size(), shard.rank, shard.count));
+    throw Error(
+        fmt::format("this streaming dataset is shard {} of {}, but it is read by rank {} of {}: build it "
+                    "with torchfit::distributed::world()'s rank and size",
+                    stream.rank(), stream.world_size(), shard.rank, shard.count));
 }
 
 /// Evaluating on a stream: its first pass (this rank's shard) is read into memory, then batched in order.

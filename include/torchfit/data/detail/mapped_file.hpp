@@ -74,7 +74,8 @@ class MappedFile {
 /// long as the tensor or any view of it.
 inline torch::Tensor tensor_over(const std::shared_ptr<MappedFile>& file, std::size_t offset,
                                  const std::vector<int64_t>& shape, torch::ScalarType dtype) {
-  if (file->data() == nullptr) return torch::empty(shape, torch::TensorOptions().dtype(dtype));  // nothing mapped
+  if (file->data() == nullptr)
+    return torch::empty(shape, torch::TensorOptions().dtype(dtype));  // nothing mapped
   return torch::from_blob(
       file->data() + offset, shape, [keep = file](void*) {}, torch::TensorOptions().dtype(dtype));
 }

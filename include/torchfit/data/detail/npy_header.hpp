@@ -110,7 +110,8 @@ class Parser {
       const std::size_t start = pos_;
       pos_ += c == '-' ? 1 : 0;
       int64_t n = 0;
-      if (pos_ >= text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_]))) fail("a number has no digits");
+      if (pos_ >= text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_])))
+        fail("a number has no digits");
       while (pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]))) {
         const int digit = text_[pos_++] - '0';
         if (n > (std::numeric_limits<int64_t>::max() - digit) / 10) fail("a number is too large");
@@ -120,7 +121,8 @@ class Parser {
       v.integer = text_[start] == '-' ? -n : n;
     } else {
       const std::size_t start = pos_;
-      while (pos_ < text_.size() && (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_'))
+      while (pos_ < text_.size() &&
+             (std::isalnum(static_cast<unsigned char>(text_[pos_])) || text_[pos_] == '_'))
         ++pos_;
       if (pos_ == start) fail(fmt::format("unexpected '{}'", c));
       v.text = std::string(text_.substr(start, pos_ - start));
@@ -138,9 +140,9 @@ class Parser {
 // numpy's dtype string ('<f4') as a libtorch type; Error naming what cannot be read and why.
 inline torch::ScalarType dtype_of(const std::string& descr, const std::string& file) {
   static const std::map<std::string, torch::ScalarType> types = {
-      {"b1", torch::kBool}, {"u1", torch::kByte}, {"i1", torch::kChar},  {"i2", torch::kShort},
-      {"i4", torch::kInt},  {"i8", torch::kLong}, {"f2", torch::kHalf}, {"f4", torch::kFloat},
-      {"f8", torch::kDouble}};
+      {"b1", torch::kBool},  {"u1", torch::kByte},  {"i1", torch::kChar},
+      {"i2", torch::kShort}, {"i4", torch::kInt},   {"i8", torch::kLong},
+      {"f2", torch::kHalf},  {"f4", torch::kFloat}, {"f8", torch::kDouble}};
   const auto refuse = [&](const std::string& why) {
     throw FormatError(fmt::format("{}: cannot read dtype '{}': {}", file, descr, why));
   };
@@ -148,10 +150,12 @@ inline torch::ScalarType dtype_of(const std::string& descr, const std::string& f
   const char order = descr[0];
   const auto type = types.find(descr.substr(1));
   if (type == types.end())
-    refuse("libtorch has no such type here (supported: bool, uint8, int8/16/32/64, float16/32/64; convert the "
-           "array with astype first)");
+    refuse(
+        "libtorch has no such type here (supported: bool, uint8, int8/16/32/64, float16/32/64; convert the "
+        "array with astype first)");
   const bool one_byte = descr[2] == '1';
-  if (order == '>' && !one_byte) refuse("big-endian data (save it little-endian: arr.astype(arr.dtype.newbyteorder('<')))");
+  if (order == '>' && !one_byte)
+    refuse("big-endian data (save it little-endian: arr.astype(arr.dtype.newbyteorder('<')))");
   if (order != '<' && order != '|' && order != '=' && order != '>') refuse("unknown byte order");
   return type->second;
 }
@@ -166,7 +170,9 @@ inline NpyHeader parse_npy_header(std::string_view bytes, const std::string& fil
   };
   static constexpr std::string_view magic("\x93NUMPY", 6);
   if (bytes.size() < 10 || bytes.substr(0, 6) != magic) fail("it does not start with \\x93NUMPY");
-  const auto byte = [&](std::size_t i) { return static_cast<std::size_t>(static_cast<unsigned char>(bytes[i])); };
+  const auto byte = [&](std::size_t i) {
+    return static_cast<std::size_t>(static_cast<unsigned char>(bytes[i]));
+  };
   const std::size_t major = byte(6);
   std::size_t length = 0, start = 0;
   if (major == 1) {
@@ -193,9 +199,10 @@ inline NpyHeader parse_npy_header(std::string_view bytes, const std::string& fil
   if (fortran.kind != npy_impl::Value::Kind::boolean) fail("'fortran_order' is not True or False");
   if (shape.kind != npy_impl::Value::Kind::tuple) fail("'shape' is not a tuple");
   if (fortran.flag)
-    throw FormatError(fmt::format("{}: the array is stored in Fortran (column-major) order, which cannot be read "
-                                  "in place; save it with np.save(path, np.ascontiguousarray(arr))",
-                                  file));
+    throw FormatError(
+        fmt::format("{}: the array is stored in Fortran (column-major) order, which cannot be read "
+                    "in place; save it with np.save(path, np.ascontiguousarray(arr))",
+                    file));
 
   NpyHeader h;
   h.dtype = npy_impl::dtype_of(descr.text, file);
@@ -205,14 +212,16 @@ inline NpyHeader parse_npy_header(std::string_view bytes, const std::string& fil
   for (const int64_t n : h.shape) {
     if (n < 0) fail(fmt::format("the shape has a negative dimension {}", n));
     const auto size = static_cast<std::size_t>(n);
-    if (size != 0 && bytes_needed > std::numeric_limits<std::size_t>::max() / size) fail("the shape is too large");
+    if (size != 0 && bytes_needed > std::numeric_limits<std::size_t>::max() / size)
+      fail("the shape is too large");
     bytes_needed *= size;
   }
   h.data_bytes = bytes_needed;
   const std::size_t available = bytes.size() - h.data_offset;
   if (available != h.data_bytes)
     fail(fmt::format("shape ({}) of {} needs {} data bytes but the file has {}{}", fmt::join(h.shape, ", "),
-                     c10::toString(h.dtype), h.data_bytes, available, available < h.data_bytes ? " (truncated?)" : ""));
+                     c10::toString(h.dtype), h.data_bytes, available,
+                     available < h.data_bytes ? " (truncated?)" : ""));
   return h;
 }
 

@@ -183,7 +183,8 @@ class Outbox {
   static std::filesystem::path unused_path(const std::filesystem::path& path) {
     std::filesystem::path candidate = path;
     for (int n = 1; std::filesystem::exists(candidate); ++n)
-      candidate = path.parent_path() / fmt::format("{}.{}{}", path.stem().string(), n, path.extension().string());
+      candidate =
+          path.parent_path() / fmt::format("{}.{}{}", path.stem().string(), n, path.extension().string());
     return candidate;
   }
 
