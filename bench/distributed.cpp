@@ -33,6 +33,7 @@
 #include <torchfit/distributed.hpp>
 #include <torchfit/torchfit.hpp>
 
+#include "bench_support.hpp"
 #include "gpt.hpp"
 
 namespace {
@@ -44,15 +45,7 @@ using nlohmann::json;
 
 constexpr int64_t warmup_steps = 5;  // not timed: the first steps allocate, and rebuild the reducer's buckets
 
-struct MlpImpl : torch::nn::Module {
-  MlpImpl()
-      : fc1(register_module("fc1", torch::nn::Linear(784, 256))),
-        fc2(register_module("fc2", torch::nn::Linear(256, 256))),
-        fc3(register_module("fc3", torch::nn::Linear(256, 10))) {}
-  torch::Tensor forward(const torch::Tensor& x) { return fc3(torch::relu(fc2(torch::relu(fc1(x))))); }
-  torch::nn::Linear fc1, fc2, fc3;
-};
-TORCH_MODULE(Mlp);
+using bench::Mlp;
 
 // The time between the end of the warm-up and the end of the last step.
 struct StepClock : torchfit::TrainerCallback {
@@ -111,10 +104,7 @@ int worker(const std::string& workload, int64_t steps, const fs::path& result,
     torch::manual_seed(1);
     torchfit::TensorPairDataset data{torch::randn({samples * batch, 784}),
                                      torch::randint(10, {samples * batch})};
-    out = measure(
-        Mlp(), std::move(data),
-        [](Mlp& m, const Batch& b) { return torch::cross_entropy_loss(m->forward(b.data), b.target); }, batch,
-        steps, flags);
+    out = measure(Mlp(), std::move(data), bench::mlp_loss, batch, steps, flags);
   } else {
     const int64_t batch = 8;
     GptConfig config;
@@ -230,10 +220,9 @@ int main(int argc, char** argv) try {
           two["gradient_bytes"].get<int64_t>(), 1e3 * two["all_reduce_seconds"].get<double>(),
           1e3 / two["steps_per_second"].get<double>());
     }
-    std::sort(speedups.begin(), speedups.end());
+    const auto [low, high] = std::minmax_element(speedups.begin(), speedups.end());
     std::cout << fmt::format("{:<10} speed-up median {:.2f}x [{:.2f}, {:.2f}] over {} repetitions\n",
-                             workload, speedups[speedups.size() / 2], speedups.front(), speedups.back(),
-                             reps);
+                             workload, bench::median(speedups), *low, *high, reps);
   }
   fs::remove_all(dir);
   return 0;
