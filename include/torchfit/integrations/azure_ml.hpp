@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Azure Machine Learning tracker: HF's AzureMLCallback, logging to a workspace through its MLflow REST API with
-// a Microsoft Entra ID token. Link torchfit::mlflow (libcurl).
+// a Microsoft Entra ID token. Link torchfit::azure_ml (libcurl).
 #pragma once
 
 #include <memory>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // DagsHub tracker: HF's DagsHubCallback, MLflowCallback logging to a DagsHub repository's MLflow server, and
 // with HF_DAGSHUB_LOG_ARTIFACTS the output directory uploaded to the repository at the end of training. Link
-// torchfit::mlflow (libcurl).
+// torchfit::dagshub (libcurl).
 #pragma once
 
 #include <memory>

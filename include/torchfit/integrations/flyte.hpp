@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // Flyte tracker: HF's FlyteCallback, for a training that runs as a Flyte task: checkpoints synced to the task's
-// checkpoint prefix, and the log history as the task's deck. Link torchfit::mlflow (libcurl).
+// checkpoint prefix, and the log history as the task's deck. Link torchfit::flyte (libcurl).
 #pragma once
 
 #include <memory>

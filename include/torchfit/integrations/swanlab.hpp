@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // SwanLab tracker: HF's SwanLabCallback, logging an experiment to SwanLab (swanlab.cn or a self-hosted
-// server) through the HTTP API the swanlab SDK uses. Link torchfit::mlflow (libcurl).
+// server) through the HTTP API the swanlab SDK uses. Link torchfit::swanlab (libcurl).
 #pragma once
 
 #include <chrono>
