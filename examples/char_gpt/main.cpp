@@ -56,67 +56,55 @@ void write_text(const std::filesystem::path& path, const std::string& text) {
   if (!out.flush()) throw std::runtime_error("cannot write " + path.string());
 }
 
+/// This example's own options, parsed together with the training arguments.
+struct CharGptArguments {
+  std::string text_file = TORCHFIT_EXAMPLES_DATA_DIR "/" TORCHFIT_CHAR_GPT_TEXT;
+  std::string prompt = "The ";
+  int64_t context = 64;
+  int64_t d_model = 128;
+  int64_t layers = 2;
+
+  static torchfit::ArgumentFields<CharGptArguments> fields() {
+    return torchfit::ArgumentFields<CharGptArguments>("Char GPT example")
+        .add("text_file", &CharGptArguments::text_file, "the text to learn; its last 10% is held out")
+        .add("prompt", &CharGptArguments::prompt, "the start of the samples printed at each evaluation")
+        .add("context", &CharGptArguments::context, "characters the model sees at once")
+        .add("d_model", &CharGptArguments::d_model, "width of the transformer")
+        .add("layers", &CharGptArguments::layers, "transformer blocks");
+  }
+};
+
+/// The example's training defaults; the command line overrides them.
+torchfit::TrainingArguments char_gpt_defaults() {
+  torchfit::TrainingArguments args;
+  args.output_dir = "char_gpt_output";
+  args.max_steps = 600;
+  args.learning_rate = 3e-3;
+  args.warmup_steps = 50;
+  args.lr_scheduler_type = "cosine";
+  args.weight_decay = 0.1;
+  args.per_device_train_batch_size = 32;
+  args.per_device_eval_batch_size = 64;
+  args.logging_steps = 50;
+  args.eval_strategy = torchfit::IntervalStrategy::steps;
+  args.eval_steps = 200;
+  args.save_steps = 200;
+  args.save_total_limit = 1;
+  return args;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
   torchfit::tune_cpu_allocator();  // CPU training: reuse freed tensor buffers instead of re-faulting them
-  std::vector<std::string> tokens = {argv[0],
-                                     "--output_dir",
-                                     "char_gpt_output",
-                                     "--max_steps",
-                                     "600",
-                                     "--learning_rate",
-                                     "3e-3",
-                                     "--warmup_steps",
-                                     "50",
-                                     "--lr_scheduler_type",
-                                     "cosine",
-                                     "--weight_decay",
-                                     "0.1",
-                                     "--per_device_train_batch_size",
-                                     "32",
-                                     "--per_device_eval_batch_size",
-                                     "64",
-                                     "--logging_steps",
-                                     "50",
-                                     "--eval_strategy",
-                                     "steps",
-                                     "--eval_steps",
-                                     "200",
-                                     "--save_steps",
-                                     "200",
-                                     "--save_total_limit",
-                                     "1"};
-  tokens.insert(tokens.end(), argv + 1, argv + argc);
-  std::vector<const char*> token_ptrs;
-  for (const auto& t : tokens) token_ptrs.push_back(t.c_str());
-  std::vector<std::string> rest;
-  auto args = torchfit::TrainingArguments::parse_known_args(static_cast<int>(token_ptrs.size()),
-                                                            token_ptrs.data(), rest);
-
-  std::string text_file = TORCHFIT_EXAMPLES_DATA_DIR "/" TORCHFIT_CHAR_GPT_TEXT;
-  GptConfig config{/*vocab_size=*/256, /*context=*/64, /*d_model=*/128,
-                   /*heads=*/4,        /*layers=*/2,   /*dropout=*/0.1};
-  std::string prompt = "The ";
-  for (std::size_t i = 0; i < rest.size(); ++i) {
-    const bool has_value = i + 1 < rest.size();
-    if (rest[i] == "--text_file" && has_value)
-      text_file = rest[++i];
-    else if (rest[i] == "--prompt" && has_value)
-      prompt = rest[++i];
-    else if (rest[i] == "--context" && has_value)
-      config.context = std::stoll(rest[++i]);
-    else if (rest[i] == "--d_model" && has_value)
-      config.d_model = std::stoll(rest[++i]);
-    else if (rest[i] == "--layers" && has_value)
-      config.layers = std::stoll(rest[++i]);
-    else
-      throw torchfit::ArgumentError("unknown argument " + rest[i] +
-                                    " (char_gpt adds --text_file, --prompt, --context, --d_model, --layers)");
-  }
+  const auto [options, args] =
+      torchfit::ArgumentParser<CharGptArguments, torchfit::TrainingArguments>({}, char_gpt_defaults())
+          .parse(argc, argv);
+  const GptConfig config{/*vocab_size=*/256, options.context, options.d_model,
+                         /*heads=*/4,        options.layers,  /*dropout=*/0.1};
 
   // The first 90% of the text (cut at a line end) becomes the training token file, the rest the eval lines.
-  const std::string text = read_text(text_file);
+  const std::string text = read_text(options.text_file);
   const auto split = text.rfind('\n', text.size() * 9 / 10) + 1;
   const std::filesystem::path data_dir = std::filesystem::path(args.output_dir) / "data";
   std::filesystem::create_directories(data_dir);
@@ -136,7 +124,7 @@ int main(int argc, char** argv) try {
   CharGpt model(config);
   auto loss = [](CharGpt& m, const torchfit::TensorDict& batch) { return next_token_loss(m, batch); };
   torchfit::Trainer trainer(model, args, train, eval, loss);
-  trainer.add_callback<SampleCallback>(prompt, 200);
+  trainer.add_callback<SampleCallback>(options.prompt, 200);
   const auto result = trainer.train();
   double eval_loss = NAN;
   for (const auto& entry : trainer.state().log_history) eval_loss = entry.value("eval_loss", eval_loss);
