@@ -208,6 +208,26 @@ TEST_CASE("map-style TensorDict datasets are stacked or collated by index", "[da
              Contains("column \"y\" has 4 samples but column \"x\" has 3"));
 }
 
+TEST_CASE(
+    "a batch of tensor rows is a copy: consecutive rows by memcpy, others gathered, bad indices refused",
+    "[data][plan]") {
+  const torch::Tensor column = torch::arange(24, torch::kFloat).view({6, 2, 2});
+  const torch::Tensor consecutive = torchfit::detail::take_rows(column, ids({2, 3, 4}));
+  CHECK(torch::equal(consecutive, column.index_select(0, ids({2, 3, 4}))));
+  consecutive.fill_(-1);  // a loss function writing into its batch
+  CHECK(torch::equal(column, torch::arange(24, torch::kFloat).view({6, 2, 2})));
+
+  CHECK(torch::equal(torchfit::detail::take_rows(column, ids({4, 1, 5})),
+                     column.index_select(0, ids({4, 1, 5}))));
+  const torch::Tensor transposed = column.transpose(0, 1).contiguous().transpose(0, 1);  // not contiguous
+  CHECK(torch::equal(torchfit::detail::take_rows(transposed, ids({1, 2})), column.slice(0, 1, 3)));
+  const torch::Tensor offset = column.slice(0, 2);  // a view starting at row 2
+  CHECK(torch::equal(torchfit::detail::take_rows(offset, ids({1, 2})), column.slice(0, 3, 5)));
+  CHECK(torchfit::detail::take_rows(column, ids({})).sizes() == c10::IntArrayRef{0, 2, 2});
+  CHECK_THROWS(torchfit::detail::take_rows(column, ids({5, 6})));  // past the end: index_select's error
+  CHECK_THROWS(torchfit::detail::take_rows(column, ids({-1, 0})));
+}
+
 TEST_CASE("workers build the same batches in the same order and report errors at their batch",
           "[data][workers]") {
   struct SlowOnSome : torch::data::datasets::Dataset<SlowOnSome, TensorDict> {

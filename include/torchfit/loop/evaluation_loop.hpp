@@ -106,7 +106,9 @@ class EvaluationLoop {
       }
       if (!out.loss.defined() || out.loss.numel() != 1)
         throw Error(fmt::format("loss_fn must return a scalar tensor during evaluation (batch {})", k));
-      losses.push_back(out.loss.dim() == 0 ? out.loss.detach() : out.loss.detach().reshape({}));
+      // Under NoGradGuard a loss needs no detach, unless the loss function turned gradients back on.
+      const torch::Tensor loss = out.loss.requires_grad() ? out.loss.detach() : out.loss;
+      losses.push_back(loss.dim() == 0 ? loss : loss.reshape({}));
       sizes.push_back(static_cast<double>(detail::batch_size_of(batch)));
       if (gather) {
         if (out.predictions.defined()) predictions.add(out.predictions);

@@ -65,7 +65,7 @@ struct DataTraits<TensorPairDataset> {
     return d.inputs.size(0);
   }
   static Batch batch(const TensorPairDataset& d, const torch::Tensor& indices) {
-    return {d.inputs.index_select(0, indices), d.targets.index_select(0, indices)};
+    return {take_rows(d.inputs, indices), take_rows(d.targets, indices)};
   }
 };
 
