@@ -399,37 +399,74 @@ TEST_CASE("rendezvous failures name the culprit", "[distributed]") {
   }
 }
 
-TEST_CASE("torchrun launches digits on two processes", "[distributed][torchrun]") {
+// The digits example, when torchrun can launch it here; empty (with the reason given) when it cannot.
+std::string torchrun_digits() {
   const fs::path digits = fs::path(TORCHFIT_BINARY_DIR) / "examples" / "digits";
   if (std::system("command -v torchrun > /dev/null 2>&1") != 0) {
     WARN("skipped: torchrun is not installed (Debian: python3-torch)");
-    return;
+    return "";
   }
   if (!fs::exists(digits)) {
     WARN("skipped: " << digits << " is not built (TORCHFIT_BUILD_EXAMPLES)");
-    return;
+    return "";
   }
   // Debian 13's torch 2.6 lacks libuv, and its torchrun asks for a libuv store whatever USE_LIBUV says.
   if (std::system(
           "python=$(head -n 1 \"$(command -v torchrun)\" | cut -c 3-); $python -c 'import torch.distributed "
           "as d; d.TCPStore(\"127.0.0.1\", 0, 1, True)' 2>&1 | grep -q 'without libuv'") == 0) {
     WARN("skipped: this torchrun cannot host its rendezvous store (its PyTorch was built without libuv)");
-    return;
+    return "";
   }
+  return digits.string();
+}
+
+// torchrun's command line for digits, its logs under `dir` (--redirects 1 --tee 1: Debian 12's torchrun, torch 1.13
+// on Python 3.11, fails with its default of 0).
+std::string torchrun_command(const std::string& digits, const fs::path& dir, const std::string& launch,
+                             const std::string& name) {
+  return "OMP_NUM_THREADS=1 torchrun --redirects 1 --tee 1 --log_dir " + (dir / name).string() + " " +
+         launch + " --no_python " + digits + " --output_dir " + (dir / ("out-" + name)).string() +
+         " --num_train_epochs 8 --per_device_train_batch_size 16 --expect_accuracy 0.9 --disable_tqdm > " +
+         (dir / (name + ".log")).string() + " 2>&1";
+}
+
+TEST_CASE("torchrun launches digits on two processes", "[distributed][torchrun]") {
+  const std::string digits = torchrun_digits();
+  if (digits.empty()) return;
   TempDir dir;
-  // --redirects 1 --tee 1: Debian 12's torchrun (torch 1.13 on Python 3.11) fails with its default of 0.
-  const std::string command = "OMP_NUM_THREADS=1 torchrun --redirects 1 --tee 1 --log_dir " +
-                              (dir.path() / "torchrun").string() + " --nproc_per_node 2 --master_port " +
-                              std::to_string(free_port()) + " --no_python " + digits.string() +
-                              " --output_dir " + (dir.path() / "out").string() +
-                              " --num_train_epochs 8 --per_device_train_batch_size 16 --expect_accuracy 0.9 "
-                              "--disable_tqdm > " +
-                              (dir.path() / "torchrun.log").string() + " 2>&1";
-  const int status = std::system(command.c_str());
-  INFO(read_file(dir.path() / "torchrun.log"));
+  const int status =
+      std::system(torchrun_command(digits, dir.path(),
+                                   "--nproc_per_node 2 --master_port " + std::to_string(free_port()), "node")
+                      .c_str());
+  INFO(read_file(dir.path() / "node.log"));
   CHECK(status == 0);
-  CHECK_THAT(read_file(dir.path() / "torchrun.log"), Catch::Contains("eval accuracy"));
-  CHECK(fs::exists(dir.path() / "out" / "model.safetensors"));
+  CHECK_THAT(read_file(dir.path() / "node.log"), Catch::Contains("eval accuracy"));
+  CHECK(fs::exists(dir.path() / "out-node" / "model.safetensors"));
+}
+
+TEST_CASE("torchrun's multi-node rendezvous: two nodes of one process each meet at an endpoint",
+          "[distributed][torchrun]") {
+  const std::string digits = torchrun_digits();
+  if (digits.empty()) return;
+  TempDir dir;
+  // The README's command for several machines, with both "machines" on 127.0.0.1.
+  const std::string launch = "--nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:" +
+                             std::to_string(free_port()) + " --rdzv_id torchfit-test";
+  const std::string both = "(" + torchrun_command(digits, dir.path(), launch, "node0") + ") & (" +
+                           torchrun_command(digits, dir.path(), launch, "node1") +
+                           "); s1=$?; wait $!; s0=$?; " + "exit $((s0 || s1))";
+  const int status = std::system(("bash -c '" + both + "'").c_str());
+  const std::string node0 = read_file(dir.path() / "node0.log"), node1 = read_file(dir.path() / "node1.log");
+  INFO(node0 << "\n----\n" << node1);
+  CHECK(status == 0);
+  // Each node's local rank 0 prints the logs (HF's is_local_process_zero); the job's rank 0 alone prints the
+  // summary and writes the model, to its own --output_dir.
+  CHECK_THAT(node0, Catch::Contains("'eval_accuracy'"));
+  CHECK_THAT(node1, Catch::Contains("'eval_accuracy'"));
+  const bool node0_leads = node0.find("eval accuracy") != std::string::npos;
+  CHECK(node0_leads != (node1.find("eval accuracy") != std::string::npos));
+  CHECK(fs::exists(dir.path() / "out-node0" / "model.safetensors") == node0_leads);
+  CHECK(fs::exists(dir.path() / "out-node1" / "model.safetensors") == !node0_leads);
 }
 
 TEST_CASE("NCCL on two GPUs trains as one GPU with the doubled batch", "[distributed][cuda]") {
