@@ -234,11 +234,11 @@ int main(int argc, char** argv) try {
   // "CPU limit": with as many cores as ranks, two ranks cannot beat 2 x (CPU time of a lone process's step) /
   // (CPU time of a rank's step), whatever overlaps: the CPU the communication itself costs (Gloo's threads, the
   // kernel's copies through loopback TCP) bounds the speed-up.
-  std::cout << "| workload | rep | 1 process samples/s | 2 side by side samples/s | 2-rank job samples/s | "
-               "ceiling | "
-               "speed-up | CPU ms/step alone | CPU ms/step in the job | CPU limit | gradient bytes | "
-               "all-reduce ms | job step ms |\n"
-               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  std::cout
+      << "| workload | rep | 1 process samples/s | 2 side by side samples/s | 2-rank job samples/s |"
+         " ceiling | speed-up | CPU ms/step alone | CPU ms/step in the job | CPU limit | gradient bytes |"
+         " all-reduce ms | job step ms |\n"
+         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   for (const std::string workload : {"mlp", "gpt"}) {
     const int64_t steps = quick ? 10 : (workload == "mlp" ? 300 : 60);
     // One process, two side by side, then the job, in turn: each repetition's ratios are measured under the same
@@ -254,9 +254,8 @@ int main(int argc, char** argv) try {
       speedups.push_back(two / one);
       limits.push_back(2 * cpu_alone / cpu_job);
       std::cout << fmt::format(
-          "| {} | {} | {:.0f} | {:.0f} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f} | {:.2f} | {:.2f}x | {} | "
-          "{:.3f} | "
-          "{:.3f} |\n",
+          "| {} | {} | {:.0f} | {:.0f} | {:.0f} | {:.2f}x | {:.2f}x | {:.2f} | {:.2f} | {:.2f}x | {} |"
+          " {:.3f} | {:.3f} |\n",
           workload, rep, one, side_by_side, two, ceilings.back(), speedups.back(), 1e3 * cpu_alone,
           1e3 * cpu_job, limits.back(), job["gradient_bytes"].get<int64_t>(),
           1e3 * job["all_reduce_seconds"].get<double>(), 1e3 / job["steps_per_second"].get<double>());
